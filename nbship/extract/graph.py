@@ -1,0 +1,630 @@
+"""Notebook -> StepGraph: steps, data edges with the variables they carry, problems.
+
+Rules (docs/design.md, "The step graph"):
+
+* cells group into steps by their tags; an untagged cell joins the step above
+  it (leading untagged cells join the first step; no step tags at all -> one step);
+* a step reads a name from upstream when it uses it before binding it;
+* the producer of a name is the nearest step *before* the reader, in notebook
+  order, that binds it or changes it in place by item or attribute assignment
+  (so the pipeline sees that change, as the notebook did);
+* imports, ``functions`` cells, parameters and builtins are not data: import
+  statements and functions cells are copied into the steps that need them;
+* ``prev:`` adds ordering edges that carry no data.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import keyword
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from nbship.errors import Location
+from nbship.extract.names import CellCode, analyse
+from nbship.notebook import FUNCTIONS, IMPORTS, METRICS, PARAMETERS, SKIP, Cell, Notebook
+
+ERROR = "error"
+WARNING = "warning"
+
+# Names a notebook can use without defining them.
+_NOTEBOOK_BUILTINS = frozenset(dir(builtins)) | {
+    "get_ipython",
+    "display",
+    "In",
+    "Out",
+    "exit",
+    "quit",
+    "_",
+    "__",
+    "___",
+    "_ih",
+    "_oh",
+    "__name__",
+    "__doc__",
+}
+
+# Method calls that do not change their object: not flagged as possible mutations.
+READ_ONLY_METHODS = frozenset(
+    "head tail describe info copy predict predict_proba predict_log_proba decision_function "
+    "score mean sum std var min max argmax argmin median count index get items keys values "
+    "format startswith endswith astype to_numpy numpy detach cpu tolist item reshape view "
+    "parameters named_parameters state_dict transform isnull isna notnull any all unique "
+    "nunique value_counts groupby query sort_values join split strip lower upper replace "
+    "round size dim flatten clone to_dict to_list to_json to_csv plot hist show summary "
+    "get_params cumsum prod dot nonzero __len__ __getitem__ sample".split()
+)
+
+_STEP_NAME = re.compile(r"^[a-z]([a-z0-9_-]{0,61}[a-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class Problem:
+    severity: str  # error | warning
+    kind: str
+    message: str
+    where: Location
+    hint: str | None = None
+
+    def __str__(self) -> str:
+        text = f"{self.severity}: {self.where}: {self.message}"
+        return text + (f"\n    hint: {self.hint}" if self.hint else "")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "severity": self.severity,
+            "kind": self.kind,
+            "message": self.message,
+            "notebook": self.where.notebook,
+            "cell": self.where.cell,
+            "cell_id": self.where.cell_id,
+            "line": self.where.line,
+            "hint": self.hint,
+        }
+
+
+@dataclass
+class Parameter:
+    name: str
+    value: Any
+    type: str  # int | float | str | bool | list | dict
+    cell: Cell
+    line: int
+
+
+@dataclass
+class Step:
+    name: str
+    cells: list[Cell]
+    code: list[CellCode] = field(default_factory=list)
+    prev: list[str] = field(default_factory=list)
+    image: str | None = None
+    cache: bool | None = None
+    limits: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+    secrets: list[tuple[str, str, str]] = field(default_factory=list)
+    # filled by the analysis
+    reads: dict[str, tuple[Cell, int]] = field(default_factory=dict)  # upstream reads
+    produces: dict[str, tuple[Cell, int]] = field(default_factory=dict)  # last binding/mutation
+    possible_mutations: dict[str, tuple[Cell, int]] = field(default_factory=dict)
+    inputs: dict[str, str] = field(default_factory=dict)  # variable -> producer step
+    outputs: dict[str, tuple[Cell, int]] = field(default_factory=dict)
+    params: list[str] = field(default_factory=list)
+    imports_cells: list[Cell] = field(default_factory=list)
+    carried_imports: list[str] = field(default_factory=list)
+    functions_cells: list[Cell] = field(default_factory=list)
+    metrics: list[str] = field(default_factory=list)
+
+    @property
+    def func(self) -> str:
+        """The Python identifier of the step's component function."""
+        return re.sub(r"\W", "_", self.name)
+
+
+@dataclass(frozen=True)
+class Edge:
+    src: str
+    dst: str
+    variables: tuple[str, ...]  # empty for an ordering (prev:) edge
+
+    @property
+    def kind(self) -> str:
+        return "data" if self.variables else "order"
+
+
+@dataclass
+class StepGraph:
+    notebook: Notebook
+    steps: list[Step]
+    edges: list[Edge]
+    parameters: dict[str, Parameter]
+    metrics: dict[str, str]  # metric -> step that logs it
+    imports_cells: list[Cell]
+    functions_cells: list[Cell]
+    codes: dict[int, CellCode]  # cell index -> analysed code
+    problems: list[Problem]
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == ERROR]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == WARNING]
+
+    def step(self, name: str) -> Step:
+        return next(s for s in self.steps if s.name == name)
+
+    def topological(self) -> list[Step]:
+        """Steps in an order where every edge points forward (notebook order when possible)."""
+        order = {s.name: i for i, s in enumerate(self.steps)}
+        preds: dict[str, set[str]] = {s.name: set() for s in self.steps}
+        for e in self.edges:
+            preds[e.dst].add(e.src)
+        done: list[Step] = []
+        left = list(self.steps)
+        while left:
+            ready = [s for s in left if preds[s.name] <= {d.name for d in done}]
+            if not ready:  # a cycle: reported as a problem; keep notebook order
+                return done + sorted(left, key=lambda s: order[s.name])
+            nxt = min(ready, key=lambda s: order[s.name])
+            done.append(nxt)
+            left.remove(nxt)
+        return done
+
+
+class _Analysis:
+    def __init__(self, nb: Notebook) -> None:
+        self.nb = nb
+        self.problems: list[Problem] = []
+        self.codes: dict[int, CellCode] = {}
+
+    def problem(self, severity: str, kind: str, message: str, cell: Cell | None = None,
+                line: int | None = None, hint: str | None = None) -> None:
+        self.problems.append(Problem(severity, kind, message, self.nb.where(cell, line), hint))
+
+
+def build_graph(nb: Notebook) -> StepGraph:
+    """Analyse ``nb`` into a StepGraph. Never raises for problems in the notebook's code."""
+    a = _Analysis(nb)
+    for note in nb.notes:
+        cell = next(c for c in nb.cells if c.index == note.cell)
+        a.problem(WARNING, "tag", note.message, cell)
+    for cell in nb.cells:
+        code = analyse(cell.source)
+        a.codes[cell.index] = code
+        if code.syntax_error:
+            line, msg = code.syntax_error
+            a.problem(ERROR, "syntax", f"syntax error: {msg}", cell, line)
+        for line in code.star_imports:
+            a.problem(ERROR, "star-import", "`import *` cannot run inside a step function",
+                      cell, line, "import the names you use")
+
+    steps, special = _group(a, nb)
+    for step in steps:
+        for cell, code in zip(step.cells, step.code):
+            for m in code.magics:
+                if m.install:
+                    a.problem(WARNING, "install",
+                              f"`{m.text}` is not run in the pipeline: the step image carries "
+                              "the dependencies", cell, m.line,
+                              hint="add the package to the project's requirements")
+    params = _parameters(a, special[PARAMETERS])
+    metric_names = _metric_names(a, special[METRICS])
+    graph = StepGraph(
+        notebook=nb,
+        steps=steps,
+        edges=[],
+        parameters=params,
+        metrics={},
+        imports_cells=special[IMPORTS],
+        functions_cells=special[FUNCTIONS],
+        codes=a.codes,
+        problems=a.problems,
+    )
+    _check_names(a, steps)
+    _dataflow(a, graph, special[SKIP])
+    _metrics(a, graph, metric_names, special[METRICS])
+    _order_edges(a, graph)
+    _mutation_warnings(a, graph)
+    _execution_order(a, nb)
+    a.problems.sort(key=lambda p: (p.where.cell if p.where.cell is not None else -1,
+                                   p.where.line or 0, p.severity != ERROR))
+    return graph
+
+
+# grouping ------------------------------------------------------------------
+def _group(a: _Analysis, nb: Notebook) -> tuple[list[Step], dict[str, list[Cell]]]:
+    special: dict[str, list[Cell]] = {IMPORTS: [], FUNCTIONS: [], PARAMETERS: [], METRICS: [],
+                                      SKIP: []}
+    has_step_tags = any(c.step for c in nb.cells)
+    steps: list[Step] = []
+    leading: list[Cell] = []
+    first_cell: dict[str, Cell] = {}
+    last_role: str | None = None
+    for cell in nb.cells:
+        if cell.role in special:
+            special[cell.role].append(cell)
+            last_role = cell.role
+            continue
+        if not has_step_tags:
+            if not steps:
+                steps.append(Step(name=_implicit_name(nb), cells=[]))
+            steps[0].cells.append(cell)
+        elif cell.step:
+            if steps and steps[-1].name == cell.step and last_role is None:
+                steps[-1].cells.append(cell)
+            else:
+                if cell.step in first_cell:
+                    a.problem(ERROR, "duplicate-step",
+                              f"step {cell.step!r} is declared again (first at cell "
+                              f"{first_cell[cell.step].index}); a step is one run of "
+                              "adjacent cells", cell,
+                              hint="rename one of them, or move the cells together")
+                else:
+                    first_cell[cell.step] = cell
+                steps.append(Step(name=cell.step, cells=[cell]))
+        elif steps:
+            steps[-1].cells.append(cell)
+        else:
+            leading.append(cell)
+        last_role = None
+        if steps and cell in steps[-1].cells:
+            _apply_settings(steps[-1], cell)
+    if leading:
+        if steps:
+            steps[0].cells[:0] = leading
+        elif any(c.source.strip() for c in leading):
+            steps.append(Step(name=_implicit_name(nb), cells=leading))
+    for step in steps:
+        step.code = [a.codes[c.index] for c in step.cells]
+    return steps, special
+
+
+def _implicit_name(nb: Notebook) -> str:
+    stem = re.sub(r"[^a-z0-9]+", "-", nb.path.stem.lower()).strip("-") or "notebook"
+    if not stem[0].isalpha():
+        stem = "nb-" + stem
+    return stem[:63].rstrip("-_")
+
+
+def _apply_settings(step: Step, cell: Cell) -> None:
+    step.prev.extend(p for p in cell.prev if p not in step.prev)
+    step.image = cell.image or step.image
+    step.cache = cell.cache if cell.cache is not None else step.cache
+    step.limits.update(cell.limits)
+    step.labels.update(cell.labels)
+    step.annotations.update(cell.annotations)
+    step.secrets.extend(s for s in cell.secrets if s not in step.secrets)
+
+
+def _check_names(a: _Analysis, steps: list[Step]) -> None:
+    seen: dict[str, str] = {}
+    for step in steps:
+        first = step.cells[0]
+        if not _STEP_NAME.match(step.name) or keyword.iskeyword(step.func):
+            a.problem(ERROR, "step-name",
+                      f"step name {step.name!r} would be refused by KFP/Kubernetes", first,
+                      hint="use lowercase letters, digits, '-' or '_', starting with a letter, "
+                      "at most 63 characters, not a Python keyword")
+        elif step.func in seen and seen[step.func] != step.name:
+            a.problem(ERROR, "step-name",
+                      f"step names {seen[step.func]!r} and {step.name!r} become the same "
+                      f"component {step.func!r}", first, hint="rename one of them")
+        seen.setdefault(step.func, step.name)
+
+
+# parameters and metrics ------------------------------------------------------
+_TYPES = {bool: "bool", int: "int", float: "float", str: "str", list: "list", dict: "dict"}
+
+
+def _parameters(a: _Analysis, cells: list[Cell]) -> dict[str, Parameter]:
+    params: dict[str, Parameter] = {}
+    for cell in cells:
+        code = a.codes[cell.index]
+        if code.syntax_error:
+            continue
+        ignored: list[int] = []
+        for stmt in ast.parse(code.python).body:
+            target: ast.expr | None = None
+            value: ast.expr | None = None
+            if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1:
+                target, value = stmt.targets[0], stmt.value
+            elif isinstance(stmt, ast.AnnAssign) and stmt.value is not None:
+                target, value = stmt.target, stmt.value
+            if not isinstance(target, ast.Name) or value is None:
+                ignored.append(stmt.lineno)
+                continue
+            try:
+                literal = ast.literal_eval(value)
+            except ValueError:
+                a.problem(ERROR, "parameter",
+                          f"parameter {target.id!r} must be a literal value, not "
+                          f"`{ast.unparse(value)}`", cell, stmt.lineno,
+                          hint="compute it in a step from a literal parameter")
+                continue
+            kind_name = _TYPES.get(type(literal))
+            if kind_name is None:
+                a.problem(ERROR, "parameter",
+                          f"parameter {target.id!r} = {literal!r}: KFP parameters are int, "
+                          "float, str, bool, list or dict", cell, stmt.lineno)
+                continue
+            params[target.id] = Parameter(target.id, literal, kind_name, cell, stmt.lineno)
+        if ignored:
+            a.problem(WARNING, "parameter",
+                      f"{len(ignored)} statement(s) in the parameters cell are not parameters "
+                      f"and do not run in the pipeline (lines {_spans(ignored)})", cell,
+                      ignored[0], hint="parameters are `name = literal` lines")
+    return params
+
+
+def _spans(lines: list[int]) -> str:
+    out: list[str] = []
+    start = prev = lines[0]
+    for n in [*lines[1:], None]:
+        if n is not None and n == prev + 1:
+            prev = n
+            continue
+        out.append(str(start) if start == prev else f"{start}-{prev}")
+        if n is not None:
+            start = prev = n
+    return ", ".join(out)
+
+
+def _metric_names(a: _Analysis, cells: list[Cell]) -> dict[str, tuple[Cell, int]]:
+    names: dict[str, tuple[Cell, int]] = {}
+    for cell in cells:
+        code = a.codes[cell.index]
+        if code.syntax_error:
+            continue
+        ignored: list[int] = []
+        for stmt in ast.parse(code.python).body:
+            expr = stmt.value if isinstance(stmt, ast.Expr) else None
+            if (isinstance(expr, ast.Call) and isinstance(expr.func, ast.Name)
+                    and expr.func.id == "print" and len(expr.args) == 1 and not expr.keywords):
+                expr = expr.args[0]
+            if isinstance(expr, ast.Name):
+                names.setdefault(expr.id, (cell, stmt.lineno))
+            else:
+                ignored.append(stmt.lineno)
+        if ignored:
+            a.problem(WARNING, "metrics",
+                      f"{len(ignored)} statement(s) in the metrics cell are not `print(name)` "
+                      f"or `name` lines and are ignored (lines {_spans(ignored)})", cell,
+                      ignored[0], hint="list each metric as print(name)")
+    return names
+
+
+# data flow ----------------------------------------------------------------------
+def _scan_step(step: Step) -> None:
+    bound: set[str] = set()
+    deferred: dict[str, tuple[Cell, int]] = {}
+    for cell, code in zip(step.cells, step.code):
+        for e in code.events:
+            if e.kind == "read" and e.name not in bound:
+                step.reads.setdefault(e.name, (cell, e.line))
+            elif e.kind == "def":
+                bound.add(e.name)
+                if e.name not in code.imports:
+                    step.produces[e.name] = (cell, e.line)
+            elif e.kind == "del":
+                bound.discard(e.name)
+                step.produces.pop(e.name, None)
+            elif e.kind == "mut":
+                step.produces[e.name] = (cell, e.line)
+            elif e.kind == "call" and e.name not in bound:
+                step.possible_mutations.setdefault(e.name, (cell, e.line))
+            elif e.kind == "deferred":
+                deferred.setdefault(e.name, (cell, e.line))
+    for name, where in deferred.items():
+        if name not in bound:
+            step.reads.setdefault(name, where)
+
+
+def _dataflow(a: _Analysis, graph: StepGraph, skip_cells: list[Cell]) -> None:
+    steps = graph.steps
+    for step in steps:
+        _scan_step(step)
+
+    import_cell_of: dict[str, Cell] = {}  # every name an imports cell binds
+    for cell in graph.imports_cells:
+        for e in a.codes[cell.index].events:
+            if e.kind == "def":
+                import_cell_of.setdefault(e.name, cell)
+    carried: dict[str, str] = {}  # import statements made in step cells
+    for step in steps:
+        for code in step.code:
+            for name, stmt in code.imports.items():
+                carried.setdefault(name, stmt)
+
+    functions_defs: dict[str, Cell] = {}
+    functions_reads: dict[int, dict[str, int]] = {}
+    for cell in graph.functions_cells:
+        code = a.codes[cell.index]
+        bound: set[str] = set()
+        reads: dict[str, int] = {}
+        for e in code.events:
+            if e.kind in ("read", "deferred", "call", "mut") and e.name not in bound:
+                reads.setdefault(e.name, e.line)
+            elif e.kind == "def":
+                bound.add(e.name)
+                if e.name not in code.imports:
+                    functions_defs[e.name] = cell
+        # names that functions defined in this cell bind at call time are fine too
+        functions_reads[cell.index] = {n: ln for n, ln in reads.items() if n not in bound}
+        for name, stmt in code.imports.items():
+            carried.setdefault(name, stmt)
+
+    skip_defs: dict[str, Cell] = {}
+    for cell in skip_cells:
+        for e in a.codes[cell.index].events:
+            if e.kind == "def":
+                skip_defs.setdefault(e.name, cell)
+
+    edges: dict[tuple[str, str], list[str]] = {}
+    for i, step in enumerate(steps):
+        pending = list(step.reads.items())
+        while pending:
+            name, (cell, line) = pending.pop(0)
+            producer = next((s for s in reversed(steps[:i]) if name in s.produces), None)
+            if producer is not None:
+                if name not in step.inputs:
+                    step.inputs[name] = producer.name
+                    producer.outputs[name] = producer.produces[name]
+                    edges.setdefault((producer.name, step.name), []).append(name)
+            elif name in graph.parameters:
+                if name not in step.params:
+                    step.params.append(name)
+            elif name in import_cell_of:
+                if import_cell_of[name] not in step.imports_cells:
+                    step.imports_cells.append(import_cell_of[name])
+            elif name in functions_defs:
+                fcell = functions_defs[name]
+                if fcell not in step.functions_cells:
+                    step.functions_cells.append(fcell)
+                    pending.extend((n, (fcell, ln)) for n, ln in
+                                   functions_reads[fcell.index].items())
+            elif name in carried:
+                if carried[name] not in step.carried_imports:
+                    step.carried_imports.append(carried[name])
+            elif name in _NOTEBOOK_BUILTINS:
+                continue
+            elif name in skip_defs:
+                a.problem(ERROR, "skip-only",
+                          f"{name!r} is defined only in a skip cell (cell "
+                          f"{skip_defs[name].index}), which the pipeline does not run",
+                          cell, line, hint="remove the skip tag, or define it in a step")
+            else:
+                later = next((s for s in steps[i:] if name in s.produces and s is not step), None)
+                if later is not None:
+                    a.problem(ERROR, "undefined-name",
+                              f"{name!r} is read here but only defined later, in step "
+                              f"{later.name!r}", cell, line,
+                              hint="move the definition above, into an earlier step")
+                else:
+                    a.problem(ERROR, "undefined-name",
+                              f"{name!r} is read here but defined nowhere upstream (not an "
+                              "import, builtin or parameter)", cell, line,
+                              hint="define it in an earlier step, or add it to the "
+                              "parameters cell")
+        step.imports_cells.sort(key=lambda c: c.index)
+        step.functions_cells.sort(key=lambda c: c.index)
+    order = {s.name: i for i, s in enumerate(steps)}
+    graph.edges = [Edge(src, dst, tuple(sorted(vs)))
+                   for (src, dst), vs in sorted(edges.items(),
+                                                key=lambda kv: (order[kv[0][1]], order[kv[0][0]]))]
+
+
+def _metrics(a: _Analysis, graph: StepGraph, names: dict[str, tuple[Cell, int]],
+             cells: list[Cell]) -> None:
+    for name, (cell, line) in names.items():
+        producer = next((s for s in reversed(graph.steps) if name in s.produces), None)
+        if producer is None and name in graph.parameters and graph.steps:
+            producer = graph.steps[-1]
+            if name not in producer.params:
+                producer.params.append(name)
+        if producer is None:
+            a.problem(ERROR, "metrics", f"metric {name!r} is produced by no step", cell, line)
+            continue
+        producer.metrics.append(name)
+        graph.metrics[name] = producer.name
+
+
+def _order_edges(a: _Analysis, graph: StepGraph) -> None:
+    names = {s.name for s in graph.steps}
+    data_pairs = {(e.src, e.dst) for e in graph.edges}
+    for step in graph.steps:
+        for prev in step.prev:
+            if prev not in names:
+                a.problem(ERROR, "unknown-prev", f"prev:{prev} names no step", step.cells[0],
+                          hint=f"steps are: {', '.join(sorted(names))}")
+            elif prev == step.name:
+                a.problem(ERROR, "prev-cycle", f"step {step.name!r} lists itself in prev:",
+                          step.cells[0])
+            elif (prev, step.name) not in data_pairs:
+                graph.edges.append(Edge(prev, step.name, ()))
+    cycle = _find_cycle(graph)
+    if cycle:
+        first = graph.step(cycle[0]).cells[0]
+        a.problem(ERROR, "prev-cycle", "the steps form a cycle: " + " -> ".join(cycle),
+                  first, hint="a prev: tag points at a step that itself depends on this one")
+
+
+def _find_cycle(graph: StepGraph) -> list[str] | None:
+    succ: dict[str, list[str]] = {s.name: [] for s in graph.steps}
+    for e in graph.edges:
+        if e.src != e.dst:
+            succ[e.src].append(e.dst)
+    state: dict[str, int] = {}
+    path: list[str] = []
+
+    def visit(n: str) -> list[str] | None:
+        state[n] = 1
+        path.append(n)
+        for m in succ[n]:
+            if state.get(m) == 1:
+                return path[path.index(m):] + [m]
+            if m not in state:
+                found = visit(m)
+                if found:
+                    return found
+        path.pop()
+        state[n] = 2
+        return None
+
+    for s in graph.steps:
+        if s.name not in state:
+            found = visit(s.name)
+            if found:
+                return found
+    return None
+
+
+def _mutation_warnings(a: _Analysis, graph: StepGraph) -> None:
+    steps = graph.steps
+    for i, step in enumerate(steps):
+        for name, (cell, line) in step.possible_mutations.items():
+            src = step.inputs.get(name)
+            if src is None or name in step.produces:
+                continue
+            method = _method_at(a.codes[cell.index], name, line)
+            if method in READ_ONLY_METHODS:
+                continue
+            later = [s.name for s in steps[i + 1:] if s.inputs.get(name) == src]
+            if later:
+                a.problem(WARNING, "mutation",
+                          f"`{name}.{method}(...)` may change {name!r} in place; the notebook's "
+                          f"later cells see that change, but the pipeline passes {name!r} to "
+                          f"{', '.join(repr(s) for s in later)} as step {src!r} produced it",
+                          cell, line,
+                          hint=f"assign the result (`{name} = ...`) so this step passes it on")
+
+
+def _method_at(code: CellCode, name: str, line: int) -> str:
+    for node in ast.walk(ast.parse(code.python)):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                and getattr(node, "lineno", None) == line):
+            root = node.func.value
+            while isinstance(root, (ast.Attribute, ast.Subscript)):
+                root = root.value
+            if isinstance(root, ast.Name) and root.id == name:
+                return node.func.attr
+    return "?"
+
+
+def _execution_order(a: _Analysis, nb: Notebook) -> None:
+    last: tuple[int, Cell] | None = None
+    for cell in nb.cells:
+        if cell.execution_count is None:
+            continue
+        if last is not None and cell.execution_count <= last[0]:
+            a.problem(WARNING, "execution-order",
+                      f"saved execution count [{cell.execution_count}] comes after "
+                      f"[{last[0]}] (cell {last[1].index}): the notebook was not run top to "
+                      "bottom, so its saved outputs may not be what a fresh run gives", cell,
+                      hint="Kernel > Restart and run all, then save")
+            return
+        last = (cell.execution_count, cell)

@@ -1,0 +1,392 @@
+"""Which names a cell reads, defines and changes, taken from its AST.
+
+IPython's own transformer first turns magics and ``!`` lines into Python (line
+numbers are kept: one line magic becomes one line), then the cell is parsed
+and walked in evaluation order. Nested functions and lambdas read their free
+names when called, so those reads are *deferred*; comprehensions and class
+bodies run at once, so theirs are immediate.
+"""
+
+from __future__ import annotations
+
+import ast
+from dataclasses import dataclass, field
+
+# Cell magics whose body is Python that runs in the user namespace.
+PYTHON_CELL_MAGICS = frozenset({"time", "timeit", "capture", "prun"})
+# Line magics / shell lines that install packages: never run inside a step.
+INSTALL_COMMANDS = ("pip", "conda", "mamba", "uv")
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str  # read | def | del | mut | call | deferred
+    name: str
+    line: int
+
+
+@dataclass
+class Magic:
+    line: int
+    text: str
+    install: bool  # a package install (pip/conda): dropped from steps
+
+
+@dataclass
+class CellCode:
+    """The analysed code of one cell."""
+
+    python: str  # the cell as plain Python (magics transformed)
+    events: list[Event] = field(default_factory=list)
+    imports: dict[str, str] = field(default_factory=dict)  # name -> import statement
+    magics: list[Magic] = field(default_factory=list)
+    star_imports: list[int] = field(default_factory=list)  # lines of `from x import *`
+    syntax_error: tuple[int, str] | None = None
+    cell_magic: str | None = None  # e.g. "time" for a %%time cell (body starts on line 2)
+
+    def names(self, kind: str) -> dict[str, int]:
+        """First line of each name with an event of ``kind``."""
+        out: dict[str, int] = {}
+        for e in self.events:
+            if e.kind == kind:
+                out.setdefault(e.name, e.line)
+        return out
+
+
+def to_python(source: str) -> tuple[str, list[Magic], str | None]:
+    """Turn IPython syntax into Python, keeping line numbers; return magics found."""
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    lines = source.splitlines()
+    cell_magic = None
+    if lines and lines[0].startswith("%%"):
+        name = lines[0][2:].split(maxsplit=1)[0] if lines[0][2:].strip() else ""
+        cell_magic = name
+        if name in PYTHON_CELL_MAGICS:
+            body, magics, _ = to_python("\n".join(lines[1:]))
+            shifted = [Magic(m.line + 1, m.text, m.install) for m in magics]
+            return "pass  # " + lines[0] + "\n" + body, [Magic(1, lines[0], False), *shifted], name
+        # A non-Python cell magic (%%bash, %%writefile...): run through IPython, opaque to analysis.
+        python = TransformerManager().transform_cell(source)
+        return python, [Magic(1, lines[0], False)], name
+
+    transformed = TransformerManager().transform_cell(source)
+    magics: list[Magic] = []
+    out_lines = transformed.splitlines()
+    for number, (before, after) in enumerate(zip(lines, out_lines), start=1):
+        if before != after and "get_ipython()" in after:
+            stripped = before.strip().lstrip("!%").strip()
+            command = stripped.split(maxsplit=1)[0] if stripped else ""
+            install = command in INSTALL_COMMANDS or command.endswith(("pip3", "pip"))
+            magics.append(Magic(number, before.strip(), install))
+    return transformed, magics, None
+
+
+def analyse(source: str) -> CellCode:
+    """Analyse one cell's source."""
+    python, magics, cell_magic = to_python(source)
+    code = CellCode(python=python, magics=magics, cell_magic=cell_magic)
+    try:
+        tree = ast.parse(python)
+    except SyntaxError as exc:
+        code.syntax_error = (exc.lineno or 1, exc.msg)
+        return code
+    walker = _Walker(code)
+    for stmt in tree.body:
+        walker.stmt(stmt)
+    return code
+
+
+def root_name(node: ast.AST) -> ast.Name | None:
+    """The Name at the root of ``a.b[c].d`` (None for calls and other roots)."""
+    while isinstance(node, (ast.Attribute, ast.Subscript, ast.Starred)):
+        node = node.value
+    return node if isinstance(node, ast.Name) else None
+
+
+_SCOPES = (
+    ast.FunctionDef,
+    ast.AsyncFunctionDef,
+    ast.Lambda,
+    ast.ClassDef,
+    ast.ListComp,
+    ast.SetComp,
+    ast.DictComp,
+    ast.GeneratorExp,
+)
+
+
+class _Walker:
+    """Walk module-level statements in evaluation order, recording events."""
+
+    def __init__(self, code: CellCode) -> None:
+        self.code = code
+
+    def emit(self, kind: str, name: str, node: ast.AST) -> None:
+        self.code.events.append(Event(kind, name, getattr(node, "lineno", 1)))
+
+    # statements ---------------------------------------------------------
+    def stmt(self, node: ast.stmt) -> None:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            for d in node.decorator_list:
+                self.expr(d)
+            self._arg_defaults(node.args)
+            free, global_defs = scope_free(node)
+            for name, line in free.items():
+                self.code.events.append(Event("deferred", name, line))
+            for name, line in global_defs.items():
+                self.code.events.append(Event("def", name, line))
+            self.emit("def", node.name, node)
+        elif isinstance(node, ast.ClassDef):
+            for d in [*node.decorator_list, *node.bases, *(k.value for k in node.keywords)]:
+                self.expr(d)
+            free, global_defs = scope_free(node)
+            for name, line in free.items():
+                self.code.events.append(Event("read", name, line))
+            for name, line in global_defs.items():
+                self.code.events.append(Event("def", name, line))
+            self.emit("def", node.name, node)
+        elif isinstance(node, ast.Assign):
+            self.expr(node.value)
+            for t in node.targets:
+                self.target(t)
+        elif isinstance(node, ast.AnnAssign):
+            if node.value is not None:
+                self.expr(node.value)
+            self.expr(node.annotation)
+            if node.value is not None or not isinstance(node.target, ast.Name):
+                self.target(node.target)
+        elif isinstance(node, ast.AugAssign):
+            self.expr_load_of_target(node.target)
+            self.expr(node.value)
+            self.target(node.target)
+        elif isinstance(node, (ast.For, ast.AsyncFor)):
+            self.expr(node.iter)
+            self.target(node.target)
+            for s in [*node.body, *node.orelse]:
+                self.stmt(s)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            for alias in node.names:
+                if alias.name == "*":
+                    self.code.star_imports.append(node.lineno)
+                    continue
+                bound = alias.asname or alias.name.split(".")[0]
+                if isinstance(node, ast.Import):
+                    stmt_src = ast.unparse(ast.Import(names=[alias]))
+                else:
+                    stmt_src = ast.unparse(
+                        ast.ImportFrom(module=node.module, names=[alias], level=node.level)
+                    )
+                self.code.imports[bound] = stmt_src
+                self.emit("def", bound, node)
+        elif isinstance(node, ast.Delete):
+            for t in node.targets:
+                if isinstance(t, ast.Name):
+                    self.emit("read", t.id, t)
+                    self.emit("del", t.id, t)
+                else:
+                    self.target(t)
+        elif isinstance(node, ast.Try) or type(node).__name__ == "TryStar":
+            for s in node.body:  # type: ignore[attr-defined]
+                self.stmt(s)
+            for h in node.handlers:  # type: ignore[attr-defined]
+                if h.type is not None:
+                    self.expr(h.type)
+                if h.name:
+                    self.emit("def", h.name, h)
+                for s in h.body:
+                    self.stmt(s)
+            for s in [*node.orelse, *node.finalbody]:  # type: ignore[attr-defined]
+                self.stmt(s)
+        elif isinstance(node, (ast.Global, ast.Nonlocal)):
+            return
+        elif isinstance(node, ast.Match):
+            self.expr(node.subject)
+            for case in node.cases:
+                for sub in ast.walk(case.pattern):
+                    name = getattr(sub, "name", None) or getattr(sub, "rest", None)
+                    if isinstance(name, str):
+                        self.emit("def", name, sub)
+                    elif isinstance(sub, ast.expr):
+                        self.expr(sub)
+                if case.guard is not None:
+                    self.expr(case.guard)
+                for s in case.body:
+                    self.stmt(s)
+        else:
+            # If, While, With, Expr, Return, Raise, Assert, ...: children in field order.
+            for child in ast.iter_child_nodes(node):
+                if isinstance(child, ast.stmt):
+                    self.stmt(child)
+                elif isinstance(child, ast.withitem):
+                    self.expr(child.context_expr)
+                    if child.optional_vars is not None:
+                        self.target(child.optional_vars)
+                elif isinstance(child, ast.expr):
+                    self.expr(child)
+
+    def _arg_defaults(self, args: ast.arguments) -> None:
+        for d in [*args.defaults, *(d for d in args.kw_defaults if d is not None)]:
+            self.expr(d)
+        for a in [*args.posonlyargs, *args.args, *args.kwonlyargs, args.vararg, args.kwarg]:
+            if a is not None and a.annotation is not None:
+                self.expr(a.annotation)
+
+    def expr_load_of_target(self, target: ast.expr) -> None:
+        root = root_name(target)
+        if root is not None:
+            self.emit("read", root.id, root)
+        if not isinstance(target, ast.Name):
+            self._target_parts(target)
+
+    def target(self, node: ast.expr) -> None:
+        if isinstance(node, ast.Name):
+            self.emit("def", node.id, node)
+        elif isinstance(node, (ast.Tuple, ast.List)):
+            for elt in node.elts:
+                self.target(elt)
+        elif isinstance(node, ast.Starred):
+            self.target(node.value)
+        elif isinstance(node, (ast.Attribute, ast.Subscript)):
+            root = root_name(node)
+            self._target_parts(node)
+            if root is not None:
+                self.emit("read", root.id, root)
+                self.emit("mut", root.id, root)
+
+    def _target_parts(self, node: ast.expr) -> None:
+        """Reads inside a store target: subscript indexes, call roots."""
+        while isinstance(node, (ast.Attribute, ast.Subscript)):
+            if isinstance(node, ast.Subscript):
+                self.expr(node.slice)
+            node = node.value
+        if not isinstance(node, ast.Name):
+            self.expr(node)
+
+    # expressions --------------------------------------------------------
+    def expr(self, node: ast.AST) -> None:
+        if isinstance(node, ast.Name):
+            if isinstance(node.ctx, ast.Load):
+                self.emit("read", node.id, node)
+            elif isinstance(node.ctx, ast.Store):
+                self.emit("def", node.id, node)
+            return
+        if isinstance(node, ast.NamedExpr):
+            self.expr(node.value)
+            self.emit("def", node.target.id, node.target)
+            return
+        if isinstance(node, ast.Lambda):
+            self._arg_defaults(node.args)
+            free, _ = scope_free(node)
+            for name, line in free.items():
+                self.code.events.append(Event("deferred", name, line))
+            return
+        if isinstance(node, (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)):
+            self.expr(node.generators[0].iter)
+            free, _ = scope_free(node)
+            for name, line in free.items():
+                self.code.events.append(Event("read", name, line))
+            for sub in ast.walk(node):  # the walrus binds in the enclosing scope
+                if isinstance(sub, ast.NamedExpr):
+                    self.emit("def", sub.target.id, sub.target)
+            return
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            root = root_name(node.func)
+            if root is not None:
+                self.emit("call", root.id, root)
+        for child in ast.iter_child_nodes(node):
+            self.expr(child)
+
+
+def _bound_names(node: ast.AST) -> tuple[set[str], set[str]]:
+    """Names bound in the scope of ``node`` (not in nested scopes), and names declared global."""
+    bound: set[str] = set()
+    declared: set[str] = set()
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+        a = node.args
+        for arg in [*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg]:
+            if arg is not None:
+                bound.add(arg.arg)
+    if isinstance(node, (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)):
+        for gen in node.generators:
+            for sub in ast.walk(gen.target):
+                if isinstance(sub, ast.Name):
+                    bound.add(sub.id)
+    for sub in _scope_nodes(node):
+        if isinstance(sub, ast.Name) and isinstance(sub.ctx, (ast.Store, ast.Del)):
+            bound.add(sub.id)
+        elif isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and sub is not node:
+            bound.add(sub.name)
+        elif isinstance(sub, (ast.Import, ast.ImportFrom)):
+            for alias in sub.names:
+                bound.add(alias.asname or alias.name.split(".")[0])
+        elif isinstance(sub, ast.ExceptHandler) and sub.name:
+            bound.add(sub.name)
+        elif isinstance(sub, (ast.MatchAs, ast.MatchStar)) and sub.name:
+            bound.add(sub.name)
+        elif isinstance(sub, ast.MatchMapping) and sub.rest:
+            bound.add(sub.rest)
+        elif isinstance(sub, ast.Global):
+            declared.update(sub.names)
+        elif isinstance(sub, ast.Nonlocal):
+            bound.update(sub.names)
+    return bound - declared, declared
+
+
+def _scope_body(node: ast.AST) -> list[ast.AST]:
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return list(node.body)
+    if isinstance(node, ast.Lambda):
+        return [node.body]
+    if isinstance(node, (ast.ListComp, ast.SetComp, ast.GeneratorExp)):
+        parts: list[ast.AST] = [node.elt]
+    elif isinstance(node, ast.DictComp):
+        parts = [node.key, node.value]
+    else:
+        return []
+    for i, gen in enumerate(node.generators):
+        if i:
+            parts.append(gen.iter)
+        parts.extend(gen.ifs)
+    return parts
+
+
+def _scope_nodes(node: ast.AST):  # type: ignore[no-untyped-def]
+    """Yield the nodes that belong to ``node``'s own scope; nested scopes are yielded, not entered."""
+    stack = list(reversed(_scope_body(node)))
+    while stack:
+        sub = stack.pop()
+        yield sub
+        if isinstance(sub, _SCOPES):
+            # parts of a nested scope evaluated in this scope
+            if isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                stack.extend(reversed([*sub.args.defaults, *(d for d in sub.args.kw_defaults if d)]))
+            if isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                stack.extend(reversed(sub.decorator_list))
+            if isinstance(sub, ast.ClassDef):
+                stack.extend(reversed([*sub.bases, *(k.value for k in sub.keywords)]))
+            if isinstance(sub, (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)):
+                stack.append(sub.generators[0].iter)
+            continue
+        stack.extend(reversed(list(ast.iter_child_nodes(sub))))
+
+
+def scope_free(node: ast.AST) -> tuple[dict[str, int], dict[str, int]]:
+    """Free names read inside the scope ``node`` opens (with first line), and globals it assigns."""
+    bound, declared = _bound_names(node)
+    free: dict[str, int] = {}
+    global_defs: dict[str, int] = {}
+    for sub in _scope_nodes(node):
+        if isinstance(sub, ast.Name):
+            if isinstance(sub.ctx, ast.Load) and sub.id not in bound:
+                free.setdefault(sub.id, sub.lineno)
+            elif sub.id in declared and isinstance(sub.ctx, ast.Store):
+                global_defs.setdefault(sub.id, sub.lineno)
+        elif isinstance(sub, _SCOPES):
+            inner_free, inner_globals = scope_free(sub)
+            for name, line in inner_free.items():
+                if name not in bound:
+                    free.setdefault(name, line)
+            for name, line in inner_globals.items():
+                global_defs.setdefault(name, line)
+    return free, global_defs

@@ -1,0 +1,255 @@
+"""Read an .ipynb with nbformat into Notebook/Cell objects and parse the tag vocabulary.
+
+The vocabulary (DESIGN.md section 3) is Kale's tags, papermill's ``parameters`` and
+``injected-parameters``, and nbval/nbmake tags passed through. Unknown tags are a
+warning, never a failure.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nbship.errors import Location, UnusableInputError
+
+# Cell roles. A cell has exactly one role; ``step`` cells carry a step name
+# (``None``: the cell joins the step above it).
+IMPORTS = "imports"
+FUNCTIONS = "functions"
+PARAMETERS = "parameters"
+METRICS = "metrics"
+SKIP = "skip"
+STEP = "step"
+
+_ROLE_TAGS = {
+    "imports": IMPORTS,
+    "functions": FUNCTIONS,
+    "pipeline-parameters": PARAMETERS,
+    "parameters": PARAMETERS,
+    "injected-parameters": PARAMETERS,
+    "pipeline-metrics": METRICS,
+    "skip": SKIP,
+}
+
+# Tags of other tools that coexist with ours: passed through, never an error.
+PASSTHROUGH_TAGS = frozenset(
+    {
+        "nbval-ignore-output",
+        "nbval-skip",
+        "nbval-check-output",
+        "nbval-raise",
+        "raises-exception",
+        "skip-execution",
+        "hide-input",
+        "hide-output",
+        "hide-cell",
+        "remove-input",
+        "remove-output",
+        "remove-cell",
+    }
+)
+
+
+@dataclass(frozen=True)
+class TagNote:
+    """A remark about a cell's tags (unknown tag, conflicting roles...)."""
+
+    cell: int
+    message: str
+
+
+@dataclass
+class Cell:
+    """One code cell, with its parsed tags."""
+
+    index: int
+    id: str | None
+    source: str
+    tags: list[str]
+    execution_count: int | None
+    role: str = STEP
+    step: str | None = None  # for role == STEP: the step this cell opens, if any
+    prev: list[str] = field(default_factory=list)
+    limits: dict[str, str] = field(default_factory=dict)
+    image: str | None = None
+    cache: bool | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+    secrets: list[tuple[str, str, str]] = field(default_factory=list)  # (name, key, env)
+    injected: bool = False  # papermill's injected-parameters cell
+
+
+@dataclass
+class Notebook:
+    """A notebook as nbship sees it: its code cells, tags and identity."""
+
+    path: Path
+    sha256: str
+    cells: list[Cell]
+    notes: list[TagNote]
+    kernel_language: str
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def where(self, cell: Cell | None = None, line: int | None = None) -> Location:
+        if cell is None:
+            return Location(str(self.path))
+        return Location(str(self.path), cell.index, cell.id, line)
+
+
+def read_notebook(path: str | Path) -> Notebook:
+    """Read and validate ``path``; raise UnusableInputError (exit 2) if nbship cannot use it."""
+    import nbformat
+
+    p = Path(path)
+    where = Location(str(p))
+    if not p.exists():
+        raise UnusableInputError("no such file", where=where)
+    if p.is_dir():
+        raise UnusableInputError("is a directory, not a notebook", where=where)
+    raw = p.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UnusableInputError(
+            f"not a notebook: not UTF-8 text (byte {exc.start})", where=where
+        ) from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UnusableInputError(
+            f"not a notebook: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}",
+            where=Location(str(p), line=exc.lineno),
+            hint="open it in JupyterLab or fix the JSON by hand; a merge conflict often leaves this",
+        ) from None
+    if not isinstance(data, dict) or "cells" not in data and "worksheets" not in data:
+        raise UnusableInputError(
+            "not a notebook: JSON without 'cells'",
+            where=where,
+            hint="nbship reads Jupyter notebooks (.ipynb, nbformat 4)",
+        )
+    major = data.get("nbformat")
+    if major != 4:
+        raise UnusableInputError(
+            f"nbformat {major} is not supported; nbship reads nbformat 4",
+            where=where,
+            hint="upgrade it: jupyter nbconvert --to notebook --nbformat 4 --inplace " + str(p),
+        )
+    try:
+        nb = nbformat.reads(text, as_version=4)
+        nbformat.validate(nb)
+    except nbformat.ValidationError as exc:
+        raise UnusableInputError(
+            f"not a valid nbformat 4 notebook: {exc.message}", where=where
+        ) from None
+    except Exception as exc:  # nbformat's reader raises several types
+        raise UnusableInputError(f"not a readable notebook: {exc}", where=where) from None
+
+    language = str(
+        nb.metadata.get("kernelspec", {}).get("language")
+        or nb.metadata.get("language_info", {}).get("name")
+        or "python"
+    )
+    cells: list[Cell] = []
+    notes: list[TagNote] = []
+    for index, raw_cell in enumerate(nb.cells):
+        if raw_cell.cell_type != "code":
+            continue
+        tags = [str(t) for t in raw_cell.get("metadata", {}).get("tags", [])]
+        cell = Cell(
+            index=index,
+            id=raw_cell.get("id"),
+            source=raw_cell.source,
+            tags=tags,
+            execution_count=raw_cell.get("execution_count"),
+        )
+        notes.extend(parse_tags(cell))
+        cells.append(cell)
+    if language.lower() != "python":
+        raise UnusableInputError(
+            f"the kernel language is {language!r}; nbship turns Python notebooks into pipelines",
+            where=where,
+        )
+    if not any(c.source.strip() for c in cells):
+        raise UnusableInputError(
+            "the notebook has no code to run (no non-empty code cells)", where=where
+        )
+    return Notebook(
+        path=p,
+        sha256=hashlib.sha256(raw).hexdigest(),
+        cells=cells,
+        notes=notes,
+        kernel_language=language,
+    )
+
+
+_KV = re.compile(r"^(?P<kind>limit|annotation|label):(?P<key>.+):(?P<value>[^:]*)$")
+
+
+def parse_tags(cell: Cell) -> list[TagNote]:
+    """Fill ``cell``'s role and settings from its tags; return notes about odd tags."""
+    notes: list[TagNote] = []
+    roles: list[str] = []
+    for tag in cell.tags:
+        tag = tag.strip()
+        if tag in _ROLE_TAGS:
+            roles.append(_ROLE_TAGS[tag])
+            cell.injected = cell.injected or tag == "injected-parameters"
+        elif tag.startswith(("step:", "block:")):
+            name = tag.split(":", 1)[1].strip()
+            if name in _ROLE_TAGS:  # Kale 0.x wrote block:imports, block:functions
+                roles.append(_ROLE_TAGS[name])
+            elif name:
+                roles.append(STEP)
+                if cell.step and cell.step != name:
+                    notes.append(
+                        TagNote(cell.index, f"two step names ({cell.step}, {name}); using {cell.step}")
+                    )
+                else:
+                    cell.step = name
+            else:
+                notes.append(
+                    TagNote(cell.index, f"tag {tag!r} names no step; the cell joins the step above")
+                )
+        elif tag.startswith("prev:"):
+            cell.prev.extend(p for p in tag.split(":")[1:] if p)
+        elif tag.startswith("image:"):
+            cell.image = tag.split(":", 1)[1]
+        elif tag.startswith("cache:"):
+            value = tag.split(":", 1)[1]
+            if value in ("enabled", "disabled"):
+                cell.cache = value == "enabled"
+            else:
+                notes.append(TagNote(cell.index, f"tag {tag!r}: use cache:enabled or cache:disabled"))
+        elif tag.startswith("secret:"):
+            parts = tag.split(":")
+            if len(parts) == 4 and all(parts[1:]):
+                cell.secrets.append((parts[1], parts[2], parts[3]))
+            else:
+                notes.append(TagNote(cell.index, f"tag {tag!r}: use secret:NAME:KEY:ENV"))
+        elif _KV.match(tag):
+            m = _KV.match(tag)
+            assert m is not None
+            kind, key, value = m["kind"], m["key"], m["value"]
+            {"limit": cell.limits, "label": cell.labels, "annotation": cell.annotations}[kind][
+                key
+            ] = value
+        elif tag in PASSTHROUGH_TAGS or tag.startswith("nbval-"):
+            continue
+        else:
+            notes.append(TagNote(cell.index, f"unknown tag {tag!r} (ignored)"))
+    distinct = list(dict.fromkeys(roles))
+    if len(distinct) > 1:
+        notes.append(
+            TagNote(
+                cell.index,
+                f"tags give the cell several roles ({', '.join(distinct)}); using {distinct[0]}",
+            )
+        )
+    cell.role = distinct[0] if distinct else STEP
+    return notes
