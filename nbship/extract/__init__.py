@@ -1,0 +1,1 @@
+"""Notebook -> StepGraph (def/use analysis, steps, edges, problems) -> pipeline source."""

@@ -1,0 +1,129 @@
+"""StepGraph -> pipeline module + KFP v2 IR YAML, written atomically and round-trip checked."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from nbship.errors import AnalysisError, CompileError
+from nbship.extract.codegen import Provenance, generate, pipeline_name
+from nbship.extract.graph import StepGraph
+from nbship.extract.report import to_json
+
+DEFAULT_IMAGE = "nbship-env:latest"
+MODULE_FILE = "pipeline.py"
+YAML_FILE = "pipeline.yaml"
+GRAPH_FILE = "step-graph.json"
+
+
+@dataclass
+class CompiledPipeline:
+    graph: StepGraph
+    name: str
+    out_dir: Path
+    module: Path
+    yaml: Path
+    yaml_sha256: str
+    provenance: Provenance
+
+
+def git_state(path: Path) -> tuple[str | None, bool]:
+    """(commit, dirty) of the git work tree holding ``path``; (None, False) outside git."""
+    cwd = path.resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
+                                text=True, timeout=10)
+        if commit.returncode != 0:
+            return None, False
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                cwd=cwd, capture_output=True, text=True, timeout=10)
+        return commit.stdout.strip(), bool(status.stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        return None, False
+
+
+def _compile_module(module_path: Path, yaml_path: Path) -> None:
+    from kfp import compiler
+
+    name = f"nbship_generated_{hashlib.sha256(str(module_path).encode()).hexdigest()[:12]}"
+    spec = importlib.util.spec_from_file_location(name, module_path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            spec.loader.exec_module(module)
+            compiler.Compiler().compile(module.pipeline, str(yaml_path))
+    finally:
+        sys.modules.pop(name, None)
+
+
+def check_round_trip(yaml_path: Path) -> None:
+    """Parse the IR back into PipelineSpec; raise CompileError if it does not fit."""
+    import yaml
+    from google.protobuf import json_format
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    docs = list(yaml.safe_load_all(yaml_path.read_text()))
+    try:
+        json_format.ParseDict(docs[0], pipeline_spec_pb2.PipelineSpec())
+        if len(docs) > 1 and docs[1]:
+            json_format.ParseDict(docs[1], pipeline_spec_pb2.PlatformSpec())
+    except json_format.ParseError as exc:
+        raise CompileError(f"the compiled YAML does not parse back into PipelineSpec: {exc}")
+
+
+def compile_graph(graph: StepGraph, out_dir: str | Path, *, base_image: str = DEFAULT_IMAGE,
+                  allow_warnings: bool = True) -> CompiledPipeline:
+    """Write pipeline.py, pipeline.yaml and step-graph.json into ``out_dir``.
+
+    Everything is built in a temporary folder beside ``out_dir`` and moved in only
+    when complete, so a failure leaves ``out_dir`` as it was.
+    """
+    if graph.errors:
+        first = graph.errors[0]
+        more = f" (and {len(graph.errors) - 1} more; see `nbship check`)" if len(
+            graph.errors) > 1 else ""
+        raise AnalysisError(first.message + more, where=first.where, hint=first.hint)
+    nb = graph.notebook
+    commit, dirty = git_state(nb.path)
+    prov = Provenance(notebook=nb.name, sha256=nb.sha256, commit=commit, dirty=dirty)
+    source = generate(graph, base_image=base_image, provenance=prov)
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".nbship-compile-", dir=out))
+    try:
+        module_path = tmp / MODULE_FILE
+        yaml_path = tmp / YAML_FILE
+        module_path.write_text(source)
+        try:
+            _compile_module(module_path, yaml_path)
+        except Exception as exc:
+            raise CompileError(f"KFP could not compile the generated pipeline: {exc}",
+                               hint=f"the generated module is {out / MODULE_FILE}") from None
+        check_round_trip(yaml_path)
+        (tmp / GRAPH_FILE).write_text(to_json(graph))
+        for name in (MODULE_FILE, GRAPH_FILE, YAML_FILE):
+            (tmp / name).replace(out / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    yaml_bytes = (out / YAML_FILE).read_bytes()
+    return CompiledPipeline(graph=graph, name=pipeline_name(graph), out_dir=out,
+                            module=out / MODULE_FILE, yaml=out / YAML_FILE,
+                            yaml_sha256=hashlib.sha256(yaml_bytes).hexdigest(), provenance=prov)
+
+
+def describe(compiled: CompiledPipeline) -> str:
+    g = compiled.graph
+    return json.dumps({"pipeline": compiled.name, "steps": len(g.steps),
+                       "yaml": str(compiled.yaml), "sha256": compiled.yaml_sha256})

@@ -1,0 +1,262 @@
+"""Run a compiled pipeline YAML on ``kfp.local`` (SubprocessRunner, no venv, caching on).
+
+kfp.local keys its cache on (component name, image, full command — which holds
+the step's code —, arguments — parameter values and input artifacts' URI and
+metadata —, env). A task that re-runs writes new output URIs, so every
+descendant misses the cache: a changed step re-runs with its descendants only,
+and a step whose inputs changed is never served a stale result. nbship also puts
+each output's sha256 into the artifact metadata, so the key names the content.
+
+Progress and provenance come from wrapping kfp.local's per-task executor
+(``kfp.local.orchestrator.task_executor.execute_single_task``); the step logs go
+to ``run.log`` in the run's record folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import re
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from nbship import __version__
+from nbship.errors import Location, RunError
+from nbship.pipelines.compile import CompiledPipeline
+from nbship.runtime.step import FAILURE_DIR_ENV
+
+DEFAULT_ROOT = Path(".nbship/runs")
+
+
+@dataclass
+class TaskRecord:
+    task: str
+    status: str = "running"
+    cached: bool = False
+    seconds: float = 0.0
+    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class RunResult:
+    status: str
+    record_dir: Path
+    provenance: Path
+    metrics: dict[str, float]
+    tasks: dict[str, TaskRecord]
+    seconds: float
+    parameters: dict[str, Any]
+
+
+def task_name(func: str) -> str:
+    """The KFP task name of a step's component function (as the compiler derives it)."""
+    return re.sub(r"[^a-z0-9-]", "-", func.lower())
+
+
+class _Tracker:
+    """Wraps kfp.local's task executor to report progress and keep each task's outputs."""
+
+    def __init__(self, echo: Callable[[str], None], width: int) -> None:
+        self.echo = echo
+        self.width = width
+        self.records: dict[str, TaskRecord] = {}
+        self.local = threading.local()
+        self.lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[None]:
+        from kfp.local import cache as kcache
+        from kfp.local.orchestrator import task_executor
+
+        original_exec = task_executor.execute_single_task
+        original_get = kcache.LocalCache.get
+        tracker = self
+
+        def get(cache_self: Any, key: str) -> Any:
+            found = original_get(cache_self, key)
+            tracker.local.hit = found is not None
+            return found
+
+        def execute(task_name: str, *args: Any, **kwargs: Any) -> Any:
+            tracker.local.hit = False
+            rec = TaskRecord(task_name)
+            with tracker.lock:
+                tracker.records[task_name] = rec
+            started = time.perf_counter()
+            outputs, status = original_exec(task_name, *args, **kwargs)
+            rec.seconds = time.perf_counter() - started
+            rec.cached = bool(getattr(tracker.local, "hit", False))
+            rec.status = status.name
+            rec.outputs = {k: {"uri": v.uri, "metadata": dict(v.metadata)}
+                           for k, v in (outputs or {}).items() if hasattr(v, "uri")}
+            if rec.cached:
+                word = "cached"
+            elif rec.status == "SUCCESS":
+                word = f"ran    {rec.seconds:5.2f}s"
+            else:
+                word = f"FAILED {rec.seconds:5.2f}s"
+            tracker.echo(f"  {task_name:<{tracker.width}}  {word}")
+            return outputs, status
+
+        task_executor.execute_single_task = execute  # type: ignore[assignment]
+        kcache.LocalCache.get = get  # type: ignore[method-assign]
+        try:
+            yield
+        finally:
+            task_executor.execute_single_task = original_exec  # type: ignore[assignment]
+            kcache.LocalCache.get = original_get  # type: ignore[method-assign]
+
+
+@contextlib.contextmanager
+def _env(name: str, value: str) -> Iterator[None]:
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
+
+
+def _write_json(path: Path, doc: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2, sort_keys=False, default=str) + "\n")
+    tmp.replace(path)
+
+
+def run_compiled(compiled: CompiledPipeline, arguments: dict[str, Any], *,
+                 root: Path = DEFAULT_ROOT, echo: Callable[[str], None] | None = None,
+                 ) -> RunResult:
+    """Run ``compiled.yaml`` on kfp.local; raise RunError naming the notebook cell on failure."""
+    import kfp
+    from kfp import local
+    from kfp.components import load_component_from_file
+
+    out: TextIO = sys.stdout
+    say = echo or (lambda line: print(line, file=out, flush=True))
+    graph = compiled.graph
+    base = root / compiled.name
+    run_id = dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    record_dir = base / run_id
+    failures = record_dir / "failures"
+    record_dir.mkdir(parents=True, exist_ok=True)
+    artifacts = base / "artifacts"
+    defaults = {p.name: p.value for p in graph.parameters.values()}
+    values = {**defaults, **arguments}
+
+    width = max((len(task_name(s.func)) for s in graph.steps), default=4)
+    tracker = _Tracker(say, width)
+    started = time.perf_counter()
+    status = "SUCCESS"
+    error: BaseException | None = None
+    log_path = record_dir / "run.log"
+    with open(log_path, "w") as log, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(artifacts),
+                   enable_caching=True, raise_on_error=True)
+        pipeline = load_component_from_file(str(compiled.yaml))
+        with tracker.installed(), _env(FAILURE_DIR_ENV, str(failures.resolve())), \
+                contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            try:
+                pipeline(**values)
+            except Exception as exc:  # kfp.local raises RuntimeError for a failed task
+                status = "FAILURE"
+                error = exc
+    seconds = time.perf_counter() - started
+
+    metrics: dict[str, float] = {}
+    for rec in tracker.records.values():
+        for out_name, art in rec.outputs.items():
+            if out_name == "nbship_metrics":
+                metrics.update({k: v for k, v in art["metadata"].items()
+                                if isinstance(v, (int, float)) and not isinstance(v, bool)})
+
+    prov_path = record_dir / "provenance.json"
+    _write_json(prov_path, provenance(compiled, values, tracker.records, metrics, run_id,
+                                      status, seconds))
+    result = RunResult(status=status, record_dir=record_dir, provenance=prov_path,
+                       metrics=metrics, tasks=tracker.records, seconds=seconds,
+                       parameters=values)
+    if error is not None:
+        raise _run_error(compiled, failures, log_path, error)
+    del kfp
+    return result
+
+
+def _run_error(compiled: CompiledPipeline, failures: Path, log_path: Path,
+               error: BaseException) -> RunError:
+    nb = compiled.graph.notebook
+    reports = sorted(failures.glob("*.json")) if failures.exists() else []
+    if reports:
+        rep = json.loads(reports[0].read_text())
+        where = Location(str(nb.path), rep.get("cell"), rep.get("cell_id"), rep.get("line"))
+        context = "\n".join(f"    | {line}" for line in rep.get("context", []))
+        msg = f"step {rep['step']!r} failed: {rep['error']}"
+        if context:
+            msg += "\n" + context
+        return RunError(msg, where=where,
+                        hint=f"fix the cell and run again: steps that finished come from the "
+                        f"cache. Full log: {log_path}")
+    tail = log_path.read_text().splitlines()[-15:]
+    return RunError(f"the pipeline failed: {error}\n" + "\n".join("    " + t for t in tail),
+                    where=Location(str(nb.path)), hint=f"full log: {log_path}")
+
+
+def provenance(compiled: CompiledPipeline, values: dict[str, Any],
+               records: dict[str, TaskRecord], metrics: dict[str, float], run_id: str,
+               status: str, seconds: float) -> dict[str, Any]:
+    import kfp
+
+    graph = compiled.graph
+    by_task = {task_name(s.func): s for s in graph.steps}
+    outputs_of: dict[str, dict[str, Any]] = {}
+    steps: dict[str, Any] = {}
+    for tname, step in by_task.items():
+        rec = records.get(tname)
+        outs = {}
+        for out_name, art in (rec.outputs if rec else {}).items():
+            if out_name.startswith("out_"):
+                md = art["metadata"]
+                outs[out_name[4:]] = {"sha256": md.get("sha256"), "serializer":
+                                      md.get("serializer"), "type": md.get("type"),
+                                      "uri": art["uri"]}
+        outputs_of[step.name] = outs
+        steps[step.name] = {
+            "task": tname,
+            "cells": [{"index": c.index, "id": c.id} for c in step.cells],
+            "imports_cells": [c.index for c in step.imports_cells],
+            "functions_cells": [c.index for c in step.functions_cells],
+            "status": rec.status if rec else "NOT_RUN",
+            "cached": rec.cached if rec else False,
+            "seconds": round(rec.seconds, 3) if rec else None,
+            "outputs": outs,
+        }
+    for step in graph.steps:
+        steps[step.name]["inputs"] = {
+            var: {"from": src, "sha256": outputs_of.get(src, {}).get(var, {}).get("sha256")}
+            for var, src in sorted(step.inputs.items())
+        }
+    prov = compiled.provenance
+    return {
+        "run": {"id": run_id, "status": status, "seconds": round(seconds, 3),
+                "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")},
+        "git": {"commit": prov.commit, "dirty": prov.dirty},
+        "notebook": {"path": str(graph.notebook.path), "sha256": graph.notebook.sha256},
+        "pipeline": {"name": compiled.name, "yaml": str(compiled.yaml),
+                     "yaml_sha256": compiled.yaml_sha256, "module": str(compiled.module)},
+        "parameters": values,
+        "metrics": metrics,
+        "versions": {"nbship": __version__, "kfp": kfp.__version__,
+                     "python": sys.version.split()[0]},
+        "steps": steps,
+    }

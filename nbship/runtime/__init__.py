@@ -1,0 +1,1 @@
+"""What runs inside a pipeline step: serializers, the step wrapper, provenance."""

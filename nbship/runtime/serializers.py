@@ -1,0 +1,250 @@
+"""Values that cross a step boundary: one serializer per type, cloudpickle last.
+
+Each value is written into a directory (the KFP artifact's path) as ``value.<ext>``
+plus ``nbship.json`` naming the serializer, the Python type and the sha256 of the
+bytes. The registry is ordered: the first serializer whose ``accepts`` says yes
+wins. Heavy libraries are imported only when a value of theirs shows up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+META = "nbship.json"
+
+
+@dataclass(frozen=True)
+class Serializer:
+    name: str
+    filename: str
+    accepts: Callable[[Any], bool]
+    save: Callable[[Any, Path], None]
+    load: Callable[[Path], Any]
+
+
+def _module_of(value: Any) -> str:
+    return type(value).__module__.split(".")[0]
+
+
+def _is_instance(value: Any, module: str, qualname: str) -> bool:
+    """isinstance against a class of a library that may not be imported (or installed)."""
+    mod = sys.modules.get(module.split(".")[0])
+    if mod is None:
+        return False
+    obj: Any = sys.modules.get(module)
+    if obj is None:
+        return False
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return False
+    return isinstance(value, obj)
+
+
+# JSON: only when the value comes back exactly (tuples would come back as lists).
+def _json_exact(value: Any) -> bool:
+    if value is None or type(value) in (bool, int, str):
+        return True
+    if type(value) is float:
+        return True
+    if type(value) is list:
+        return all(_json_exact(v) for v in value)
+    if type(value) is dict:
+        return all(type(k) is str and _json_exact(v) for k, v in value.items())
+    return False
+
+
+def _json_save(value: Any, path: Path) -> None:
+    path.write_text(json.dumps(value, allow_nan=True))
+
+
+def _json_load(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def _npy_save(value: Any, path: Path) -> None:
+    import numpy as np
+
+    with open(path, "wb") as f:
+        np.save(f, value, allow_pickle=False)
+
+
+def _npy_load(path: Path) -> Any:
+    import numpy as np
+
+    return np.load(path, allow_pickle=False)
+
+
+def _npy_accepts(value: Any) -> bool:
+    return _is_instance(value, "numpy", "ndarray") and value.dtype != object
+
+
+def _tensor_save(value: Any, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({"tensor": value.detach().contiguous()}, str(path))
+
+
+def _tensor_load(path: Path) -> Any:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))["tensor"]
+
+
+def _module_save(value: Any, path: Path) -> None:
+    """nn.Module: the architecture pickled on the meta device (no weights), weights in safetensors."""
+    import copy
+
+    import cloudpickle
+    from safetensors.torch import save_file
+
+    path.mkdir()
+    state = {k: v.detach().contiguous().clone() for k, v in value.state_dict().items()}
+    save_file(state, str(path / "weights.safetensors"))
+    skeleton = copy.deepcopy(value).to("meta")
+    (path / "architecture.pkl").write_bytes(cloudpickle.dumps(skeleton))
+
+
+def _module_load(path: Path) -> Any:
+    import cloudpickle
+    from safetensors.torch import load_file
+
+    skeleton = cloudpickle.loads((path / "architecture.pkl").read_bytes())
+    skeleton.load_state_dict(load_file(str(path / "weights.safetensors")), assign=True)
+    return skeleton
+
+
+def _pandas_save(value: Any, path: Path) -> None:
+    value.to_pickle(path)
+
+
+def _pandas_load(path: Path) -> Any:
+    import pandas as pd
+
+    return pd.read_pickle(path)
+
+
+def _joblib_save(value: Any, path: Path) -> None:
+    import joblib
+
+    joblib.dump(value, path)
+
+
+def _joblib_load(path: Path) -> Any:
+    import joblib
+
+    return joblib.load(path)
+
+
+def _sklearn_accepts(value: Any) -> bool:
+    return _module_of(value) == "sklearn" and hasattr(value, "get_params")
+
+
+def _cloudpickle_save(value: Any, path: Path) -> None:
+    import cloudpickle
+
+    path.write_bytes(cloudpickle.dumps(value))
+
+
+def _cloudpickle_load(path: Path) -> Any:
+    import cloudpickle
+
+    return cloudpickle.loads(path.read_bytes())
+
+
+REGISTRY: list[Serializer] = [
+    Serializer("json", "value.json", _json_exact, _json_save, _json_load),
+    Serializer("numpy", "value.npy", _npy_accepts, _npy_save, _npy_load),
+    Serializer(
+        "torch-tensor",
+        "value.safetensors",
+        lambda v: _is_instance(v, "torch", "Tensor") and not v.is_sparse,
+        _tensor_save,
+        _tensor_load,
+    ),
+    Serializer(
+        "torch-module",
+        "module",
+        lambda v: _is_instance(v, "torch.nn", "Module"),
+        _module_save,
+        _module_load,
+    ),
+    Serializer(
+        "pandas",
+        "value.pandas.pkl",
+        lambda v: _is_instance(v, "pandas", "DataFrame") or _is_instance(v, "pandas", "Series"),
+        _pandas_save,
+        _pandas_load,
+    ),
+    Serializer("sklearn", "value.joblib", _sklearn_accepts, _joblib_save, _joblib_load),
+]
+FALLBACK = Serializer("cloudpickle", "value.pkl", lambda v: True, _cloudpickle_save,
+                      _cloudpickle_load)
+_BY_NAME = {s.name: s for s in [*REGISTRY, FALLBACK]}
+
+
+def choose(value: Any) -> Serializer:
+    for s in REGISTRY:
+        try:
+            if s.accepts(value):
+                return s
+        except Exception:  # a strange object must not break the choice
+            continue
+    return FALLBACK
+
+
+def digest(path: Path) -> str:
+    """sha256 of a file, or of a directory's files (names and bytes, sorted)."""
+    h = hashlib.sha256()
+    if path.is_dir():
+        for root, dirs, files in os.walk(path):
+            dirs.sort()
+            for name in sorted(files):
+                p = Path(root, name)
+                h.update(str(p.relative_to(path)).encode() + b"\0")
+                h.update(p.read_bytes())
+    else:
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def save(value: Any, directory: str | os.PathLike[str]) -> dict[str, Any]:
+    """Write ``value`` into ``directory``; return its metadata (serializer, type, sha256)."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    s = choose(value)
+    target = d / s.filename
+    s.save(value, target)
+    meta = {
+        "serializer": s.name,
+        "type": f"{type(value).__module__}.{type(value).__qualname__}",
+        "file": s.filename,
+        "sha256": digest(target),
+    }
+    (d / META).write_text(json.dumps(meta, indent=2))
+    return meta
+
+
+def load(directory: str | os.PathLike[str]) -> Any:
+    d = Path(directory)
+    meta = json.loads((d / META).read_text())
+    return _BY_NAME[meta["serializer"]].load(d / meta["file"])
+
+
+def summary(value: Any) -> str:
+    """A short description of a value for messages."""
+    shape = getattr(value, "shape", None)
+    if shape is not None:
+        return f"{type(value).__name__} shape {tuple(shape)}"
+    text = repr(value)
+    if isinstance(value, float) and math.isfinite(value):
+        text = f"{value:.6g}"
+    return text if len(text) <= 60 else text[:57] + "..."

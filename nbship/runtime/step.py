@@ -1,0 +1,137 @@
+"""What runs inside a step: load inputs, save outputs, log metrics, report failures as notebook cells.
+
+A generated step function looks like::
+
+    def train(epochs: int, in_x: Input[Artifact], out_model: Output[Artifact]):
+        from nbship.runtime.step import StepRun
+        with StepRun("train", "marker_classifier.ipynb") as nb:
+            x = nb.load(in_x, "x")
+            # --- cell 7 (id 3f2a) ---
+            model = fit(x, epochs)
+            nb.save(out_model, "model", model, cell=7)
+
+Each cell's code follows a ``# --- cell N ---`` marker line with its own line
+numbers intact, so a failure maps back to the notebook cell and line.
+"""
+
+from __future__ import annotations
+
+import json
+import linecache
+import os
+import re
+import sys
+import time
+import traceback
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from nbship.runtime import serializers
+
+MARKER = re.compile(r"^\s*# --- (?:(?P<role>imports|functions) )?cell (?P<cell>\d+)"
+                    r"(?: \(id (?P<id>[^)]*)\))? ---\s*$")
+FAILURE_DIR_ENV = "NBSHIP_FAILURE_DIR"
+
+
+class StepFailure(Exception):
+    """Raised inside a step for a value that cannot cross the step boundary."""
+
+
+def locate(filename: str, lineno: int) -> dict[str, Any] | None:
+    """Map a line of a generated step file to (cell, id, line in cell, source line)."""
+    for n in range(lineno, 0, -1):
+        m = MARKER.match(linecache.getline(filename, n))
+        if m:
+            return {
+                "cell": int(m["cell"]),
+                "cell_id": m["id"],
+                "role": m["role"] or "step",
+                "line": lineno - n,
+                "source": linecache.getline(filename, lineno).strip(),
+                "context": [linecache.getline(filename, k).rstrip("\n")
+                            for k in range(max(n + 1, lineno - 2), lineno + 1)],
+            }
+    return None
+
+
+class StepRun:
+    """Context manager around a step's body; see the module docstring."""
+
+    def __init__(self, step: str, notebook: str) -> None:
+        self.step = step
+        self.notebook = notebook
+        self.metrics: dict[str, float] = {}
+        self._metrics_artifact: Any = None
+        frame = sys._getframe(1)
+        self._file = frame.f_code.co_filename
+        self._started = time.time()
+
+    def __enter__(self) -> StepRun:
+        return self
+
+    def load(self, artifact: Any, name: str) -> Any:
+        return serializers.load(artifact.path)
+
+    def save(self, artifact: Any, name: str, value: Any, cell: int, cell_id: str | None = None,
+             ) -> None:
+        where = f"cell {cell}" + (f" (id {cell_id})" if cell_id else "")
+        chosen = serializers.choose(value)
+        if chosen is serializers.FALLBACK:
+            print(f"nbship: warning: {name!r} ({type(value).__qualname__}, from {where}) has no "
+                  "dedicated serializer; saving it with cloudpickle", file=sys.stderr)
+        try:
+            meta = serializers.save(value, artifact.path)
+        except Exception as exc:
+            raise StepFailure(
+                f"variable {name!r} of type {type(value).__module__}.{type(value).__qualname__}, "
+                f"produced by {where}, cannot be passed to the next step: {exc}") from None
+        artifact.metadata.update({"sha256": meta["sha256"], "serializer": meta["serializer"],
+                                  "type": meta["type"], "variable": name, "cell": cell})
+
+    def log_metric(self, artifact: Any, name: str, value: Any) -> None:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise StepFailure(f"metric {name!r} must be a number, got "
+                              f"{serializers.summary(value)}") from None
+        self.metrics[name] = number
+        artifact.log_metric(name, number)
+        self._metrics_artifact = artifact
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> bool:
+        if self._metrics_artifact is not None and exc is None:
+            # KFP keeps Metrics in metadata only; a file at the path lets the local cache
+            # find the artifact again (it treats a missing file as a cache miss).
+            path = Path(self._metrics_artifact.path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(self.metrics, sort_keys=True))
+        if exc is None or exc_type is None:
+            return False
+        where = None
+        for frame, lineno in traceback.walk_tb(tb):
+            if frame.f_code.co_filename == self._file:
+                found = locate(self._file, lineno)
+                if found:
+                    where = found
+        report = {
+            "step": self.step,
+            "notebook": self.notebook,
+            "error": f"{exc_type.__name__}: {exc}",
+            "seconds": round(time.time() - self._started, 3),
+            **(where or {}),
+        }
+        lines = [f"nbship: step {self.step!r} failed"]
+        if where:
+            cell = f"cell {where['cell']}" + (f" (id {where['cell_id']})" if where["cell_id"]
+                                               else "")
+            lines[0] += f" at {self.notebook}, {cell}, line {where['line']}"
+            lines += [f"    | {text}" for text in where["context"]]
+        lines.append(report["error"])
+        print("\n".join(lines), file=sys.stderr)
+        out_dir = os.environ.get(FAILURE_DIR_ENV)
+        if out_dir:
+            Path(out_dir).mkdir(parents=True, exist_ok=True)
+            Path(out_dir, f"{self.step}.json").write_text(json.dumps(report, indent=2))
+        return False
