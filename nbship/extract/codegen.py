@@ -73,14 +73,41 @@ def _marker(cell: Cell, role: str | None = None) -> str:
     return f"{INDENT}# --- {head} {cell.index}{ident} ---"
 
 
-def _cell_code(graph: StepGraph, cell: Cell) -> list[str]:
+def _cell_code(graph: StepGraph, cell: Cell, used_imports: set[str] | None = None) -> list[str]:
     code = graph.codes[cell.index]
     python = code.python
     lines = python.split("\n")
     for m in code.magics:
         if m.install and 0 < m.line <= len(lines):
             lines[m.line - 1] = f"pass  # not run in the pipeline (the image has it): {m.text}"
+    if used_imports is not None:
+        _comment_unused_imports(python, lines, used_imports)
     return _indent_cell("\n".join(lines))
+
+
+def _comment_unused_imports(python: str, lines: list[str], used: set[str]) -> None:
+    """In a cell of imports only, comment out the imports this step does not use.
+
+    Importing torch costs seconds per step; line numbers stay as in the notebook.
+    A cell with any other statement is kept whole (the statement may need them all).
+    """
+    import ast
+
+    try:
+        body = ast.parse(python).body
+    except SyntaxError:
+        return
+    if not all(isinstance(s, (ast.Import, ast.ImportFrom)) for s in body):
+        return
+    for stmt in body:
+        assert isinstance(stmt, (ast.Import, ast.ImportFrom))
+        bound = {a.asname or a.name.split(".")[0] for a in stmt.names}
+        if bound & used:
+            continue
+        end = stmt.end_lineno or stmt.lineno
+        for n in range(stmt.lineno - 1, end):
+            if lines[n].strip():
+                lines[n] = "# " + lines[n] + ("  # not used by this step" if n == end - 1 else "")
 
 
 def _annotation(kind: str) -> str:
@@ -123,7 +150,7 @@ def step_source(graph: StepGraph, step: Step) -> list[str]:
     ]
     body: list[str] = []
     for cell in step.imports_cells:
-        body += [_marker(cell, "imports"), *_cell_code(graph, cell)]
+        body += [_marker(cell, "imports"), *_cell_code(graph, cell, step.import_names)]
     if step.carried_imports:
         body.append(f"{INDENT}# imports made in earlier steps' cells")
         body += [INDENT + stmt for stmt in step.carried_imports]

@@ -114,6 +114,7 @@ class Step:
     outputs: dict[str, tuple[Cell, int]] = field(default_factory=dict)
     params: list[str] = field(default_factory=list)
     imports_cells: list[Cell] = field(default_factory=list)
+    import_names: set[str] = field(default_factory=set)  # names taken from imports cells
     carried_imports: list[str] = field(default_factory=list)
     functions_cells: list[Cell] = field(default_factory=list)
     metrics: list[str] = field(default_factory=list)
@@ -479,6 +480,7 @@ def _dataflow(a: _Analysis, graph: StepGraph, skip_cells: list[Cell]) -> None:
                 if name not in step.params:
                     step.params.append(name)
             elif name in import_cell_of:
+                step.import_names.add(name)
                 if import_cell_of[name] not in step.imports_cells:
                     step.imports_cells.append(import_cell_of[name])
             elif name in functions_defs:

@@ -174,12 +174,13 @@ def run_compiled(compiled: CompiledPipeline, arguments: dict[str, Any], *,
                 error = exc
     seconds = time.perf_counter() - started
 
-    metrics: dict[str, float] = {}
+    logged: dict[str, float] = {}
     for rec in tracker.records.values():
         for out_name, art in rec.outputs.items():
             if out_name == "nbship_metrics":
-                metrics.update({k: v for k, v in art["metadata"].items()
-                                if isinstance(v, (int, float)) and not isinstance(v, bool)})
+                logged.update({k: v for k, v in art["metadata"].items()
+                               if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    metrics = {name: logged[name] for name in graph.metrics if name in logged}
 
     prov_path = record_dir / "provenance.json"
     _write_json(prov_path, provenance(compiled, values, tracker.records, metrics, run_id,

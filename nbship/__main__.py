@@ -1,0 +1,5 @@
+import sys
+
+from nbship.cli import main
+
+sys.exit(main())
