@@ -70,8 +70,11 @@ def to_python(source: str) -> tuple[str, list[Magic], str | None]:
         python = TransformerManager().transform_cell(source)
         return python, [Magic(1, lines[0], False)], name
 
+    # `%time stmt` / `%timeit stmt` run stmt in the user namespace: keep stmt, drop the timing.
+    timed = [_strip_timing(line) for line in lines]
+    source = "\n".join(t[0] for t in timed) + ("\n" if source.endswith("\n") else "")
     transformed = TransformerManager().transform_cell(source)
-    magics: list[Magic] = []
+    magics: list[Magic] = [Magic(n, t[1], False) for n, t in enumerate(timed, 1) if t[1]]
     out_lines = transformed.splitlines()
     for number, (before, after) in enumerate(zip(lines, out_lines), start=1):
         if before != after and "get_ipython()" in after:
@@ -80,6 +83,19 @@ def to_python(source: str) -> tuple[str, list[Magic], str | None]:
             install = command in INSTALL_COMMANDS or command.endswith(("pip3", "pip"))
             magics.append(Magic(number, before.strip(), install))
     return transformed, magics, None
+
+
+def _strip_timing(line: str) -> tuple[str, str]:
+    """``%time x = f()`` -> (``x = f()``, the magic's text); other lines unchanged."""
+    stripped = line.lstrip()
+    for magic in ("%time ", "%timeit "):
+        if stripped.startswith(magic):
+            indent = line[: len(line) - len(stripped)]
+            statement = stripped[len(magic):].strip()
+            if statement.startswith("-"):  # %timeit -n 10 stmt: options first
+                return line, ""
+            return indent + statement, stripped
+    return line, ""
 
 
 def analyse(source: str) -> CellCode:

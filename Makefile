@@ -1,0 +1,40 @@
+# Two commands on a fresh machine:
+#   make demo   run the showcase notebook as a KFP v2 pipeline on kfp.local
+#   make test   run the test suite
+# Both create .venv (one pip resolve of requirements.txt + this project) when missing.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.nbship-installed
+SHOWCASE := notebooks/marker_classifier.ipynb
+
+.PHONY: venv demo test test-fast lint bench clean
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt -e .
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/nbship check $(SHOWCASE)
+	$(BIN)/nbship run $(SHOWCASE)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check nbship tests benchmarks
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/compile_and_run.py
+
+clean:
+	rm -rf .nbship build benchmarks/out
