@@ -125,7 +125,7 @@ def read_notebook(path: str | Path) -> Notebook:
         raise UnusableInputError(
             f"not a notebook: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}",
             where=Location(str(p), line=exc.lineno),
-            hint="open it in JupyterLab or fix the JSON by hand; a merge conflict often leaves this",
+            hint="fix the JSON by hand or restore it from git; merge conflicts often leave this",
         ) from None
     if not isinstance(data, dict) or "cells" not in data and "worksheets" not in data:
         raise UnusableInputError(
@@ -208,7 +208,8 @@ def parse_tags(cell: Cell) -> list[TagNote]:
                 roles.append(STEP)
                 if cell.step and cell.step != name:
                     notes.append(
-                        TagNote(cell.index, f"two step names ({cell.step}, {name}); using {cell.step}")
+                        TagNote(cell.index,
+                                f"two step names ({cell.step}, {name}); using {cell.step}")
                     )
                 else:
                     cell.step = name
@@ -225,7 +226,8 @@ def parse_tags(cell: Cell) -> list[TagNote]:
             if value in ("enabled", "disabled"):
                 cell.cache = value == "enabled"
             else:
-                notes.append(TagNote(cell.index, f"tag {tag!r}: use cache:enabled or cache:disabled"))
+                notes.append(
+                    TagNote(cell.index, f"tag {tag!r}: use cache:enabled or cache:disabled"))
         elif tag.startswith("secret:"):
             parts = tag.split(":")
             if len(parts) == 4 and all(parts[1:]):

@@ -232,6 +232,7 @@ def build_graph(nb: Notebook) -> StepGraph:
     _order_edges(a, graph)
     _mutation_warnings(a, graph)
     _execution_order(a, nb)
+    _missing_modules(a, nb, special[SKIP])
     a.problems.sort(key=lambda p: (p.where.cell if p.where.cell is not None else -1,
                                    p.where.line or 0, p.severity != ERROR))
     return graph
@@ -325,11 +326,11 @@ _TYPES = {bool: "bool", int: "int", float: "float", str: "str", list: "list", di
 def _parameters(a: _Analysis, cells: list[Cell]) -> dict[str, Parameter]:
     params: dict[str, Parameter] = {}
     for cell in cells:
-        code = a.codes[cell.index]
-        if code.syntax_error:
+        tree = a.codes[cell.index].tree
+        if tree is None:
             continue
         ignored: list[int] = []
-        for stmt in ast.parse(code.python).body:
+        for stmt in tree.body:
             target: ast.expr | None = None
             value: ast.expr | None = None
             if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1:
@@ -378,11 +379,11 @@ def _spans(lines: list[int]) -> str:
 def _metric_names(a: _Analysis, cells: list[Cell]) -> dict[str, tuple[Cell, int]]:
     names: dict[str, tuple[Cell, int]] = {}
     for cell in cells:
-        code = a.codes[cell.index]
-        if code.syntax_error:
+        tree = a.codes[cell.index].tree
+        if tree is None:
             continue
         ignored: list[int] = []
-        for stmt in ast.parse(code.python).body:
+        for stmt in tree.body:
             expr = stmt.value if isinstance(stmt, ast.Expr) else None
             if (isinstance(expr, ast.Call) and isinstance(expr.func, ast.Name)
                     and expr.func.id == "print" and len(expr.args) == 1 and not expr.keywords):
@@ -606,7 +607,7 @@ def _mutation_warnings(a: _Analysis, graph: StepGraph) -> None:
 
 
 def _method_at(code: CellCode, name: str, line: int) -> str:
-    for node in ast.walk(ast.parse(code.python)):
+    for node in ast.walk(code.tree) if code.tree else ():
         if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
                 and getattr(node, "lineno", None) == line):
             root = node.func.value
@@ -615,6 +616,42 @@ def _method_at(code: CellCode, name: str, line: int) -> str:
             if isinstance(root, ast.Name) and root.id == name:
                 return node.func.attr
     return "?"
+
+
+def _missing_modules(a: _Analysis, nb: Notebook, skip_cells: list[Cell]) -> None:
+    """Warn about imports of modules this environment (the steps' environment) lacks."""
+    import importlib.util
+
+    skipped = {c.index for c in skip_cells}
+    seen: set[str] = set()
+    for cell in nb.cells:
+        if cell.index in skipped:
+            continue
+        tree = a.codes[cell.index].tree
+        if tree is None:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                modules = [node.module]
+            else:
+                continue
+            for module in modules:
+                top = module.split(".")[0]
+                if top in seen:
+                    continue
+                seen.add(top)
+                try:
+                    found = importlib.util.find_spec(top) is not None
+                except (ImportError, ValueError):
+                    found = False
+                if not found:
+                    a.problem(WARNING, "missing-module",
+                              f"module {top!r} is not installed here: the step that imports "
+                              "it will fail in this environment", cell, node.lineno,
+                              hint="add it to the project's requirements (the steps' image is "
+                              "built from them)")
 
 
 def _execution_order(a: _Analysis, nb: Notebook) -> None:

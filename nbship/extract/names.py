@@ -10,6 +10,7 @@ bodies run at once, so theirs are immediate.
 from __future__ import annotations
 
 import ast
+import warnings
 from dataclasses import dataclass, field
 
 # Cell magics whose body is Python that runs in the user namespace.
@@ -42,6 +43,7 @@ class CellCode:
     magics: list[Magic] = field(default_factory=list)
     star_imports: list[int] = field(default_factory=list)  # lines of `from x import *`
     syntax_error: tuple[int, str] | None = None
+    tree: ast.Module | None = None  # None when the cell does not parse
     cell_magic: str | None = None  # e.g. "time" for a %%time cell (body starts on line 2)
 
     def names(self, kind: str) -> dict[str, int]:
@@ -58,14 +60,13 @@ def to_python(source: str) -> tuple[str, list[Magic], str | None]:
     from IPython.core.inputtransformer2 import TransformerManager
 
     lines = source.splitlines()
-    cell_magic = None
     if lines and lines[0].startswith("%%"):
         name = lines[0][2:].split(maxsplit=1)[0] if lines[0][2:].strip() else ""
-        cell_magic = name
         if name in PYTHON_CELL_MAGICS:
-            body, magics, _ = to_python("\n".join(lines[1:]))
-            shifted = [Magic(m.line + 1, m.text, m.install) for m in magics]
-            return "pass  # " + lines[0] + "\n" + body, [Magic(1, lines[0], False), *shifted], name
+            body, inner, _ = to_python("\n".join(lines[1:]))
+            shifted = [Magic(m.line + 1, m.text, m.install) for m in inner]
+            head = Magic(1, lines[0], False)
+            return "pass  # " + lines[0] + "\n" + body, [head, *shifted], name
         # A non-Python cell magic (%%bash, %%writefile...): run through IPython, opaque to analysis.
         python = TransformerManager().transform_cell(source)
         return python, [Magic(1, lines[0], False)], name
@@ -103,10 +104,13 @@ def analyse(source: str) -> CellCode:
     python, magics, cell_magic = to_python(source)
     code = CellCode(python=python, magics=magics, cell_magic=cell_magic)
     try:
-        tree = ast.parse(python)
+        with warnings.catch_warnings():  # e.g. invalid escapes in the user's strings
+            warnings.simplefilter("ignore")
+            tree = ast.parse(python)
     except SyntaxError as exc:
         code.syntax_error = (exc.lineno or 1, exc.msg)
         return code
+    code.tree = tree
     walker = _Walker(code)
     for stmt in tree.body:
         walker.stmt(stmt)
@@ -220,9 +224,9 @@ class _Walker:
             self.expr(node.subject)
             for case in node.cases:
                 for sub in ast.walk(case.pattern):
-                    name = getattr(sub, "name", None) or getattr(sub, "rest", None)
-                    if isinstance(name, str):
-                        self.emit("def", name, sub)
+                    captured = getattr(sub, "name", None) or getattr(sub, "rest", None)
+                    if isinstance(captured, str):
+                        self.emit("def", captured, sub)
                     elif isinstance(sub, ast.expr):
                         self.expr(sub)
                 if case.guard is not None:
@@ -331,7 +335,8 @@ def _bound_names(node: ast.AST) -> tuple[set[str], set[str]]:
     for sub in _scope_nodes(node):
         if isinstance(sub, ast.Name) and isinstance(sub.ctx, (ast.Store, ast.Del)):
             bound.add(sub.id)
-        elif isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and sub is not node:
+        elif (isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+              and sub is not node):
             bound.add(sub.name)
         elif isinstance(sub, (ast.Import, ast.ImportFrom)):
             for alias in sub.names:
@@ -368,7 +373,7 @@ def _scope_body(node: ast.AST) -> list[ast.AST]:
 
 
 def _scope_nodes(node: ast.AST):  # type: ignore[no-untyped-def]
-    """Yield the nodes that belong to ``node``'s own scope; nested scopes are yielded, not entered."""
+    """Yield the nodes of ``node``'s own scope; nested scopes are yielded, not entered."""
     stack = list(reversed(_scope_body(node)))
     while stack:
         sub = stack.pop()
@@ -376,7 +381,8 @@ def _scope_nodes(node: ast.AST):  # type: ignore[no-untyped-def]
         if isinstance(sub, _SCOPES):
             # parts of a nested scope evaluated in this scope
             if isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
-                stack.extend(reversed([*sub.args.defaults, *(d for d in sub.args.kw_defaults if d)]))
+                defaults = [*sub.args.defaults, *(d for d in sub.args.kw_defaults if d)]
+                stack.extend(reversed(defaults))
             if isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                 stack.extend(reversed(sub.decorator_list))
             if isinstance(sub, ast.ClassDef):

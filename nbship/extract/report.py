@@ -53,8 +53,8 @@ def to_text(graph: StepGraph) -> str:
     lines.append("")
     n_err, n_warn = len(graph.errors), len(graph.warnings)
     lines.append(f"problems: {n_err} error(s), {n_warn} warning(s)")
-    for p in graph.problems:
-        lines.append("  " + str(p).replace("\n", "\n  "))
+    for problem in graph.problems:
+        lines.append("  " + str(problem).replace("\n", "\n  "))
     return "\n".join(lines) + "\n"
 
 

@@ -79,7 +79,8 @@ def check_round_trip(yaml_path: Path) -> None:
         if len(docs) > 1 and docs[1]:
             json_format.ParseDict(docs[1], pipeline_spec_pb2.PlatformSpec())
     except json_format.ParseError as exc:
-        raise CompileError(f"the compiled YAML does not parse back into PipelineSpec: {exc}")
+        raise CompileError(
+            f"the compiled YAML does not parse back into PipelineSpec: {exc}") from None
 
 
 def compile_graph(graph: StepGraph, out_dir: str | Path, *, base_image: str = DEFAULT_IMAGE,

@@ -250,7 +250,7 @@ def provenance(compiled: CompiledPipeline, values: dict[str, Any],
     prov = compiled.provenance
     return {
         "run": {"id": run_id, "status": status, "seconds": round(seconds, 3),
-                "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")},
+                "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")},
         "git": {"commit": prov.commit, "dirty": prov.dirty},
         "notebook": {"path": str(graph.notebook.path), "sha256": graph.notebook.sha256},
         "pipeline": {"name": compiled.name, "yaml": str(compiled.yaml),

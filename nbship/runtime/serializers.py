@@ -100,7 +100,7 @@ def _tensor_load(path: Path) -> Any:
 
 
 def _module_save(value: Any, path: Path) -> None:
-    """nn.Module: the architecture pickled on the meta device (no weights), weights in safetensors."""
+    """nn.Module: architecture pickled on the meta device (no weights); weights: safetensors."""
     import copy
 
     import cloudpickle

@@ -1,4 +1,4 @@
-"""What runs inside a step: load inputs, save outputs, log metrics, report failures as notebook cells.
+"""Inside a step: load inputs, save outputs, log metrics, report failures as notebook cells.
 
 A generated step function looks like::
 
@@ -25,7 +25,7 @@ import time
 import traceback
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 from nbship.runtime import serializers
 
@@ -100,7 +100,7 @@ class StepRun:
         self._metrics_artifact = artifact
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> bool:
+                 tb: TracebackType | None) -> Literal[False]:
         if self._metrics_artifact is not None and exc is None:
             # KFP keeps Metrics in metadata only; a file at the path lets the local cache
             # find the artifact again (it treats a missing file as a cache miss).

@@ -5,9 +5,9 @@ from __future__ import annotations
 import ast
 
 from nbship.extract.codegen import Provenance, generate
-from nbship.runtime.step import MARKER
 from nbship.extract.graph import build_graph
 from nbship.notebook import read_notebook
+from nbship.runtime.step import MARKER
 from tests.conftest import SHOWCASE, graph_of
 
 PROV = Provenance(notebook="x.ipynb", sha256="0" * 64, commit="abc123", dirty=False)

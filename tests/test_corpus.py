@@ -1,0 +1,75 @@
+"""Real notebooks from other projects (../shared/corpus): the Kale-tagged ones compile,
+the runnable ones run, and one that needs a missing library fails naming the cell."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from nbship.errors import RunError
+from nbship.extract.graph import build_graph
+from nbship.notebook import read_notebook
+from nbship.pipelines.compile import compile_graph
+from nbship.pipelines.local import run_compiled
+
+KALE_NOTEBOOKS = [
+    "kale/candies_sharing.ipynb",
+    "kale/cifar10_classification.ipynb",
+    "kale/dog-breed-v2.ipynb",
+    "kale/open-vaccine.ipynb",
+    "kale/pipeline_parameters_and_metrics.ipynb",
+    "kale/serving_sklearn_iris.ipynb",
+    "kale/serving_xgboost_iris.ipynb",
+    "kale/taxicab_pipeline.ipynb",
+    "kale/titanic/titanic_dataset_ml.ipynb",
+    "kale-history/base_example_numpy.ipynb",
+    "kale-history/pipeline_parameters_and_metrics_block.ipynb",
+    "kale-history/test_tag_parsing.ipynb",
+    "kale-history/v2_Example.ipynb",
+    "kale-history/v2_iris_example.ipynb",
+]
+
+
+@pytest.mark.parametrize("name", KALE_NOTEBOOKS)
+def test_kale_notebook_compiles(corpus: Path, name: str, tmp_path: Path) -> None:
+    graph = build_graph(read_notebook(corpus / name))
+    assert graph.errors == []
+    compiled = compile_graph(graph, tmp_path)
+    assert compiled.yaml.exists() and len(graph.steps) >= 2
+
+
+def test_missing_library_is_a_warning_naming_the_cell(corpus: Path) -> None:
+    graph = build_graph(read_notebook(corpus / "kale/dog-breed-v2.ipynb"))
+    missing = {p.message.split("'")[1]: p.where for p in graph.warnings
+               if p.kind == "missing-module"}
+    assert "tensorflow" in missing and missing["tensorflow"].cell == 8
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, metrics", [
+    ("kale/candies_sharing.ipynb", set()),
+    ("kale/pipeline_parameters_and_metrics.ipynb", {"d1", "d2", "sum_result"}),
+    ("kale-history/base_example_numpy.ipynb", set()),
+    ("kale-history/test_tag_parsing.ipynb", set()),
+])
+def test_runnable_kale_notebook_runs(corpus: Path, name: str, metrics: set[str],
+                                     tmp_path: Path) -> None:
+    compiled = compile_graph(build_graph(read_notebook(corpus / name)), tmp_path / "b")
+    result = run_compiled(compiled, {}, root=tmp_path / "runs", echo=lambda line: None)
+    assert result.status == "SUCCESS"
+    assert set(result.metrics) == metrics
+
+
+@pytest.mark.slow
+def test_step_needing_a_missing_library_fails_naming_the_cell(corpus: Path,
+                                                              tmp_path: Path) -> None:
+    if importlib.util.find_spec("matplotlib") is not None:
+        pytest.skip("matplotlib is installed here, so v2_iris_example.ipynb can run")
+    compiled = compile_graph(build_graph(read_notebook(
+        corpus / "kale-history/v2_iris_example.ipynb")), tmp_path / "b")
+    with pytest.raises(RunError) as info:
+        run_compiled(compiled, {}, root=tmp_path / "runs", echo=lambda line: None)
+    assert info.value.where is not None and info.value.where.cell == 4
+    assert "No module named 'matplotlib'" in info.value.message
