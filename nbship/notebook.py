@@ -12,6 +12,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from nbship.errors import Location, UnusableInputError
 
@@ -102,9 +103,30 @@ class Notebook:
         return Location(str(self.path), cell.index, cell.id, line)
 
 
+def _import_nbformat() -> Any:
+    """Import nbformat without the 0.9 s that jsonschema spends on an unused format checker.
+
+    When rfc3987-syntax is installed (jupyter-events pulls it in), jsonschema builds
+    its IRI grammar at import. Notebook schemas use no IRI format, so in nbship's own
+    process the checker is left out; elsewhere nothing changes.
+    """
+    import sys
+
+    if "jsonschema" not in sys.modules and "rfc3987_syntax" not in sys.modules:
+        sys.modules["rfc3987_syntax"] = None  # type: ignore[assignment]
+        try:
+            import nbformat
+        finally:
+            del sys.modules["rfc3987_syntax"]
+        return nbformat
+    import nbformat
+
+    return nbformat
+
+
 def read_notebook(path: str | Path) -> Notebook:
     """Read and validate ``path``; raise UnusableInputError (exit 2) if nbship cannot use it."""
-    import nbformat
+    nbformat = _import_nbformat()
 
     p = Path(path)
     where = Location(str(p))

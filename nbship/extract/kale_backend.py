@@ -23,34 +23,47 @@ from pathlib import Path
 from nbship.errors import BackendUnavailableError, CompileError, Location
 from nbship.notebook import read_notebook
 
-_KALE_TAG = re.compile(
-    r"^(imports|functions|pipeline-parameters|pipeline-metrics|skip|"
-    r"(step|block|prev):.+|limit:.+|image:.+|annotation:.+|label:.+|cache:.+)$"
-)
-_KALE_CONFIG_FIELDS = {
-    "pipeline_name", "experiment_name", "pipeline_description", "base_image",
-    "enable_caching", "volumes", "katib_run", "katib_metadata", "abs_working_dir",
-    "marshal_path", "steps_defaults", "kfp_host", "storage_class_name",
-    "volume_access_mode", "timeout", "autosnapshot",
-}
+def _kale_name(name: str) -> str:
+    """A step name Kale 2.3 accepts (``[_a-z][_a-z0-9]*``): ``data-loading`` -> ``data_loading``."""
+    out = re.sub(r"[^_a-z0-9]", "_", name.lower())
+    return out if re.match(r"^[_a-z]", out) else "_" + out
+
+
+def _translate(tag: str) -> list[str]:
+    """nbship's vocabulary -> Kale 2.3's (several Kale tags for one of ours, or none)."""
+    if tag in ("parameters", "injected-parameters"):
+        return ["pipeline-parameters"]
+    if tag.startswith(("block:", "step:")):  # block: is Kale 1.x's spelling
+        name = tag.split(":", 1)[1]
+        if name in ("imports", "functions"):
+            return [name]
+        return [f"step:{_kale_name(name)}"] if name else []
+    if tag.startswith("prev:"):  # several parents in one tag: one tag each for Kale 2.3
+        return [f"prev:{_kale_name(p)}" for p in tag.split(":")[1:] if p]
+    return [tag]
 
 
 def _kale_copy(src: Path, dst: Path) -> str:
     """Write the Kale-acceptable copy of ``src`` to ``dst``; return the pipeline name."""
+    from kale.config.config import Field
+    from kale.processors.constants import TAGS_LANGUAGE
+    from kale.processors.nbprocessor import NotebookConfig
+
+    config_fields = {name for cls in NotebookConfig.__mro__ for name, value in vars(cls).items()
+                     if isinstance(value, Field)}
     data = json.loads(src.read_text())
     for cell in data.get("cells", []):
         tags = cell.get("metadata", {}).get("tags")
         if not tags:
             continue
-        kept = []
-        for tag in tags:
-            if tag in ("parameters", "injected-parameters"):
-                tag = "pipeline-parameters"
-            if _KALE_TAG.match(tag) and tag not in kept:
+        kept: list[str] = []
+        for tag in (t for original in tags for t in _translate(original)):
+            if any(re.match(rule, tag) for rule in TAGS_LANGUAGE) and tag not in kept:
                 kept.append(tag)
         cell["metadata"]["tags"] = kept
     meta = data.setdefault("metadata", {}).get("kubeflow_notebook", {}) or {}
-    meta = {k: v for k, v in meta.items() if k in _KALE_CONFIG_FIELDS and v not in ("", None)}
+    meta = {k: v for k, v in meta.items()
+            if k in config_fields and k != "notebook_path" and v not in ("", None)}
     name = re.sub(r"[^a-z0-9-]+", "-", str(meta.get("pipeline_name") or src.stem).lower())
     meta["pipeline_name"] = name.strip("-") or "notebook"
     meta.setdefault("experiment_name", "nbship")
@@ -80,8 +93,8 @@ def compile_with_kale(notebook: str | Path, out_dir: str | Path) -> Path:
         _kale_copy(nb_path, copy)
         cwd = os.getcwd()
         try:
+            logging.disable(logging.WARNING)  # Kale's own handlers log progress to the terminal
             with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-                logging.getLogger("kale").setLevel(logging.ERROR)
                 processor = NotebookProcessor(str(copy), {"output_path": "kale-out"})
                 pipeline = processor.run()
                 script = Compiler(pipeline, processor.get_imports_and_functions()).compile()
@@ -94,6 +107,7 @@ def compile_with_kale(notebook: str | Path, out_dir: str | Path) -> Path:
                 "tags and `%` magics",
             ) from None
         finally:
+            logging.disable(logging.NOTSET)
             os.chdir(cwd)
         script_dst = out / "kale_pipeline.py"
         yaml_dst = out / "kale_pipeline.yaml"
