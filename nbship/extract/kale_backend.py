@@ -23,6 +23,7 @@ from pathlib import Path
 from nbship.errors import BackendUnavailableError, CompileError, Location
 from nbship.notebook import read_notebook
 
+
 def _kale_name(name: str) -> str:
     """A step name Kale 2.3 accepts (``[_a-z][_a-z0-9]*``): ``data-loading`` -> ``data_loading``."""
     out = re.sub(r"[^_a-z0-9]", "_", name.lower())

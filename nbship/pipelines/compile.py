@@ -17,11 +17,13 @@ from nbship.errors import AnalysisError, CompileError
 from nbship.extract.codegen import Provenance, generate, pipeline_name
 from nbship.extract.graph import StepGraph
 from nbship.extract.report import to_json
+from nbship.pipelines.kfp_import import import_kfp
 
 DEFAULT_IMAGE = "nbship-env:latest"
 MODULE_FILE = "pipeline.py"
 YAML_FILE = "pipeline.yaml"
 GRAPH_FILE = "step-graph.json"
+STAMP_FILE = ".nbship-build.json"
 
 
 @dataclass
@@ -51,6 +53,7 @@ def git_state(path: Path) -> tuple[str | None, bool]:
 
 
 def _compile_module(module_path: Path, yaml_path: Path) -> None:
+    import_kfp()
     from kfp import compiler
 
     name = f"nbship_generated_{hashlib.sha256(str(module_path).encode()).hexdigest()[:12]}"
@@ -83,12 +86,38 @@ def check_round_trip(yaml_path: Path) -> None:
             f"the compiled YAML does not parse back into PipelineSpec: {exc}") from None
 
 
-def compile_graph(graph: StepGraph, out_dir: str | Path, *, base_image: str = DEFAULT_IMAGE,
-                  allow_warnings: bool = True) -> CompiledPipeline:
+def _kfp_version() -> str:
+    from importlib.metadata import version
+
+    return version("kfp")
+
+
+def _up_to_date(out: Path, source: str, graph_json: str) -> str | None:
+    """The YAML's sha256 when ``out`` already holds exactly what this compile would write."""
+    try:
+        stamp = json.loads((out / STAMP_FILE).read_text())
+        yaml_sha = hashlib.sha256((out / YAML_FILE).read_bytes()).hexdigest()
+        same = (stamp == {"module_sha256": _sha(source), "yaml_sha256": yaml_sha,
+                          "kfp": _kfp_version()}
+                and (out / MODULE_FILE).read_text() == source
+                and (out / GRAPH_FILE).read_text() == graph_json)
+    except (OSError, ValueError):
+        return None
+    return yaml_sha if same else None
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def compile_graph(graph: StepGraph, out_dir: str | Path, *,
+                  base_image: str = DEFAULT_IMAGE) -> CompiledPipeline:
     """Write pipeline.py, pipeline.yaml and step-graph.json into ``out_dir``.
 
-    Everything is built in a temporary folder beside ``out_dir`` and moved in only
-    when complete, so a failure leaves ``out_dir`` as it was.
+    Everything is built in a temporary folder inside ``out_dir`` and moved in only
+    when complete, so a failure leaves ``out_dir`` as it was. When ``out_dir``
+    already holds what this compile would write (same generated module, same kfp),
+    KFP's compiler is not run again.
     """
     if graph.errors:
         first = graph.errors[0]
@@ -99,32 +128,34 @@ def compile_graph(graph: StepGraph, out_dir: str | Path, *, base_image: str = DE
     commit, dirty = git_state(nb.path)
     prov = Provenance(notebook=nb.name, sha256=nb.sha256, commit=commit, dirty=dirty)
     source = generate(graph, base_image=base_image, provenance=prov)
+    graph_json = to_json(graph)
 
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".nbship-compile-", dir=out))
-    try:
-        module_path = tmp / MODULE_FILE
-        yaml_path = tmp / YAML_FILE
-        module_path.write_text(source)
+    yaml_sha = _up_to_date(out, source, graph_json)
+    if yaml_sha is None:
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".nbship-compile-", dir=out))
         try:
-            _compile_module(module_path, yaml_path)
-        except Exception as exc:
-            raise CompileError(f"KFP could not compile the generated pipeline: {exc}",
-                               hint=f"the generated module is {out / MODULE_FILE}") from None
-        check_round_trip(yaml_path)
-        (tmp / GRAPH_FILE).write_text(to_json(graph))
-        for name in (MODULE_FILE, GRAPH_FILE, YAML_FILE):
-            (tmp / name).replace(out / name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    yaml_bytes = (out / YAML_FILE).read_bytes()
+            module_path = tmp / MODULE_FILE
+            yaml_path = tmp / YAML_FILE
+            module_path.write_text(source)
+            try:
+                _compile_module(module_path, yaml_path)
+            except Exception as exc:
+                raise CompileError(
+                    f"KFP could not compile the generated pipeline: {exc}",
+                    where=nb.where(),
+                    hint="`nbship check` lists the notebook's problems; if it shows none, "
+                    "this is a bug in nbship: please report it with the notebook") from None
+            check_round_trip(yaml_path)
+            yaml_sha = hashlib.sha256(yaml_path.read_bytes()).hexdigest()
+            (tmp / GRAPH_FILE).write_text(graph_json)
+            (tmp / STAMP_FILE).write_text(json.dumps(
+                {"module_sha256": _sha(source), "yaml_sha256": yaml_sha, "kfp": _kfp_version()}))
+            for name in (MODULE_FILE, GRAPH_FILE, YAML_FILE, STAMP_FILE):
+                (tmp / name).replace(out / name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return CompiledPipeline(graph=graph, name=pipeline_name(graph), out_dir=out,
                             module=out / MODULE_FILE, yaml=out / YAML_FILE,
-                            yaml_sha256=hashlib.sha256(yaml_bytes).hexdigest(), provenance=prov)
-
-
-def describe(compiled: CompiledPipeline) -> str:
-    g = compiled.graph
-    return json.dumps({"pipeline": compiled.name, "steps": len(g.steps),
-                       "yaml": str(compiled.yaml), "sha256": compiled.yaml_sha256})
+                            yaml_sha256=yaml_sha, provenance=prov)

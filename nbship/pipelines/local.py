@@ -31,6 +31,7 @@ from typing import Any, TextIO
 from nbship import __version__
 from nbship.errors import Location, RunError
 from nbship.pipelines.compile import CompiledPipeline
+from nbship.pipelines.kfp_import import import_kfp
 from nbship.runtime.step import FAILURE_DIR_ENV
 
 DEFAULT_ROOT = Path(".nbship/runs")
@@ -138,7 +139,7 @@ def run_compiled(compiled: CompiledPipeline, arguments: dict[str, Any], *,
                  root: Path = DEFAULT_ROOT, echo: Callable[[str], None] | None = None,
                  ) -> RunResult:
     """Run ``compiled.yaml`` on kfp.local; raise RunError naming the notebook cell on failure."""
-    import kfp
+    import_kfp()
     from kfp import local
     from kfp.components import load_component_from_file
 
@@ -190,7 +191,6 @@ def run_compiled(compiled: CompiledPipeline, arguments: dict[str, Any], *,
                        parameters=values)
     if error is not None:
         raise _run_error(compiled, failures, log_path, error)
-    del kfp
     return result
 
 

@@ -15,7 +15,7 @@ from tests.conftest import graph_of
 def test_compile_writes_module_yaml_and_graph(tmp_path: Path) -> None:
     compiled = compile_graph(graph_of("three_numpy_steps"), tmp_path / "out")
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert names == ["pipeline.py", "pipeline.yaml", "step-graph.json"]
+    assert names == [".nbship-build.json", "pipeline.py", "pipeline.yaml", "step-graph.json"]
     spec = yaml.safe_load(compiled.yaml.read_text())
     assert set(spec) >= {"components", "deploymentSpec", "pipelineInfo", "root", "schemaVersion"}
     assert set(spec["root"]["dag"]["tasks"]) == {"generate", "center", "summarize"}
@@ -82,3 +82,27 @@ def test_a_kfp_failure_leaves_no_temporary_files(tmp_path: Path,
     with pytest.raises(comp.CompileError, match="kfp said no"):
         compile_graph(graph_of("three_numpy_steps"), tmp_path / "out")
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_unchanged_compile_does_not_run_kfp_again(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import nbship.pipelines.compile as comp
+
+    first = compile_graph(graph_of("three_numpy_steps"), tmp_path)
+
+    def must_not_run(module: Path, yaml_path: Path) -> None:
+        raise AssertionError("KFP compiled an unchanged pipeline")
+
+    monkeypatch.setattr(comp, "_compile_module", must_not_run)
+    again = compile_graph(graph_of("three_numpy_steps"), tmp_path)
+    assert again.yaml_sha256 == first.yaml_sha256
+    with pytest.raises(comp.CompileError):  # a different notebook compiles anew
+        compile_graph(graph_of("fan_out_fan_in"), tmp_path)
+
+
+def test_a_tampered_yaml_is_rebuilt(tmp_path: Path) -> None:
+    first = compile_graph(graph_of("three_numpy_steps"), tmp_path)
+    first.yaml.write_text("tampered")
+    again = compile_graph(graph_of("three_numpy_steps"), tmp_path)
+    assert again.yaml_sha256 == first.yaml_sha256
+    assert "tampered" not in again.yaml.read_text()
