@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/compile_and_run.py [--repeat N]
 
 Rows (targets from issue 2):
-  compile      `nbship compile` vs `kale --nb` on the same notebooks (CLI wall time,
-               median of N);                                  target: <= 1/5 of Kale
+  compile      `nbship compile` (cold: a new output folder) vs `kale --nb` on the
+               same notebooks (CLI wall time, median of N);   target: <= 1/5 of Kale
   3-step run   a 3-step notebook's local run (kfp.local SubprocessRunner, no venv,
                no cache): nbship's compiled YAML vs Kale's;   target: <= 1/10 of Kale
   showcase     `nbship run` (cold cache, compile included) vs `papermill` on the
@@ -87,8 +87,9 @@ def bench_compile(copies: dict[Path, Path], work: Path, repeat: int) -> list[tup
     rows = []
     for original in COMPILE_NOTEBOOKS:
         nb = copies[original]
-        ours = [wall([str(BIN / "nbship"), "compile", str(nb), "-o", str(work / "nbship-out")])
-                for _ in range(repeat)]
+        # a fresh output folder each time: a cold compile, as Kale's always is
+        ours = [wall([str(BIN / "nbship"), "compile", str(nb), "-o",
+                      tempfile.mkdtemp(prefix="compile-", dir=work)]) for _ in range(repeat)]
         kale = [wall([str(BIN / "kale"), "--nb", str(nb), "--output_path", "kale-out"],
                      cwd=nb.parent) for _ in range(repeat)]
         rows.append((f"compile {nb.name}", median(ours), median(kale)))

@@ -195,6 +195,11 @@ def build_graph(nb: Notebook) -> StepGraph:
         cell = next(c for c in nb.cells if c.index == note.cell)
         a.problem(WARNING, "tag", note.message, cell)
     for cell in nb.cells:
+        if cell.role == SKIP:
+            # never runs in the pipeline: read only for the names it defines, and without
+            # IPython's transformer (whose import alone costs a quarter second)
+            a.codes[cell.index] = analyse(cell.source, ipython=False)
+            continue
         code = analyse(cell.source)
         a.codes[cell.index] = code
         if code.syntax_error:

@@ -117,9 +117,9 @@ def _strip_timing(line: str) -> tuple[str, str]:
     return line, ""
 
 
-def analyse(source: str) -> CellCode:
-    """Analyse one cell's source."""
-    python, magics, cell_magic = to_python(source)
+def analyse(source: str, *, ipython: bool = True) -> CellCode:
+    """Analyse one cell's source; ``ipython=False`` takes it as plain Python (no magics)."""
+    python, magics, cell_magic = to_python(source) if ipython else (source, [], None)
     code = CellCode(python=python, magics=magics, cell_magic=cell_magic)
     try:
         with warnings.catch_warnings():  # e.g. invalid escapes in the user's strings

@@ -53,6 +53,7 @@ EXPECTED = {
     "del_statement": ({("a", "b", ("keep",))}, ["undefined-name"], []),
     "lambda_free_name": (set(), ["undefined-name"], []),
     "syntax_error": (set(), ["syntax"], []),
+    "skip_cells_are_not_checked": (set(), [], []),
     "star_import": (set(), ["star-import", "undefined-name"], []),
     "unknown_tag_warns": (set(), [], ["tag"]),
     "parameter_not_literal": (set(), ["parameter", "undefined-name"], []),

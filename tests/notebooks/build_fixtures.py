@@ -160,6 +160,10 @@ FIXTURES: dict[str, list[tuple]] = {
         (["step:a"], "r = math.floor(2.5)"),
         (["step:b"], "print(r)"),
     ],
+    "skip_cells_are_not_checked": [
+        (["skip"], "!wget https://example.invalid/data.csv\nprint(broken"),
+        (["step:a"], "x = 1"),
+    ],
     "syntax_error": [
         (["step:a"], "x = 1\ndef broken(:\n    pass"),
     ],
