@@ -157,14 +157,14 @@ def step_source(graph: StepGraph, step: Step) -> list[str]:
     for cell in step.functions_cells:
         body += [_marker(cell, "functions"), *_cell_code(graph, cell)]
     if step.inputs:
-        body.append(f"{INDENT}# inputs from upstream steps")
+        body.append(f"{INDENT}# --- inputs from upstream steps ---")
         for var in sorted(step.inputs):
             body.append(f"{INDENT}{var} = {RUNTIME}.load(in_{var}, {var!r})"
                         f"  # from step {step.inputs[var]!r}")
     for cell in step.cells:
         body += [_marker(cell), *_cell_code(graph, cell)]
-    if step.outputs:
-        body.append(f"{INDENT}# outputs for downstream steps")
+    if step.outputs or step.metrics:
+        body.append(f"{INDENT}# --- outputs for downstream steps ---")
     for var in sorted(step.outputs):
         cell, _line = step.outputs[var]
         cid = f", cell_id={cell.id!r}" if cell.id else ""

@@ -146,7 +146,7 @@ def run_compiled(compiled: CompiledPipeline, arguments: dict[str, Any], *,
     out: TextIO = sys.stdout
     say = echo or (lambda line: print(line, file=out, flush=True))
     graph = compiled.graph
-    base = root / compiled.name
+    base = root.resolve() / compiled.name
     run_id = dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
     record_dir = base / run_id
     failures = record_dir / "failures"
@@ -166,7 +166,9 @@ def run_compiled(compiled: CompiledPipeline, arguments: dict[str, Any], *,
         local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(artifacts),
                    enable_caching=True, raise_on_error=True)
         pipeline = load_component_from_file(str(compiled.yaml))
-        with tracker.installed(), _env(FAILURE_DIR_ENV, str(failures.resolve())), \
+        # steps run in the notebook's folder, as the notebook's cells do in Jupyter
+        with tracker.installed(), _env(FAILURE_DIR_ENV, str(failures)), \
+                contextlib.chdir(graph.notebook.path.resolve().parent), \
                 contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             try:
                 pipeline(**values)

@@ -31,6 +31,8 @@ from nbship.runtime import serializers
 
 MARKER = re.compile(r"^\s*# --- (?:(?P<role>imports|functions) )?cell (?P<cell>\d+)"
                     r"(?: \(id (?P<id>[^)]*)\))? ---\s*$")
+REGION = re.compile(r"^\s*# --- (?P<region>inputs|outputs) (from|for) \w+ steps ---\s*$")
+SAVED_CELL = re.compile(r"cell=(?P<cell>\d+)(?:, cell_id='(?P<id>[^']*)')?")
 FAILURE_DIR_ENV = "NBSHIP_FAILURE_DIR"
 
 
@@ -41,6 +43,13 @@ class StepFailure(Exception):
 def locate(filename: str, lineno: int) -> dict[str, Any] | None:
     """Map a line of a generated step file to (cell, id, line in cell, source line)."""
     for n in range(lineno, 0, -1):
+        region = REGION.match(linecache.getline(filename, n))
+        if region:
+            source = linecache.getline(filename, lineno).strip()
+            saved = SAVED_CELL.search(source)
+            return {"region": region["region"], "source": source,
+                    "cell": int(saved["cell"]) if saved else None,
+                    "cell_id": saved["id"] if saved else None, "line": None, "context": []}
         m = MARKER.match(linecache.getline(filename, n))
         if m:
             return {
@@ -115,18 +124,27 @@ class StepRun:
                 found = locate(self._file, lineno)
                 if found:
                     where = found
+        error = f"{exc_type.__name__}: {exc}"
+        if where and where.get("region") == "outputs" and isinstance(exc, NameError):
+            saved = re.search(r"\.save\(\w+, '(?P<var>[^']+)'", where["source"])
+            name = saved["var"] if saved else getattr(exc, "name", None) or str(exc)
+            error = (f"{name!r} was not defined when the step's cells finished, but a later "
+                     "step reads it (is it assigned only inside an if, loop or try?)")
+        elif where and where.get("region") == "outputs":
+            error = f"{exc}"
         report = {
             "step": self.step,
             "notebook": self.notebook,
-            "error": f"{exc_type.__name__}: {exc}",
+            "error": error,
             "seconds": round(time.time() - self._started, 3),
             **(where or {}),
         }
         lines = [f"nbship: step {self.step!r} failed"]
-        if where:
+        if where and where.get("cell") is not None:
             cell = f"cell {where['cell']}" + (f" (id {where['cell_id']})" if where["cell_id"]
                                                else "")
-            lines[0] += f" at {self.notebook}, {cell}, line {where['line']}"
+            at = f", line {where['line']}" if where.get("line") is not None else ""
+            lines[0] += f" at {self.notebook}, {cell}{at}"
             lines += [f"    | {text}" for text in where["context"]]
         lines.append(report["error"])
         print("\n".join(lines), file=sys.stderr)

@@ -209,6 +209,17 @@ FIXTURES: dict[str, list[tuple]] = {
         (["step:divide"], "half = value / 2\nratio = value / divisor"),
         (["step:report"], "print(ratio)"),
     ],
+    "conditional_output": [
+        (["parameters"], "enabled = False"),
+        (["step:maybe"], "if enabled:\n    result = 42"),
+        (["step:use"], "print(result)"),
+    ],
+    "reads_relative_file": [
+        (["step:write"], "with open('fixture-data.txt', 'w') as f:\n    f.write('7')"),
+        (["step:read"], "import os\nvalue = int(open('fixture-data.txt').read())\n"
+                        "os.remove('fixture-data.txt')"),
+        (["pipeline-metrics"], "print(value)"),
+    ],
     "three_numpy_steps": [
         (["imports"], "import numpy as np"),
         (["parameters"], "n = 50\nseed = 0"),

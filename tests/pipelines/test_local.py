@@ -101,3 +101,19 @@ def test_failure_names_cell_and_line_then_resumes_from_cache(tmp_path: Path) -> 
     edit_cell(nb, "c3", "half = value / 2\nratio = value / max(divisor, 1)")
     fixed = run(nb, tmp_path)
     assert statuses(fixed) == {"prepare": "cached", "divide": "SUCCESS", "report": "SUCCESS"}
+
+
+def test_a_variable_never_assigned_is_named_with_its_cell(tmp_path: Path) -> None:
+    with pytest.raises(RunError) as info:
+        run(fixture_path("conditional_output"), tmp_path)
+    err = info.value
+    assert "'result' was not defined when the step's cells finished" in err.message
+    assert err.where is not None and err.where.cell == 2 and err.where.line is None
+
+
+def test_steps_run_in_the_notebooks_folder(tmp_path: Path) -> None:
+    nb = tmp_path / "nbdir" / "reads_relative_file.ipynb"
+    nb.parent.mkdir()
+    shutil.copy(fixture_path("reads_relative_file"), nb)
+    result = run(nb, tmp_path)
+    assert result.metrics == {"value": 7.0}
