@@ -220,6 +220,12 @@ FIXTURES: dict[str, list[tuple]] = {
                         "os.remove('fixture-data.txt')"),
         (["pipeline-metrics"], "print(value)"),
     ],
+    "hidden_state": [
+        (["step:make"], "items = [1, 2]"),
+        (["step:extend"], "items.append(3)\nprint(items)"),
+        (["step:total"], "total = sum(items)\nprint(total)"),
+        (["pipeline-metrics"], "print(total)"),
+    ],
     "three_numpy_steps": [
         (["imports"], "import numpy as np"),
         (["parameters"], "n = 50\nseed = 0"),

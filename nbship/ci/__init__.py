@@ -1,0 +1,1 @@
+"""Notebooks as tests: nbval, papermill parameter sets, pipeline == notebook."""
