@@ -33,6 +33,7 @@ Examples:
   nbship check notebooks/marker_classifier.ipynb --graph > graph.mmd
   nbship compile notebooks/marker_classifier.ipynb -o build/
   nbship run notebooks/marker_classifier.ipynb -p epochs=5 -p lr=0.01
+  nbship test notebooks/          # nbval + papermill + pipeline == notebook
 
 Exit status: 0 success, 1 problems in the notebook or a failed run,
 2 unusable input (not a notebook, bad parameter value).
@@ -80,6 +81,29 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--root", type=Path, default=Path(".nbship/runs"), metavar="DIR",
                    help="where runs and artifacts go (default: .nbship/runs)")
     r.add_argument("--image", default=None, metavar="REF")
+
+    t = sub.add_parser("test", help="test notebooks: nbval, papermill, pipeline equivalence",
+                       description="Test each notebook four ways through nbship's pytest "
+                       "plugin: the step graph check, its cells as nbval tests, a papermill "
+                       "run with a parameter set, and the compiled pipeline on kfp.local "
+                       "computing the same metrics and step-boundary values as the notebook. "
+                       "Writes JUnit XML and keeps each executed notebook with an HTML render.",
+                       epilog="Settings per notebook (parameter sets, nbval strict/lax, "
+                       "tolerance): [tool.nbship] in pyproject.toml or the notebook's "
+                       "metadata.nbship; see docs/design.md.")
+    t.add_argument("paths", nargs="*", type=Path, metavar="PATH",
+                   help="notebooks or folders (default: notebooks/ if present, else .)")
+    t.add_argument("-n", "--workers", default="auto",
+                   help="parallel workers (pytest-xdist; default: auto)")
+    t.add_argument("--set", dest="parameter_set", default=None, metavar="NAME",
+                   help="parameter set (default: as configured, else 'ci')")
+    t.add_argument("--artifacts", type=Path, default=Path(".nbship/test"), metavar="DIR",
+                   help="executed notebooks, HTML and pipeline runs (default: .nbship/test)")
+    t.add_argument("--junit", type=Path, default=None, metavar="FILE",
+                   help="JUnit XML (default: ARTIFACTS/junit.xml)")
+    t.add_argument("--no-html", action="store_true", help="skip the HTML renders")
+    t.add_argument("pytest_args", nargs=argparse.REMAINDER,
+                   help="after --: passed to pytest (e.g. -- -k equivalence -x)")
     return p
 
 
@@ -158,13 +182,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_test(args: argparse.Namespace) -> int:
+    from nbship.ci.runner import run_tests
+
+    paths = args.paths or [Path("notebooks") if Path("notebooks").is_dir() else Path(".")]
+    extra = [a for a in args.pytest_args if a != "--"]
+    return run_tests(paths, workers=args.workers, parameter_set=args.parameter_set,
+                     artifacts=args.artifacts, junit=args.junit, html=not args.no_html,
+                     extra=extra)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if not args.verb:
         parser.print_help()
         return 2
-    verbs = {"check": cmd_check, "compile": cmd_compile, "run": cmd_run}
+    verbs = {"check": cmd_check, "compile": cmd_compile, "run": cmd_run, "test": cmd_test}
     try:
         return verbs[args.verb](args)
     except NbshipError as exc:

@@ -101,8 +101,9 @@ def compare_runs(graph: StepGraph, notebook: NotebookRun, provenance: dict[str, 
             report.hints.append(f"{problem.where}: {problem.message}")
     if report.mismatches and not report.hints:
         report.hints.append("state that is not a variable (random generators, files, "
-                            "environment) does not cross step boundaries; set it in the step "
-                            "that uses it")
+                            "environment) does not cross step boundaries: set it in the step "
+                            "that uses it; or the difference is floating-point noise: set a "
+                            "tolerance ([tool.nbship] in pyproject.toml, or metadata.nbship)")
     return report
 
 

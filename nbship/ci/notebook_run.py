@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,7 +137,9 @@ def run_notebook(graph: StepGraph, parameters: dict[str, Any], out_dir: Path,
 
     nb_path = graph.notebook.path
     out_dir.mkdir(parents=True, exist_ok=True)
-    capture_dir = Path(tempfile.mkdtemp(prefix=f"{nb_path.stem}-capture-", dir=out_dir))
+    capture_dir = out_dir.parent / "captures" / f"{stem or nb_path.stem}.{label}"
+    shutil.rmtree(capture_dir, ignore_errors=True)
+    capture_dir.mkdir(parents=True)
     work = Path(tempfile.mkdtemp(prefix=".nbship-run-", dir=out_dir))
     source = work / nb_path.name
     nbformat.write(instrument(graph, capture_dir), source)

@@ -244,7 +244,10 @@ def summary(value: Any) -> str:
     shape = getattr(value, "shape", None)
     if shape is not None:
         return f"{type(value).__name__} shape {tuple(shape)}"
-    text = repr(value)
+    if _is_instance(value, "torch.nn", "Module"):
+        count = sum(p.numel() for p in value.parameters())
+        return f"{type(value).__name__} ({count} parameters)"
+    text = repr(value).split("\n")[0]
     if isinstance(value, float) and math.isfinite(value):
         text = f"{value:.6g}"
     return text if len(text) <= 60 else text[:57] + "..."
