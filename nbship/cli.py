@@ -90,7 +90,8 @@ def _parser() -> argparse.ArgumentParser:
                        "Writes JUnit XML and keeps each executed notebook with an HTML render.",
                        epilog="Settings per notebook (parameter sets, nbval strict/lax, "
                        "tolerance): [tool.nbship] in pyproject.toml or the notebook's "
-                       "metadata.nbship; see docs/design.md.")
+                       "metadata.nbship; see docs/design.md. Arguments after -- go to pytest: "
+                   "nbship test notebooks/ -- -k equivalence -x")
     t.add_argument("paths", nargs="*", type=Path, metavar="PATH",
                    help="notebooks or folders (default: notebooks/ if present, else .)")
     t.add_argument("-n", "--workers", default="auto",
@@ -102,8 +103,6 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--junit", type=Path, default=None, metavar="FILE",
                    help="JUnit XML (default: ARTIFACTS/junit.xml)")
     t.add_argument("--no-html", action="store_true", help="skip the HTML renders")
-    t.add_argument("pytest_args", nargs=argparse.REMAINDER,
-                   help="after --: passed to pytest (e.g. -- -k equivalence -x)")
     return p
 
 
@@ -168,7 +167,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = args.output or Path(".nbship/build") / pipeline_name(graph)
     compiled = compile_graph(graph, out, base_image=args.image or DEFAULT_IMAGE)
     shown = " ".join(f"{k}={v!r}" for k, v in values.items())
-    print(f"nbship run {compiled.name}: {len(graph.steps)} steps on kfp.local"
+    steps = f"{len(graph.steps)} step" + ("s" if len(graph.steps) != 1 else "")
+    print(f"nbship run {compiled.name}: {steps} on kfp.local"
           + (f" ({shown})" if shown else ""), flush=True)
     result = run_compiled(compiled, values, root=args.root)
     ran = sum(1 for t in result.tasks.values() if not t.cached)
@@ -186,7 +186,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     from nbship.ci.runner import run_tests
 
     paths = args.paths or [Path("notebooks") if Path("notebooks").is_dir() else Path(".")]
-    extra = [a for a in args.pytest_args if a != "--"]
+    extra = getattr(args, "pytest_args", [])
     return run_tests(paths, workers=args.workers, parameter_set=args.parameter_set,
                      artifacts=args.artifacts, junit=args.junit, html=not args.no_html,
                      extra=extra)
@@ -194,7 +194,12 @@ def cmd_test(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `nbship test ... -- -k equivalence -x`: what follows `--` goes to pytest
+    passthrough = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
     args = parser.parse_args(argv)
+    args.pytest_args = passthrough
     if not args.verb:
         parser.print_help()
         return 2

@@ -136,6 +136,7 @@ def run_notebook(graph: StepGraph, parameters: dict[str, Any], out_dir: Path,
     from papermill.exceptions import PapermillExecutionError
 
     nb_path = graph.notebook.path
+    out_dir = out_dir.resolve()  # the kernel runs in the notebook's folder
     out_dir.mkdir(parents=True, exist_ok=True)
     capture_dir = out_dir.parent / "captures" / f"{stem or nb_path.stem}.{label}"
     shutil.rmtree(capture_dir, ignore_errors=True)
@@ -160,6 +161,11 @@ def run_notebook(graph: StepGraph, parameters: dict[str, Any], out_dir: Path,
         work.rmdir()
     _strip_capture_cells(executed)
     index_path = capture_dir / INDEX_FILE
+    expected = [s.name for s in graph.steps if s.outputs or s.metrics]
     captured = json.loads(index_path.read_text()) if index_path.exists() else {}
+    lost = [name for name in expected if name not in captured]
+    if lost:
+        raise NotebookFailure(f"nbship captured no values for step(s) {', '.join(lost)} "
+                              f"(expected them under {capture_dir})", where=Location(str(nb_path)))
     return NotebookRun(executed=executed, capture_dir=capture_dir, captured=captured,
                        seconds=time.perf_counter() - started)

@@ -88,7 +88,7 @@ class NotebookFile(pytest.File):
             yield CheckItem.from_parent(self, name="check")
             return
         label = self.settings.parameter_set
-        self.artifacts = Path(self.config.getoption("nbship_artifacts"))
+        self.artifacts = Path(self.config.getoption("nbship_artifacts")).resolve()
         yield CheckItem.from_parent(self, name="check")
         from nbval.plugin import IPyNbFile
 

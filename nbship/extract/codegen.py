@@ -38,10 +38,13 @@ class Provenance:
 
 
 def pipeline_name(graph: StepGraph) -> str:
+    """The notebook's name in KFP's spelling; never a step's (KFP would confuse the two)."""
     import re
 
-    stem = re.sub(r"[^a-z0-9]+", "-", graph.notebook.path.stem.lower()).strip("-")
-    return stem or "notebook"
+    stem = re.sub(r"[^a-z0-9]+", "-", graph.notebook.path.stem.lower()).strip("-") or "notebook"
+    if stem in {re.sub(r"[^a-z0-9-]", "-", s.func.lower()) for s in graph.steps}:
+        stem += "-pipeline"
+    return stem
 
 
 def _indent_cell(python: str) -> list[str]:

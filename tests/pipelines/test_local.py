@@ -117,3 +117,9 @@ def test_steps_run_in_the_notebooks_folder(tmp_path: Path) -> None:
     shutil.copy(fixture_path("reads_relative_file"), nb)
     result = run(nb, tmp_path)
     assert result.metrics == {"value": 7.0}
+
+
+def test_notebook_without_tags_runs_as_one_step(tmp_path: Path) -> None:
+    # the implicit step is named after the notebook: the pipeline must not be
+    result = run(fixture_path("no_tags_one_step"), tmp_path)
+    assert result.status == "SUCCESS" and list(result.tasks) == ["no-tags-one-step"]

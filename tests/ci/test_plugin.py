@@ -1,0 +1,162 @@
+"""`pytest --nbship` end to end on a small project: one parallel run, outcomes read from
+JUnit XML. Covers hidden state, strict vs lax, parameter sets, tolerance, a failing
+cell's report, a notebook without tags, and parallel workers."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook, new_output
+
+from tests.conftest import fixture_path
+
+pytestmark = pytest.mark.slow
+
+
+def write_notebook(path: Path, cells: list[tuple[list[str], str]], meta: dict | None = None,
+                   outputs: dict[int, str] | None = None) -> Path:
+    nb = new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}
+    if meta:
+        nb.metadata["nbship"] = meta
+    for i, (tags, source) in enumerate(cells):
+        cell = new_code_cell(source, id=f"c{i}")
+        cell.metadata["tags"] = tags
+        if outputs and i in outputs:
+            cell.execution_count = i + 1
+            cell.outputs = [new_output("stream", name="stdout", text=outputs[i])]
+        nb.cells.append(cell)
+    nbformat.write(nb, path)
+    return path
+
+
+NOISE = [(["parameters"], "seed = 0"),
+         (["step:seeded"], "import random\nrandom.seed(seed)"),
+         (["step:noise"], "noise = 1.0 + random.random() * 1e-9"),
+         (["pipeline-metrics"], "print(noise)")]
+COUNT = [(["parameters"], "n = 1000"),
+         (["step:make"], "values = list(range(n))"),
+         (["step:count"], "count = len(values)\nprint('count', count)"),
+         (["pipeline-metrics"], "print(count)")]
+STALE = [([], "print('fresh')")]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("project")
+    (root / "pyproject.toml").write_text(
+        '[tool.nbship.parameter_sets.ci]\n\n'
+        '[tool.nbship.notebooks."nbs/count.ipynb"]\n'
+        'parameter_sets = { ci = { n = 3 }, big = { n = 50 } }\n')
+    nbs = root / "nbs"
+    nbs.mkdir()
+    for name in ("hidden_state", "failing_step", "no_tags_one_step"):
+        shutil.copy(fixture_path(name), nbs / f"{name}.ipynb")
+    write_notebook(nbs / "count.ipynb", COUNT)
+    write_notebook(nbs / "noise_tolerated.ipynb", NOISE)
+    write_notebook(nbs / "noise_exact.ipynb", NOISE, meta={"tolerance": {"rtol": 0, "atol": 0}})
+    write_notebook(nbs / "stale_lax.ipynb", STALE, meta={"nbval": "lax"}, outputs={0: "stale\n"})
+    write_notebook(nbs / "stale_strict.ipynb", STALE, meta={"nbval": "strict"},
+                   outputs={0: "stale\n"})
+    return root
+
+
+def pytest_run(project: Path, *args: str) -> tuple[subprocess.CompletedProcess[str],
+                                                     dict[str, tuple[str, str]]]:
+    junit = project / f"junit-{len(list(project.glob('junit-*')))}.xml"
+    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
+                           f"--junitxml={junit}", *args], cwd=project, capture_output=True,
+                          text=True, timeout=600)
+    results: dict[str, tuple[str, str]] = {}
+    for case in ET.parse(junit).iter("testcase"):
+        key = f"{case.get('classname', '').split('.')[-2]}::{case.get('name')}"
+        child = next((c for c in case if c.tag in ("failure", "error", "skipped")), None)
+        outcome = child.tag if child is not None else "passed"
+        text = (child.get("message", "") + (child.text or "")) if child is not None else ""
+        results[key] = (outcome, text)
+    return done, results
+
+
+@pytest.fixture(scope="module")
+def parallel(project: Path) -> dict[str, tuple[str, str]]:
+    _, results = pytest_run(project, "--nbship", "nbs", "-n", "2", "--dist", "loadfile")
+    return results
+
+
+def test_hidden_state_fails_equivalence_naming_variable_and_steps(
+        parallel: dict[str, tuple[str, str]]) -> None:
+    outcome, text = parallel["hidden_state::equivalence[ci]"]
+    assert outcome == "failure"
+    assert "metric 'total' (logged by step 'total'): notebook 6, pipeline 3" in text
+    assert "`items.append(...)` may change 'items'" in text and "step 'make'" in text
+    assert parallel["hidden_state::papermill[ci]"][0] == "passed"
+
+
+def test_hidden_state_passes_plain_nbval(project: Path) -> None:
+    done, results = pytest_run(project, "--nbval-lax", "nbs/hidden_state.ipynb")
+    assert done.returncode == 0
+    assert results and all(outcome == "passed" for outcome, _ in results.values())
+
+
+def test_failing_cell_reads_like_the_notebook(parallel: dict[str, tuple[str, str]]) -> None:
+    outcome, text = parallel["failing_step::papermill[ci]"]
+    assert outcome == "failure"
+    assert "failing_step.ipynb, cell 3 (id c3), line 2: ZeroDivisionError" in text
+    assert "-->   2 | ratio = value / divisor" in text
+    assert "Traceback" not in text
+    assert parallel["failing_step::equivalence[ci]"][0] == "skipped"
+
+
+def test_parameter_set_reaches_notebook_and_pipeline(project: Path,
+                                                     parallel: dict[str, tuple[str, str]]
+                                                     ) -> None:
+    assert parallel["count::equivalence[ci]"][0] == "passed"
+    executed = nbformat.read(project / ".nbship/test/notebooks/nbs__count.ci.ipynb", 4)
+    injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
+    assert injected and "n = 3" in injected[0].source
+    assert "count 3" in "".join(o.get("text", "") for c in executed.cells for o in c.outputs)
+
+
+def test_named_parameter_set(project: Path) -> None:
+    done, results = pytest_run(project, "--nbship", "nbs/count.ipynb", "--nbship-set", "big")
+    assert done.returncode == 0, done.stdout[-2000:]
+    assert "count::equivalence[big]" in results
+    executed = (project / ".nbship/test/notebooks/nbs__count.big.ipynb").read_text()
+    assert "n = 50" in executed
+
+
+def test_tolerance_decides_float_noise(parallel: dict[str, tuple[str, str]]) -> None:
+    assert parallel["noise_tolerated::equivalence[ci]"][0] == "passed"
+    outcome, text = parallel["noise_exact::equivalence[ci]"]
+    assert outcome == "failure" and "metric 'noise'" in text and "rtol 0, atol 0" in text
+
+
+def test_strict_compares_stored_outputs_lax_does_not(
+        parallel: dict[str, tuple[str, str]]) -> None:
+    assert parallel["stale_lax::Cell 0"][0] == "passed"
+    assert parallel["stale_strict::Cell 0"][0] == "failure"
+
+
+def test_notebook_without_tags_passes_every_item(parallel: dict[str, tuple[str, str]]) -> None:
+    items = {k: v for k, v in parallel.items() if k.startswith("no_tags_one_step::")}
+    assert set(items) >= {"no_tags_one_step::check", "no_tags_one_step::Cell 0",
+                          "no_tags_one_step::papermill[ci]", "no_tags_one_step::equivalence[ci]"}
+    assert all(outcome == "passed" for outcome, _ in items.values())
+
+
+def test_nbship_test_command_writes_junit_and_html(project: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "nbship", "test", "nbs/count.ipynb",
+                           "nbs/no_tags_one_step.ipynb", "--artifacts", "out"],
+                          cwd=project, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert "2 notebook(s), 2 worker(s)" in done.stdout
+    assert (project / "out/junit.xml").exists()
+    assert (project / "out/notebooks/nbs__count.ci.html").exists()
+    assert (project / "out/notebooks/nbs__no_tags_one_step.ci.ipynb").exists()
