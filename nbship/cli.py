@@ -146,7 +146,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
         print(f"kale: wrote {result}")
         return 0
     compiled = _compile(args.notebook, args.output, args.image)
-    print(f"compiled {compiled.name}: {len(compiled.graph.steps)} steps")
+    n = len(compiled.graph.steps)
+    print(f"compiled {compiled.name}: {n} step" + ("s" if n != 1 else ""))
     print(f"  step code  {compiled.module}")
     print(f"  KFP IR     {compiled.yaml}  (sha256 {compiled.yaml_sha256[:16]})")
     return 0

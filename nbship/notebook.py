@@ -124,8 +124,11 @@ def _import_nbformat() -> Any:
     return nbformat
 
 
-def read_notebook(path: str | Path) -> Notebook:
-    """Read and validate ``path``; raise UnusableInputError (exit 2) if nbship cannot use it."""
+def read_notebook(path: str | Path, *, require_code: bool = True) -> Notebook:
+    """Read and validate ``path``; raise UnusableInputError (exit 2) if nbship cannot use it.
+
+    ``require_code=False`` accepts a notebook without code (a test runner still runs it).
+    """
     nbformat = _import_nbformat()
 
     p = Path(path)
@@ -197,7 +200,7 @@ def read_notebook(path: str | Path) -> Notebook:
             f"the kernel language is {language!r}; nbship turns Python notebooks into pipelines",
             where=where,
         )
-    if not any(c.source.strip() for c in cells):
+    if require_code and not any(c.source.strip() for c in cells):
         raise UnusableInputError(
             "the notebook has no code to run (no non-empty code cells)", where=where
         )

@@ -80,7 +80,7 @@ class NotebookFile(pytest.File):
         from nbship.notebook import read_notebook
 
         try:
-            self.graph = build_graph(read_notebook(self.path))
+            self.graph = build_graph(read_notebook(self.path, require_code=False))
             self.settings = load_config(self.path,
                                         parameter_set=self.config.getoption("nbship_set"))
         except NbshipError as exc:

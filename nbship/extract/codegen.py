@@ -83,6 +83,10 @@ def _cell_code(graph: StepGraph, cell: Cell, used_imports: set[str] | None = Non
     for m in code.magics:
         if m.install and 0 < m.line <= len(lines):
             lines[m.line - 1] = f"pass  # not run in the pipeline (the image has it): {m.text}"
+    for first, last in code.future_imports:  # only legal at the top of a module
+        for n in range(first - 1, last):
+            lines[n] = ("pass  # module-level, left out: " if n == first - 1 else "# ") + \
+                lines[n].strip()
     if used_imports is not None:
         _comment_unused_imports(python, lines, used_imports)
     return _indent_cell("\n".join(lines))

@@ -205,6 +205,10 @@ def build_graph(nb: Notebook) -> StepGraph:
         if code.syntax_error:
             line, msg = code.syntax_error
             a.problem(ERROR, "syntax", f"syntax error: {msg}", cell, line)
+        for first, _last in code.future_imports:
+            a.problem(WARNING, "future-import",
+                      "`from __future__ import ...` applies to a whole module; inside a step "
+                      "function it is left out", cell, first)
         for line in code.star_imports:
             a.problem(ERROR, "star-import", "`import *` cannot run inside a step function",
                       cell, line, "import the names you use")
@@ -232,6 +236,11 @@ def build_graph(nb: Notebook) -> StepGraph:
         problems=a.problems,
     )
     _check_names(a, steps)
+    if not any(c.source.strip() for s in steps for c in s.cells):
+        where = special[PARAMETERS] or special[IMPORTS] or special[FUNCTIONS] or nb.cells
+        a.problem(ERROR, "no-steps", "the notebook has no step code to run (only "
+                  "parameters, imports, functions, metrics or skip cells)", where[0],
+                  hint="tag the cells that do the work with step:NAME, or remove the tags")
     _dataflow(a, graph, special[SKIP])
     _metrics(a, graph, metric_names, special[METRICS])
     _order_edges(a, graph)

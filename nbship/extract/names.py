@@ -42,6 +42,7 @@ class CellCode:
     imports: dict[str, str] = field(default_factory=dict)  # name -> import statement
     magics: list[Magic] = field(default_factory=list)
     star_imports: list[int] = field(default_factory=list)  # lines of `from x import *`
+    future_imports: list[tuple[int, int]] = field(default_factory=list)  # (first, last) line
     syntax_error: tuple[int, str] | None = None
     tree: ast.Module | None = None  # None when the cell does not parse
     cell_magic: str | None = None  # e.g. "time" for a %%time cell (body starts on line 2)
@@ -203,6 +204,8 @@ class _Walker:
             self.target(node.target)
             for s in [*node.body, *node.orelse]:
                 self.stmt(s)
+        elif isinstance(node, ast.ImportFrom) and node.module == "__future__":
+            self.code.future_imports.append((node.lineno, node.end_lineno or node.lineno))
         elif isinstance(node, (ast.Import, ast.ImportFrom)):
             for alias in node.names:
                 if alias.name == "*":
