@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.nbship-installed
 SHOWCASE := notebooks/marker_classifier.ipynb
 
-.PHONY: venv demo test test-fast lint bench clean
+.PHONY: venv demo test test-notebooks test-fast lint bench clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,7 +24,11 @@ demo: $(STAMP)
 	$(BIN)/nbship run $(SHOWCASE)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/nbship test notebooks/
+
+test-notebooks: $(STAMP)
+	$(BIN)/nbship test notebooks/
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
@@ -35,6 +39,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/compile_and_run.py
+	$(BIN)/python benchmarks/notebook_tests.py
 
 clean:
 	rm -rf .nbship build benchmarks/out

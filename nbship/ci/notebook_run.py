@@ -169,3 +169,55 @@ def run_notebook(graph: StepGraph, parameters: dict[str, Any], out_dir: Path,
                               f"(expected them under {capture_dir})", where=Location(str(nb_path)))
     return NotebookRun(executed=executed, capture_dir=capture_dir, captured=captured,
                        seconds=time.perf_counter() - started)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m nbship.ci.notebook_run``: one papermill run in its own process.
+
+    The pytest plugin starts this beside nbval's kernel and the pipeline run, so the
+    three run at once; the outcome is written as JSON to ``--result``.
+    """
+    import argparse
+
+    from nbship.extract.graph import build_graph
+    from nbship.notebook import read_notebook
+
+    parser = argparse.ArgumentParser(prog="python -m nbship.ci.notebook_run")
+    parser.add_argument("notebook", type=Path)
+    parser.add_argument("--params", default="{}", help="JSON object of parameter values")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--label", required=True)
+    parser.add_argument("--stem", default=None)
+    parser.add_argument("--result", type=Path, required=True)
+    args = parser.parse_args(argv)
+    doc: dict[str, Any]
+    try:
+        graph = build_graph(read_notebook(args.notebook, require_code=False))
+        run = run_notebook(graph, json.loads(args.params), args.out, label=args.label,
+                           stem=args.stem)
+        doc = {"ok": True, "executed": str(run.executed), "capture_dir": str(run.capture_dir),
+               "captured": run.captured, "seconds": run.seconds}
+    except NbshipError as exc:
+        where = exc.where
+        doc = {"ok": False, "message": exc.message, "hint": exc.hint,
+               "where": None if where is None else
+               {"notebook": where.notebook, "cell": where.cell, "cell_id": where.cell_id,
+                "line": where.line}}
+    tmp = args.result.with_name(args.result.name + ".tmp")
+    tmp.write_text(json.dumps(doc))
+    tmp.replace(args.result)
+    return 0
+
+
+def load_result(path: Path) -> NotebookRun:
+    """Read what ``main`` wrote; raise NotebookFailure for a failed run."""
+    doc = json.loads(path.read_text())
+    if not doc["ok"]:
+        where = Location(**doc["where"]) if doc.get("where") else None
+        raise NotebookFailure(doc["message"], where=where, hint=doc.get("hint"))
+    return NotebookRun(executed=Path(doc["executed"]), capture_dir=Path(doc["capture_dir"]),
+                       captured=doc["captured"], seconds=doc["seconds"])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -66,13 +66,56 @@ def _artifact_stem(path: Path) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "__", str(rel.with_suffix("")))
 
 
+def _cli_value(value: Any) -> str:
+    """A parameter value as ``nbship run -p`` parses it back."""
+    import json
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value)
+    return str(value)
+
+
+class _Background:
+    """A subprocess run for an item, its output in a log file."""
+
+    def __init__(self, cmd: list[str], log: Path) -> None:
+        import subprocess
+
+        log.parent.mkdir(parents=True, exist_ok=True)
+        self.log = log
+        self._out = open(log, "w")  # noqa: SIM115 - closed in wait()/kill()
+        self.proc = subprocess.Popen(cmd, stdout=self._out, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
+
+    def wait(self, timeout: float = 3600) -> int:
+        code = self.proc.wait(timeout=timeout)
+        self._out.close()
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._out.close()
+
+
 class NotebookFile(pytest.File):
-    """One notebook: the four kinds of item, sharing the papermill run."""
+    """One notebook: the four kinds of item.
+
+    The papermill run and the pipeline run are subprocesses, started by their items
+    one after the other. (Overlapping them with nbval's kernel was measured slower on
+    two cores: torch's threads in three processes fight for the same cores.)
+    """
 
     graph: Any = None
     config_error: NbshipError | None = None
+    papermill: _Background | None = None
+    pipeline: _Background | None = None
+    papermill_cmd: tuple[list[str], Path]
+    pipeline_cmd: tuple[list[str], Path]
     notebook_run: Any = None
-    notebook_error: BaseException | None = None
 
     def collect(self) -> Iterator[pytest.Item | pytest.Collector]:
         from nbship.ci.config import load_config
@@ -89,6 +132,7 @@ class NotebookFile(pytest.File):
             return
         label = self.settings.parameter_set
         self.artifacts = Path(self.config.getoption("nbship_artifacts")).resolve()
+        self.stem = _artifact_stem(self.path)
         yield CheckItem.from_parent(self, name="check")
         from nbval.plugin import IPyNbFile
 
@@ -97,6 +141,38 @@ class NotebookFile(pytest.File):
         yield nbval
         yield PapermillItem.from_parent(self, name=f"papermill[{label}]")
         yield EquivalenceItem.from_parent(self, name=f"equivalence[{label}]")
+
+    def setup(self) -> None:
+        import json
+        import sys
+
+        if self.graph is None:
+            return
+        try:
+            params = self.parameters()
+        except NbshipError:
+            return  # reported by the papermill item
+        label = self.settings.parameter_set
+        logs = self.artifacts / "logs"
+        self.result_path = logs / f"{self.stem}.{label}.papermill.json"
+        self.result_path.unlink(missing_ok=True)
+        self.papermill_cmd = (
+            [sys.executable, "-m", "nbship.ci.notebook_run", str(self.path),
+             "--params", json.dumps(params), "--out", str(self.artifacts / "notebooks"),
+             "--label", label, "--stem", self.stem, "--result", str(self.result_path)],
+            logs / f"{self.stem}.{label}.papermill.log")
+        if not self.graph.errors:
+            cmd = [sys.executable, "-m", "nbship", "run", str(self.path),
+                   "--root", str(self.artifacts / "pipelines" / "runs"),
+                   "-o", str(self.artifacts / "pipelines" / "build" / self.stem)]
+            for name, value in params.items():
+                cmd += ["-p", f"{name}={_cli_value(value)}"]
+            self.pipeline_cmd = (cmd, logs / f"{self.stem}.{label}.pipeline.log")
+
+    def teardown(self) -> None:
+        for job in (self.papermill, self.pipeline):
+            if job is not None:
+                job.kill()
 
     def parameters(self) -> dict[str, Any]:
         from nbship.errors import ParameterError
@@ -149,35 +225,51 @@ class PapermillItem(_NotebookItem):
     """The notebook runs top to bottom under papermill with the parameter set."""
 
     def runtest(self) -> None:
-        from nbship.ci.notebook_run import run_notebook
+        from nbship.ci.notebook_run import load_result
 
         parent = self.parent
-        try:
-            parent.notebook_run = run_notebook(
-                parent.graph, parent.parameters(), parent.artifacts / "notebooks",
-                label=parent.settings.parameter_set, stem=_artifact_stem(self.path))
-        except BaseException as exc:
-            parent.notebook_error = exc
-            raise
+        parent.parameters()  # a bad parameter set fails here, by name
+        if parent.papermill is None:
+            parent.papermill = _Background(*parent.papermill_cmd)
+        job = parent.papermill
+        job.wait()
+        if not parent.result_path.exists():
+            raise NbshipError(f"the papermill run stopped without a result; see {job.log}")
+        parent.notebook_run = load_result(parent.result_path)
 
 
 class EquivalenceItem(_NotebookItem):
     """The pipeline computes what the notebook computes."""
 
     def runtest(self) -> None:
+        import json
+        import re
+
         from nbship.ci.equivalence import check_equivalence
 
         parent = self.parent
-        if parent.notebook_run is None:
-            pytest.skip("the notebook did not run under papermill (see its papermill item)")
         if parent.graph.errors:
             pytest.skip("the step graph has problems (see the check item)")
+        if parent.notebook_run is None:
+            pytest.skip("the notebook did not run under papermill (see its papermill item)")
+        if parent.pipeline is None:
+            parent.pipeline = _Background(*parent.pipeline_cmd)
+        job = parent.pipeline
+        code = job.wait()
+        log = job.log.read_text()
+        if code != 0:
+            start = log.find("nbship: error: ")
+            message = log[start + len("nbship: error: "):] if start >= 0 else log[-2000:]
+            raise NbshipError("the pipeline run failed: " + message.strip())
+        found = re.search(r"^provenance: (.+)$", log, re.MULTILINE)
+        if not found:
+            raise NbshipError(f"the pipeline run left no provenance; see {job.log}")
+        provenance = json.loads(Path(found[1].strip()).read_text())
         settings = parent.settings
-        report = check_equivalence(
-            parent.graph, parent.notebook_run, parent.parameters(),
-            parent.artifacts / "pipelines", rtol=settings.rtol, atol=settings.atol,
-            label=settings.parameter_set)
-        skipped = [f"{f.name} ({f.verdict.detail})" for f in report.skipped]
+        report = check_equivalence(parent.graph, parent.notebook_run, provenance,
+                                   rtol=settings.rtol, atol=settings.atol,
+                                   label=settings.parameter_set)
         self.user_properties.append(("compared", len(report.compared)))
+        skipped = [f"{f.name} ({f.verdict.detail})" for f in report.skipped]
         if skipped:
             self.user_properties.append(("not compared", "; ".join(skipped)))
