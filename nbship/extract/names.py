@@ -170,21 +170,11 @@ class _Walker:
             for d in node.decorator_list:
                 self.expr(d)
             self._arg_defaults(node.args)
-            free, global_defs = scope_free(node)
-            for name, line in free.items():
-                self.code.events.append(Event("deferred", name, line))
-            for name, line in global_defs.items():
-                self.code.events.append(Event("def", name, line))
-            self.emit("def", node.name, node)
+            self._definition(node, "deferred")  # the body runs when called
         elif isinstance(node, ast.ClassDef):
             for d in [*node.decorator_list, *node.bases, *(k.value for k in node.keywords)]:
                 self.expr(d)
-            free, global_defs = scope_free(node)
-            for name, line in free.items():
-                self.code.events.append(Event("read", name, line))
-            for name, line in global_defs.items():
-                self.code.events.append(Event("def", name, line))
-            self.emit("def", node.name, node)
+            self._definition(node, "read")  # the body runs now
         elif isinstance(node, ast.Assign):
             self.expr(node.value)
             for t in node.targets:
@@ -265,6 +255,16 @@ class _Walker:
                         self.target(child.optional_vars)
                 elif isinstance(child, ast.expr):
                     self.expr(child)
+
+    def _definition(self, node: ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef,
+                    free_kind: str) -> None:
+        """Events of a def/class statement: its free names, globals it assigns, its name."""
+        free, global_defs = scope_free(node)
+        for name, line in free.items():
+            self.code.events.append(Event(free_kind, name, line))
+        for name, line in global_defs.items():
+            self.code.events.append(Event("def", name, line))
+        self.emit("def", node.name, node)
 
     def _arg_defaults(self, args: ast.arguments) -> None:
         for d in [*args.defaults, *(d for d in args.kw_defaults if d is not None)]:
