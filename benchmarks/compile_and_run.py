@@ -119,6 +119,8 @@ def bench_three_steps(copies: dict[Path, Path], work: Path) -> tuple:
 def bench_showcase(work: Path, repeat: int) -> tuple[tuple, tuple, tuple]:
     root = work / "showcase-runs"
     shutil.rmtree(root, ignore_errors=True)
+    # a cold run: nothing cached, not even the notebook's analysis
+    os.environ["NBSHIP_CACHE_DIR"] = tempfile.mkdtemp(prefix="graph-cache-", dir=work)
     run = [str(BIN / "nbship"), "run", str(SHOWCASE), "--root", str(root), "-o",
            str(work / "showcase-build")]
     cold = wall(run)

@@ -154,13 +154,12 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from nbship.extract.graph import build_graph
-    from nbship.notebook import read_notebook
+    from nbship.extract.cache import analyse
     from nbship.pipelines.compile import DEFAULT_IMAGE, compile_graph
     from nbship.pipelines.local import run_compiled
     from nbship.pipelines.params import parse_assignments
 
-    graph = build_graph(read_notebook(args.notebook))
+    graph = analyse(args.notebook)
     values = parse_assignments(args.param, graph.parameters)
     _print_problems(graph)
     from nbship.extract.codegen import pipeline_name

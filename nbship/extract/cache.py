@@ -1,0 +1,70 @@
+"""Keep a notebook's StepGraph between commands.
+
+A cached `nbship run` spends most of its time importing nbformat and IPython and
+analysing the notebook again. When the notebook's bytes, nbship's own code and
+the environment are unchanged, the graph from last time is the same graph: it is
+kept in ``.nbship/cache/`` (pickled; nbship's own files, written atomically) and
+read back instead. Any change to one of the three is a different key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import site
+import sys
+import tempfile
+from pathlib import Path
+
+from nbship.extract.graph import StepGraph, build_graph
+from nbship.notebook import read_notebook
+
+CACHE_DIR = Path(os.environ.get("NBSHIP_CACHE_DIR", ".nbship/cache"))
+
+
+def _code_digest() -> str:
+    h = hashlib.sha256()
+    root = Path(__file__).resolve().parent.parent
+    for path in sorted(root.rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+def _environment() -> str:
+    """Changes when packages are installed or removed (the missing-module check)."""
+    stamps = [sys.executable]
+    for folder in site.getsitepackages():
+        try:
+            stamps.append(f"{folder}:{os.stat(folder).st_mtime_ns}")
+        except OSError:
+            continue
+    return "|".join(stamps)
+
+
+def analyse(path: Path, *, cache_dir: Path = CACHE_DIR) -> StepGraph:
+    """``build_graph(read_notebook(path))``, served from the cache when nothing changed."""
+    try:
+        raw = path.read_bytes()
+    except OSError:
+        return build_graph(read_notebook(path))  # the reader's own clear error
+    key = hashlib.sha256(b"\0".join([
+        raw, _code_digest().encode(), _environment().encode(), str(path).encode(),
+        os.getcwd().encode()])).hexdigest()
+    entry = cache_dir / f"{key}.pickle"
+    try:
+        graph = pickle.loads(entry.read_bytes())
+        if isinstance(graph, StepGraph):
+            return graph
+    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError):
+        pass
+    graph = build_graph(read_notebook(path))
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".graph-", dir=cache_dir)
+        with os.fdopen(fd, "wb") as f:
+            pickle.dump(graph, f)
+        os.replace(tmp, entry)
+    except OSError:
+        pass  # a read-only folder only costs the next run its speed
+    return graph

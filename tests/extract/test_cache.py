@@ -1,0 +1,41 @@
+"""The step graph is kept between runs, and re-made when the notebook changes."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+
+import nbship.extract.cache as cache
+from tests.conftest import fixture_path
+
+
+def test_unchanged_notebook_is_not_analysed_again(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    nb = tmp_path / "n.ipynb"
+    shutil.copy(fixture_path("three_numpy_steps"), nb)
+    first = cache.analyse(nb, cache_dir=tmp_path / "c")
+
+    def must_not_read(*args: object, **kwargs: object) -> None:
+        raise AssertionError("analysed an unchanged notebook again")
+
+    monkeypatch.setattr(cache, "read_notebook", must_not_read)
+    again = cache.analyse(nb, cache_dir=tmp_path / "c")
+    assert [s.name for s in again.steps] == [s.name for s in first.steps]
+    assert again.notebook.sha256 == first.notebook.sha256
+
+    doc = nbformat.read(nb, as_version=4)
+    doc.cells[4].source = "centered = data - 1"
+    nbformat.write(doc, nb)
+    with pytest.raises(AssertionError, match="analysed"):
+        cache.analyse(nb, cache_dir=tmp_path / "c")
+
+
+def test_a_broken_cache_entry_is_ignored(tmp_path: Path) -> None:
+    nb = fixture_path("fan_out_fan_in")
+    cache.analyse(nb, cache_dir=tmp_path)
+    for entry in tmp_path.glob("*.pickle"):
+        entry.write_bytes(b"not a pickle")
+    assert len(cache.analyse(nb, cache_dir=tmp_path).steps) == 4
