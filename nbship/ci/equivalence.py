@@ -53,10 +53,6 @@ class EquivalenceReport:
         return [f for f in self.findings if f.verdict.status == EQUAL]
 
 
-def _load(path: Path) -> Any:
-    return serializers.load(path)
-
-
 def compare_runs(graph: StepGraph, notebook: NotebookRun, provenance: dict[str, Any],
                  pipeline_metrics: dict[str, float], *, rtol: float,
                  atol: float) -> EquivalenceReport:
@@ -76,8 +72,8 @@ def compare_runs(graph: StepGraph, notebook: NotebookRun, provenance: dict[str, 
                 report.findings.append(Finding("value", var, step.name, users,
                                                Verdict(SKIPPED, f"notebook side: {why}")))
                 continue
-            ours = _load(notebook.capture_dir / step.name / var)
-            theirs = _load(Path(outputs[var]["uri"]))
+            ours = serializers.load(notebook.capture_dir / step.name / var)
+            theirs = serializers.load(Path(outputs[var]["uri"]))
             verdict = compare(ours, theirs, rtol=rtol, atol=atol)
             report.findings.append(Finding("value", var, step.name, users, verdict,
                                            serializers.summary(ours),
@@ -88,7 +84,7 @@ def compare_runs(graph: StepGraph, notebook: NotebookRun, provenance: dict[str, 
             report.findings.append(Finding("metric", name, step_name, [],
                                            Verdict(SKIPPED, "no value on one side")))
             continue
-        ours = float(_load(notebook.capture_dir / step_name / name))
+        ours = float(serializers.load(notebook.capture_dir / step_name / name))
         theirs = pipeline_metrics[name]
         report.findings.append(Finding("metric", name, step_name, [],
                                        compare(ours, theirs, rtol=rtol, atol=atol),
