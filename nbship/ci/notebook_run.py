@@ -24,7 +24,7 @@ from nbship.runtime import serializers
 CAPTURE_TAG = "nbship-capture"
 INDEX_FILE = "captured.json"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_CELL_LINE = re.compile(r"Cell In\[\d+\], line (\d+)")
+_CELL_LINE = re.compile(r"(?:Cell )?In\s*\[\d*\],? line (\d+)")
 
 
 class NotebookFailure(NbshipError):
@@ -109,20 +109,29 @@ def failure_report(notebook: Path, executed: Any, exc: Any) -> NotebookFailure:
         return NotebookFailure(
             f"nbship could not capture the values of step {meta['capture']!r}: "
             f"{exc.ename}: {exc.evalue}", where=Location(str(notebook)))
-    index = meta.get("index")
-    text = _ANSI.sub("", "\n".join(exc.traceback or []))
-    lines = [int(n) for n in _CELL_LINE.findall(text)]
-    line = lines[0] if lines else None
-    source = (cell.source if cell is not None else exc.source or "").splitlines()
+    source = cell.source if cell is not None else exc.source or ""
+    return cell_failure(notebook, meta.get("index"), cell.get("id") if cell else None, source,
+                        "\n".join(exc.traceback or []), f"{exc.ename}: {exc.evalue}")
+
+
+def cell_failure(notebook: Path, index: int | None, cell_id: str | None, source: str,
+                 traceback: str, error: str) -> NotebookFailure:
+    """A failing cell as a person reads it: where, the error, the lines around the failure.
+
+    The line comes from IPython's own traceback (``Cell In[n], line L``); the kernel's
+    traceback itself is not repeated.
+    """
+    lines = [int(n) for n in _CELL_LINE.findall(_ANSI.sub("", traceback))]
+    line = lines[-1] if lines else None
+    src = source.splitlines()
     shown = []
-    if line is not None and source:
-        for n in range(max(1, line - 2), min(len(source), line + 1) + 1):
+    if line is not None and src:
+        for n in range(max(1, line - 2), min(len(src), line + 1) + 1):
             mark = "-->" if n == line else "   "
-            shown.append(f"  {mark} {n:3} | {source[n - 1]}")
-    elif source:
-        shown = [f"        | {s}" for s in source[:5]]
-    cell_id = cell.get("id") if cell is not None else None
-    message = "\n".join([f"{exc.ename}: {exc.evalue}", *shown])
+            shown.append(f"  {mark} {n:3} | {src[n - 1]}")
+    elif src:
+        shown = [f"        | {s}" for s in src[:5]]
+    message = "\n".join([_ANSI.sub("", error), *shown])
     return NotebookFailure(message, where=Location(str(notebook), index, cell_id, line))
 
 

@@ -58,6 +58,43 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> Any:
     return None
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """nbval's failures, for nbship's notebooks, read like the notebook (no kernel dump)."""
+    outcome = yield
+    report = outcome.get_result()
+    notebook = getattr(item.parent, "parent", None)
+    if (report.failed and call.excinfo is not None and isinstance(notebook, NotebookFile)
+            and hasattr(item, "cell")):
+        report.longrepr = _nbval_failure(item, notebook, call.excinfo.value)
+
+
+def _nbval_failure(item: Any, notebook: NotebookFile, exc: BaseException) -> str:
+    import re
+
+    from nbship.ci.notebook_run import _ANSI, cell_failure
+
+    # nbval numbers code cells from 0, as nbship's Notebook lists them
+    cells = notebook.graph.notebook.cells if notebook.graph is not None else []
+    number = getattr(item, "cell_num", -1)
+    index = cells[number].index if 0 <= number < len(cells) else None
+    traceback = str(getattr(exc, "inner_traceback", "") or "")
+    message = _ANSI.sub("", str(exc))
+    if "exception" in message:  # the cell raised: the error is the traceback's last line
+        last = [ln for ln in _ANSI.sub("", traceback).splitlines() if ln.strip()]
+        error = last[-1] if last else message
+        detail = ""
+    else:  # e.g. outputs differ (strict): nbval's own comparison says how
+        error = f"{message.rstrip('.')} (nbval)" if message else "nbval failed"
+        if "differ" in message:
+            error = "outputs differ from the ones saved in the notebook"
+        detail, traceback = _ANSI.sub("", traceback).strip(), ""
+    failure = cell_failure(notebook.path, index, item.cell.get("id"), item.cell.source,
+                           traceback, error)
+    text = str(failure) + (f"\n{detail}" if detail else "")
+    return re.sub(r"\n{3,}", "\n\n", text) + f"\n(nbval item {item.name})"
+
+
 def _artifact_stem(path: Path) -> str:
     try:
         rel = path.resolve().relative_to(Path.cwd().resolve())

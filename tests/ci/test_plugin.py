@@ -112,6 +112,10 @@ def test_failing_cell_reads_like_the_notebook(parallel: dict[str, tuple[str, str
     assert "-->   2 | ratio = value / divisor" in text
     assert "Traceback" not in text
     assert parallel["failing_step::equivalence[ci]"][0] == "skipped"
+    nbval_outcome, nbval_text = parallel["failing_step::Cell 2"]  # nbval's item, same format
+    assert nbval_outcome == "failure"
+    assert "failing_step.ipynb, cell 3 (id c3), line 2: ZeroDivisionError" in nbval_text
+    assert "Traceback" not in nbval_text and "\x1b[" not in nbval_text
 
 
 def test_parameter_set_reaches_notebook_and_pipeline(project: Path,
@@ -141,7 +145,9 @@ def test_tolerance_decides_float_noise(parallel: dict[str, tuple[str, str]]) -> 
 def test_strict_compares_stored_outputs_lax_does_not(
         parallel: dict[str, tuple[str, str]]) -> None:
     assert parallel["stale_lax::Cell 0"][0] == "passed"
-    assert parallel["stale_strict::Cell 0"][0] == "failure"
+    outcome, text = parallel["stale_strict::Cell 0"]
+    assert outcome == "failure"
+    assert "stale_strict.ipynb, cell 0 (id c0): outputs differ from the ones saved" in text
 
 
 def test_notebook_without_tags_passes_every_item(parallel: dict[str, tuple[str, str]]) -> None:
