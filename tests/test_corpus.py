@@ -73,3 +73,13 @@ def test_step_needing_a_missing_library_fails_naming_the_cell(corpus: Path,
         run_compiled(compiled, {}, root=tmp_path / "runs", echo=lambda line: None)
     assert info.value.where is not None and info.value.where.cell == 4
     assert "No module named 'matplotlib'" in info.value.message
+
+
+def test_statements_that_are_not_parameters_or_metrics_are_one_warning_per_cell(
+        corpus: Path) -> None:
+    graph = build_graph(read_notebook(corpus / "kale-history/v2_iris_example.ipynb"))
+    by_kind = {p.kind: p for p in graph.warnings if p.kind in ("parameter", "metrics")}
+    assert "7 statement(s) in the parameters cell" in by_kind["parameter"].message
+    assert "(lines 2, 25-30)" in by_kind["parameter"].message
+    assert by_kind["metrics"].where.cell == 9
+    assert len(graph.parameters) == 13

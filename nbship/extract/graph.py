@@ -19,6 +19,7 @@ import ast
 import builtins
 import keyword
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -337,43 +338,51 @@ def _check_names(a: _Analysis, steps: list[Step]) -> None:
 _TYPES = {bool: "bool", int: "int", float: "float", str: "str", list: "list", dict: "dict"}
 
 
-def _parameters(a: _Analysis, cells: list[Cell]) -> dict[str, Parameter]:
-    params: dict[str, Parameter] = {}
+def _each_statement(a: _Analysis, cells: list[Cell], kind: str, what: str, hint: str,
+                    handle: Callable[[Cell, ast.stmt], bool]) -> None:
+    """Call ``handle`` on each statement of ``cells``; warn once per cell about the ones
+    it does not take (``handle`` returned False)."""
     for cell in cells:
         tree = a.codes[cell.index].tree
         if tree is None:
             continue
-        ignored: list[int] = []
-        for stmt in tree.body:
-            target: ast.expr | None = None
-            value: ast.expr | None = None
-            if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1:
-                target, value = stmt.targets[0], stmt.value
-            elif isinstance(stmt, ast.AnnAssign) and stmt.value is not None:
-                target, value = stmt.target, stmt.value
-            if not isinstance(target, ast.Name) or value is None:
-                ignored.append(stmt.lineno)
-                continue
-            try:
-                literal = ast.literal_eval(value)
-            except ValueError:
-                a.problem(ERROR, "parameter",
-                          f"parameter {target.id!r} must be a literal value, not "
-                          f"`{ast.unparse(value)}`", cell, stmt.lineno,
-                          hint="compute it in a step from a literal parameter")
-                continue
-            kind_name = _TYPES.get(type(literal))
-            if kind_name is None:
-                a.problem(ERROR, "parameter",
-                          f"parameter {target.id!r} = {literal!r}: KFP parameters are int, "
-                          "float, str, bool, list or dict", cell, stmt.lineno)
-                continue
-            params[target.id] = Parameter(target.id, literal, kind_name, cell, stmt.lineno)
+        ignored = [stmt.lineno for stmt in tree.body if not handle(cell, stmt)]
         if ignored:
-            a.problem(WARNING, "parameter",
-                      f"{len(ignored)} statement(s) in the parameters cell are not parameters "
-                      f"and do not run in the pipeline (lines {_spans(ignored)})", cell,
-                      ignored[0], hint="parameters are `name = literal` lines")
+            a.problem(WARNING, kind, f"{len(ignored)} statement(s) in the {what} (lines "
+                      f"{_spans(ignored)})", cell, ignored[0], hint=hint)
+
+
+def _parameters(a: _Analysis, cells: list[Cell]) -> dict[str, Parameter]:
+    params: dict[str, Parameter] = {}
+
+    def take(cell: Cell, stmt: ast.stmt) -> bool:
+        target: ast.expr | None = None
+        value: ast.expr | None = None
+        if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1:
+            target, value = stmt.targets[0], stmt.value
+        elif isinstance(stmt, ast.AnnAssign) and stmt.value is not None:
+            target, value = stmt.target, stmt.value
+        if not isinstance(target, ast.Name) or value is None:
+            return False
+        try:
+            literal = ast.literal_eval(value)
+        except ValueError:
+            a.problem(ERROR, "parameter",
+                      f"parameter {target.id!r} must be a literal value, not "
+                      f"`{ast.unparse(value)}`", cell, stmt.lineno,
+                      hint="compute it in a step from a literal parameter")
+            return True
+        kind_name = _TYPES.get(type(literal))
+        if kind_name is None:
+            a.problem(ERROR, "parameter",
+                      f"parameter {target.id!r} = {literal!r}: KFP parameters are int, "
+                      "float, str, bool, list or dict", cell, stmt.lineno)
+            return True
+        params[target.id] = Parameter(target.id, literal, kind_name, cell, stmt.lineno)
+        return True
+
+    _each_statement(a, cells, "parameter", "parameters cell are not parameters and do not run "
+                    "in the pipeline", "parameters are `name = literal` lines", take)
     return params
 
 
@@ -392,25 +401,19 @@ def _spans(lines: list[int]) -> str:
 
 def _metric_names(a: _Analysis, cells: list[Cell]) -> dict[str, tuple[Cell, int]]:
     names: dict[str, tuple[Cell, int]] = {}
-    for cell in cells:
-        tree = a.codes[cell.index].tree
-        if tree is None:
-            continue
-        ignored: list[int] = []
-        for stmt in tree.body:
-            expr = stmt.value if isinstance(stmt, ast.Expr) else None
-            if (isinstance(expr, ast.Call) and isinstance(expr.func, ast.Name)
-                    and expr.func.id == "print" and len(expr.args) == 1 and not expr.keywords):
-                expr = expr.args[0]
-            if isinstance(expr, ast.Name):
-                names.setdefault(expr.id, (cell, stmt.lineno))
-            else:
-                ignored.append(stmt.lineno)
-        if ignored:
-            a.problem(WARNING, "metrics",
-                      f"{len(ignored)} statement(s) in the metrics cell are not `print(name)` "
-                      f"or `name` lines and are ignored (lines {_spans(ignored)})", cell,
-                      ignored[0], hint="list each metric as print(name)")
+
+    def take(cell: Cell, stmt: ast.stmt) -> bool:
+        expr = stmt.value if isinstance(stmt, ast.Expr) else None
+        if (isinstance(expr, ast.Call) and isinstance(expr.func, ast.Name)
+                and expr.func.id == "print" and len(expr.args) == 1 and not expr.keywords):
+            expr = expr.args[0]
+        if isinstance(expr, ast.Name):
+            names.setdefault(expr.id, (cell, stmt.lineno))
+            return True
+        return False
+
+    _each_statement(a, cells, "metrics", "metrics cell are not `print(name)` or `name` lines "
+                    "and are ignored", "list each metric as print(name)", take)
     return names
 
 
