@@ -141,16 +141,15 @@ class _Background:
 class NotebookFile(pytest.File):
     """One notebook: the four kinds of item.
 
-    The papermill run and the pipeline run are subprocesses, started by their items
-    one after the other. (Overlapping them with nbval's kernel was measured slower on
-    two cores: torch's threads in three processes fight for the same cores.)
+    The papermill run happens in this process; the pipeline run (`nbship run`, which
+    changes directory and redirects output while kfp.local runs) in a subprocess.
+    They run one after the other: overlapping them with nbval's kernel was measured
+    slower on two cores (torch's threads in three processes fight for the cores).
     """
 
     graph: Any = None
     config_error: NbshipError | None = None
-    papermill: _Background | None = None
     pipeline: _Background | None = None
-    papermill_cmd: tuple[list[str], Path]
     pipeline_cmd: tuple[list[str], Path]
     notebook_run: Any = None
 
@@ -180,7 +179,6 @@ class NotebookFile(pytest.File):
         yield EquivalenceItem.from_parent(self, name=f"equivalence[{label}]")
 
     def setup(self) -> None:
-        import json
         import sys
 
         if self.graph is None:
@@ -191,13 +189,6 @@ class NotebookFile(pytest.File):
             return  # reported by the papermill item
         label = self.settings.parameter_set
         logs = self.artifacts / "logs"
-        self.result_path = logs / f"{self.stem}.{label}.papermill.json"
-        self.result_path.unlink(missing_ok=True)
-        self.papermill_cmd = (
-            [sys.executable, "-m", "nbship.ci.notebook_run", str(self.path),
-             "--params", json.dumps(params), "--out", str(self.artifacts / "notebooks"),
-             "--label", label, "--stem", self.stem, "--result", str(self.result_path)],
-            logs / f"{self.stem}.{label}.papermill.log")
         if not self.graph.errors:
             cmd = [sys.executable, "-m", "nbship", "run", str(self.path),
                    "--root", str(self.artifacts / "pipelines" / "runs"),
@@ -207,9 +198,8 @@ class NotebookFile(pytest.File):
             self.pipeline_cmd = (cmd, logs / f"{self.stem}.{label}.pipeline.log")
 
     def teardown(self) -> None:
-        for job in (self.papermill, self.pipeline):
-            if job is not None:
-                job.kill()
+        if self.pipeline is not None:
+            self.pipeline.kill()
 
     def parameters(self) -> dict[str, Any]:
         from nbship.errors import ParameterError
@@ -262,17 +252,12 @@ class PapermillItem(_NotebookItem):
     """The notebook runs top to bottom under papermill with the parameter set."""
 
     def runtest(self) -> None:
-        from nbship.ci.notebook_run import load_result
+        from nbship.ci.notebook_run import run_notebook
 
         parent = self.parent
-        parent.parameters()  # a bad parameter set fails here, by name
-        if parent.papermill is None:
-            parent.papermill = _Background(*parent.papermill_cmd)
-        job = parent.papermill
-        job.wait()
-        if not parent.result_path.exists():
-            raise NbshipError(f"the papermill run stopped without a result; see {job.log}")
-        parent.notebook_run = load_result(parent.result_path)
+        parent.notebook_run = run_notebook(
+            parent.graph, parent.parameters(), parent.artifacts / "notebooks",
+            label=parent.settings.parameter_set, stem=parent.stem)
 
 
 class EquivalenceItem(_NotebookItem):
