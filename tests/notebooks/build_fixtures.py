@@ -216,7 +216,8 @@ FIXTURES: dict[str, list[tuple]] = {
     ],
     "reads_relative_file": [
         (["step:write"], "with open('fixture-data.txt', 'w') as f:\n    f.write('7')"),
-        (["step:read"], "import os\nvalue = int(open('fixture-data.txt').read())\n"
+        # a file is not a variable: without prev: the two steps may run at the same time
+        (["step:read", "prev:write"], "import os\nvalue = int(open('fixture-data.txt').read())\n"
                         "os.remove('fixture-data.txt')"),
         (["pipeline-metrics"], "print(value)"),
     ],
