@@ -178,7 +178,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items()))
     print(f"provenance: {result.provenance}")
     print(f"step logs:  {result.record_dir / 'run.log'}")
-    print(f"artifacts:  {args.root / compiled.name / 'artifacts'}")
+    print(f"artifacts:  {result.record_dir.parent / 'artifacts'}")
     return 0
 
 
