@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from nbship.runtime.serializers import _is_instance
+from nbship.runtime.serializers import is_instance
 
 EQUAL = "equal"
 DIFFERS = "differs"
@@ -96,7 +96,7 @@ def compare(a: Any, b: Any, *, rtol: float = 1e-5, atol: float = 1e-8) -> Verdic
         return _arrays(a, b, rtol, atol)
     if module == "numpy":  # numpy scalars
         return _number(a.item(), b.item(), rtol, atol)
-    if _is_instance(a, "torch.nn", "Module"):  # the notebook's own subclass, compared by weights
+    if is_instance(a, "torch.nn", "Module"):  # the notebook's own subclass, compared by weights
         return compare(dict(a.state_dict()), dict(b.state_dict()), rtol=rtol, atol=atol)
     if module == "torch" and hasattr(a, "shape"):
         return _arrays(a, b, rtol, atol)

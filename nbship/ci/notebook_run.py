@@ -24,6 +24,11 @@ from nbship.runtime import serializers
 CAPTURE_TAG = "nbship-capture"
 INDEX_FILE = "captured.json"
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def strip_ansi(text: str) -> str:
+    """Kernel tracebacks and nbval messages without their terminal colours."""
+    return _ANSI.sub("", text)
 _CELL_LINE = re.compile(r"(?:Cell )?In\s*\[\d*\],? line (\d+)")
 
 
@@ -121,7 +126,7 @@ def cell_failure(notebook: Path, index: int | None, cell_id: str | None, source:
     The line comes from IPython's own traceback (``Cell In[n], line L``); the kernel's
     traceback itself is not repeated.
     """
-    lines = [int(n) for n in _CELL_LINE.findall(_ANSI.sub("", traceback))]
+    lines = [int(n) for n in _CELL_LINE.findall(strip_ansi(traceback))]
     line = lines[-1] if lines else None
     src = source.splitlines()
     shown = []
@@ -131,7 +136,7 @@ def cell_failure(notebook: Path, index: int | None, cell_id: str | None, source:
             shown.append(f"  {mark} {n:3} | {src[n - 1]}")
     elif src:
         shown = [f"        | {s}" for s in src[:5]]
-    message = "\n".join([_ANSI.sub("", error), *shown])
+    message = "\n".join([strip_ansi(error), *shown])
     return NotebookFailure(message, where=Location(str(notebook), index, cell_id, line))
 
 

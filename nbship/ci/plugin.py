@@ -72,23 +72,23 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 def _nbval_failure(item: Any, notebook: NotebookFile, exc: BaseException) -> str:
     import re
 
-    from nbship.ci.notebook_run import _ANSI, cell_failure
+    from nbship.ci.notebook_run import cell_failure, strip_ansi
 
     # nbval numbers code cells from 0, as nbship's Notebook lists them
     cells = notebook.graph.notebook.cells if notebook.graph is not None else []
     number = getattr(item, "cell_num", -1)
     index = cells[number].index if 0 <= number < len(cells) else None
     traceback = str(getattr(exc, "inner_traceback", "") or "")
-    message = _ANSI.sub("", str(exc))
+    message = strip_ansi(str(exc))
     if "exception" in message:  # the cell raised: the error is the traceback's last line
-        last = [ln for ln in _ANSI.sub("", traceback).splitlines() if ln.strip()]
+        last = [ln for ln in strip_ansi(traceback).splitlines() if ln.strip()]
         error = last[-1] if last else message
         detail = ""
     else:  # e.g. outputs differ (strict): nbval's own comparison says how
         error = f"{message.rstrip('.')} (nbval)" if message else "nbval failed"
         if "differ" in message:
             error = "outputs differ from the ones saved in the notebook"
-        detail, traceback = _ANSI.sub("", traceback).strip(), ""
+        detail, traceback = strip_ansi(traceback).strip(), ""
     failure = cell_failure(notebook.path, index, item.cell.get("id"), item.cell.source,
                            traceback, error)
     text = str(failure) + (f"\n{detail}" if detail else "")

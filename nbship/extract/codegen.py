@@ -11,7 +11,6 @@ notebook cell and line.
 from __future__ import annotations
 
 import io
-import keyword
 import tokenize
 from dataclasses import dataclass
 
@@ -42,7 +41,7 @@ def pipeline_name(graph: StepGraph) -> str:
     import re
 
     stem = re.sub(r"[^a-z0-9]+", "-", graph.notebook.path.stem.lower()).strip("-") or "notebook"
-    if stem in {re.sub(r"[^a-z0-9-]", "-", s.func.lower()) for s in graph.steps}:
+    if stem in {s.task for s in graph.steps}:
         stem += "-pipeline"
     return stem
 
@@ -120,10 +119,6 @@ def _comment_unused_imports(python: str, lines: list[str], used: set[str]) -> No
 def _annotation(kind: str) -> str:
     return {"int": "int", "float": "float", "str": "str", "bool": "bool", "list": "list",
             "dict": "dict"}[kind]
-
-
-def _safe(name: str) -> str:
-    return name + "_" if keyword.iskeyword(name) else name
 
 
 def step_source(graph: StepGraph, step: Step) -> list[str]:

@@ -125,6 +125,11 @@ class Step:
         """The Python identifier of the step's component function."""
         return re.sub(r"\W", "_", self.name)
 
+    @property
+    def task(self) -> str:
+        """The KFP task name of the step (as KFP's compiler derives it from ``func``)."""
+        return re.sub(r"[^a-z0-9-]", "-", self.func.lower())
+
 
 @dataclass(frozen=True)
 class Edge:

@@ -18,7 +18,6 @@ import contextlib
 import datetime as dt
 import json
 import os
-import re
 import sys
 import threading
 import time
@@ -55,11 +54,6 @@ class RunResult:
     tasks: dict[str, TaskRecord]
     seconds: float
     parameters: dict[str, Any]
-
-
-def task_name(func: str) -> str:
-    """The KFP task name of a step's component function (as the compiler derives it)."""
-    return re.sub(r"[^a-z0-9-]", "-", func.lower())
 
 
 class _Tracker:
@@ -155,7 +149,7 @@ def run_compiled(compiled: CompiledPipeline, arguments: dict[str, Any], *,
     defaults = {p.name: p.value for p in graph.parameters.values()}
     values = {**defaults, **arguments}
 
-    width = max((len(task_name(s.func)) for s in graph.steps), default=4)
+    width = max((len(s.task) for s in graph.steps), default=4)
     tracker = _Tracker(say, width)
     started = time.perf_counter()
     status = "SUCCESS"
@@ -221,7 +215,7 @@ def provenance(compiled: CompiledPipeline, values: dict[str, Any],
     import kfp
 
     graph = compiled.graph
-    by_task = {task_name(s.func): s for s in graph.steps}
+    by_task = {s.task: s for s in graph.steps}
     outputs_of: dict[str, dict[str, Any]] = {}
     steps: dict[str, Any] = {}
     for tname, step in by_task.items():

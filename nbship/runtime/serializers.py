@@ -34,7 +34,7 @@ def _module_of(value: Any) -> str:
     return type(value).__module__.split(".")[0]
 
 
-def _is_instance(value: Any, module: str, qualname: str) -> bool:
+def is_instance(value: Any, module: str, qualname: str) -> bool:
     """isinstance against a class of a library that may not be imported (or installed)."""
     mod = sys.modules.get(module.split(".")[0])
     if mod is None:
@@ -84,7 +84,7 @@ def _npy_load(path: Path) -> Any:
 
 
 def _npy_accepts(value: Any) -> bool:
-    return _is_instance(value, "numpy", "ndarray") and value.dtype != object
+    return is_instance(value, "numpy", "ndarray") and value.dtype != object
 
 
 def _tensor_save(value: Any, path: Path) -> None:
@@ -166,21 +166,21 @@ REGISTRY: list[Serializer] = [
     Serializer(
         "torch-tensor",
         "value.safetensors",
-        lambda v: _is_instance(v, "torch", "Tensor") and not v.is_sparse,
+        lambda v: is_instance(v, "torch", "Tensor") and not v.is_sparse,
         _tensor_save,
         _tensor_load,
     ),
     Serializer(
         "torch-module",
         "module",
-        lambda v: _is_instance(v, "torch.nn", "Module"),
+        lambda v: is_instance(v, "torch.nn", "Module"),
         _module_save,
         _module_load,
     ),
     Serializer(
         "pandas",
         "value.pandas.pkl",
-        lambda v: _is_instance(v, "pandas", "DataFrame") or _is_instance(v, "pandas", "Series"),
+        lambda v: is_instance(v, "pandas", "DataFrame") or is_instance(v, "pandas", "Series"),
         _pandas_save,
         _pandas_load,
     ),
@@ -244,7 +244,7 @@ def summary(value: Any) -> str:
     shape = getattr(value, "shape", None)
     if shape is not None:
         return f"{type(value).__name__} shape {tuple(shape)}"
-    if _is_instance(value, "torch.nn", "Module"):
+    if is_instance(value, "torch.nn", "Module"):
         count = sum(p.numel() for p in value.parameters())
         return f"{type(value).__name__} ({count} parameters)"
     text = repr(value).split("\n")[0]
