@@ -89,6 +89,16 @@ def to_python(source: str) -> tuple[str, list[Magic], str | None]:
     return transformed, magics, None
 
 
+def _parse(source: str) -> ast.Module | SyntaxError:
+    """The cell's AST, or the SyntaxError when it is not Python."""
+    try:
+        with warnings.catch_warnings():  # e.g. invalid escapes in the user's strings
+            warnings.simplefilter("ignore")
+            return ast.parse(source)
+    except SyntaxError as exc:
+        return exc
+
+
 def _may_have_ipython_syntax(source: str) -> bool:
     """False when the cell is plain Python, which IPython's transformer leaves unchanged.
 
@@ -96,13 +106,7 @@ def _may_have_ipython_syntax(source: str) -> bool:
     prompts) is a syntax error in Python, so a cell that parses needs no transformer;
     this spares the IPython import (a quarter second) on plain notebooks.
     """
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ast.parse(source)
-    except SyntaxError:
-        return True
-    return False
+    return isinstance(_parse(source), SyntaxError)
 
 
 def _strip_timing(line: str) -> tuple[str, str]:
@@ -120,18 +124,19 @@ def _strip_timing(line: str) -> tuple[str, str]:
 
 def analyse(source: str, *, ipython: bool = True) -> CellCode:
     """Analyse one cell's source; ``ipython=False`` takes it as plain Python (no magics)."""
-    python, magics, cell_magic = to_python(source) if ipython else (source, [], None)
-    code = CellCode(python=python, magics=magics, cell_magic=cell_magic)
-    try:
-        with warnings.catch_warnings():  # e.g. invalid escapes in the user's strings
-            warnings.simplefilter("ignore")
-            tree = ast.parse(python)
-    except SyntaxError as exc:
-        code.syntax_error = (exc.lineno or 1, exc.msg)
+    parsed = _parse(source)  # plain Python, the common case, is parsed once
+    if isinstance(parsed, SyntaxError) and ipython:  # IPython syntax, or a real error
+        python, magics, cell_magic = to_python(source)
+        code = CellCode(python=python, magics=magics, cell_magic=cell_magic)
+        parsed = _parse(python)
+    else:
+        code = CellCode(python=source)
+    if isinstance(parsed, SyntaxError):
+        code.syntax_error = (parsed.lineno or 1, parsed.msg)
         return code
-    code.tree = tree
+    code.tree = parsed
     walker = _Walker(code)
-    for stmt in tree.body:
+    for stmt in parsed.body:
         walker.stmt(stmt)
     return code
 
