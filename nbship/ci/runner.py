@@ -16,6 +16,7 @@ from pathlib import Path
 
 from nbship.ci.plugin import ARTIFACTS_DEFAULT
 from nbship.errors import UnusableInputError
+from nbship.files import write_atomic
 
 
 def find_notebooks(paths: list[Path]) -> list[Path]:
@@ -42,9 +43,7 @@ def render_html(notebooks_dir: Path) -> list[Path]:
     for nb in sorted(notebooks_dir.glob("*.ipynb")):
         body, _ = exporter.from_filename(str(nb))
         html = nb.with_suffix(".html")
-        tmp = html.with_name(html.name + ".tmp")
-        tmp.write_text(body)
-        tmp.replace(html)
+        write_atomic(html, body)
         written.append(html)
     return written
 

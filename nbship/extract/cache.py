@@ -14,10 +14,10 @@ import os
 import pickle
 import site
 import sys
-import tempfile
 from pathlib import Path
 
 from nbship.extract.graph import StepGraph, build_graph
+from nbship.files import write_atomic
 from nbship.notebook import read_notebook
 
 CACHE_DIR = Path(os.environ.get("NBSHIP_CACHE_DIR", ".nbship/cache"))
@@ -61,10 +61,7 @@ def analyse(path: Path, *, cache_dir: Path = CACHE_DIR) -> StepGraph:
     graph = build_graph(read_notebook(path))
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".graph-", dir=cache_dir)
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump(graph, f)
-        os.replace(tmp, entry)
+        write_atomic(entry, pickle.dumps(graph))
     except OSError:
         pass  # a read-only folder only costs the next run its speed
     return graph

@@ -29,6 +29,7 @@ from typing import Any, TextIO
 
 from nbship import __version__
 from nbship.errors import Location, RunError
+from nbship.files import write_atomic
 from nbship.pipelines.compile import CompiledPipeline
 from nbship.pipelines.kfp_import import import_kfp
 from nbship.runtime.step import FAILURE_DIR_ENV
@@ -124,9 +125,7 @@ def _env(name: str, value: str) -> Iterator[None]:
 
 
 def _write_json(path: Path, doc: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2, sort_keys=False, default=str) + "\n")
-    tmp.replace(path)
+    write_atomic(path, json.dumps(doc, indent=2, default=str) + "\n")
 
 
 def run_compiled(compiled: CompiledPipeline, arguments: dict[str, Any], *,
