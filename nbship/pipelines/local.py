@@ -30,8 +30,10 @@ from typing import Any, TextIO
 from nbship import __version__
 from nbship.errors import Location, RunError
 from nbship.files import write_atomic
+from nbship.pipelines import launcher
 from nbship.pipelines.compile import CompiledPipeline
 from nbship.pipelines.kfp_import import import_kfp
+from nbship.pipelines.launcher import imported_modules, third_party_modules
 from nbship.runtime.step import FAILURE_DIR_ENV
 
 DEFAULT_ROOT = Path(".nbship/runs")
@@ -160,8 +162,12 @@ def run_compiled(compiled: CompiledPipeline, arguments: dict[str, Any], *,
                    enable_caching=True, raise_on_error=True)
         pipeline = load_component_from_file(str(compiled.yaml))
         # steps run in the notebook's folder, as the notebook's cells do in Jupyter
-        with tracker.installed(), _env(FAILURE_DIR_ENV, str(failures)), \
-                contextlib.chdir(graph.notebook.path.resolve().parent), \
+        notebook_dir = graph.notebook.path.resolve().parent
+        preload = third_party_modules(
+            imported_modules(c.tree for c in graph.codes.values()), notebook_dir)
+        with tracker.installed(), launcher.installed(preload), \
+                _env(FAILURE_DIR_ENV, str(failures)), \
+                contextlib.chdir(notebook_dir), \
                 contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             try:
                 pipeline(**values)
