@@ -103,7 +103,7 @@ class Notebook:
         return Location(str(self.path), cell.index, cell.id, line)
 
 
-def _import_nbformat() -> Any:
+def import_nbformat() -> Any:
     """Import nbformat without the 0.9 s that jsonschema spends on an unused format checker.
 
     When rfc3987-syntax is installed (jupyter-events pulls it in), jsonschema builds
@@ -129,7 +129,7 @@ def read_notebook(path: str | Path, *, require_code: bool = True) -> Notebook:
 
     ``require_code=False`` accepts a notebook without code (a test runner still runs it).
     """
-    nbformat = _import_nbformat()
+    nbformat = import_nbformat()
 
     p = Path(path)
     where = Location(str(p))

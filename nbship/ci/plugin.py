@@ -3,12 +3,17 @@
 For ``notebook.ipynb`` it collects, in this order:
 
 * ``notebook.ipynb::check`` — the step graph has no problems (``nbship check``);
-* ``notebook.ipynb::nbval::Cell N`` — nbval's own items (its collector, markers and
-  sanitizer files), strict or lax as the notebook is configured (nbship.ci.config);
 * ``notebook.ipynb::papermill[SET]`` — the notebook run by papermill with the
   parameter set SET (``ci`` by default); the executed notebook is kept;
+* ``notebook.ipynb::nbval::Cell N`` — nbval's own items (its collector, markers,
+  sanitizer files and output comparison), strict or lax as the notebook is
+  configured (nbship.ci.config), checking the cells' outputs in that same run;
 * ``notebook.ipynb::equivalence[SET]`` — the compiled pipeline run on kfp.local with
   the same parameters computes the same metrics and step-boundary values.
+
+The notebook executes once (papermill, every cell, values captured at the step
+boundaries) and the pipeline once: nbval's items take their cells' outputs from
+that execution instead of a kernel of their own (see ``NbvalCell``).
 
 Registered through the ``pytest11`` entry point; inactive unless ``--nbship`` is
 given (do not combine with ``--nbval``, which collects the same files again).
@@ -16,7 +21,10 @@ given (do not combine with ``--nbval``, which collects the same files again).
 
 from __future__ import annotations
 
+import functools
+import os
 import re
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,6 +43,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     "equivalence)")
     group.addoption("--nbship-set", default=None, metavar="NAME",
                     help="parameter set to run with (default: as configured, else 'ci')")
+    group.addoption("--nbship-no-html", action="store_true",
+                    help="do not render the executed notebooks as HTML")
     group.addoption("--nbship-artifacts", default=ARTIFACTS_DEFAULT, metavar="DIR",
                     help="where executed notebooks and pipeline runs go "
                     f"(default: {ARTIFACTS_DEFAULT})")
@@ -47,6 +57,10 @@ def pytest_configure(config: pytest.Config) -> None:
         # nbval's kernel runs in this environment, as papermill's and kfp.local's steps do
         if not getattr(option, "nbval_kernel_name", None):
             option.nbval_current_env = True
+        # the notebook's kernel and its pipeline run side by side: OpenMP's default
+        # busy-waiting threads (torch, numpy's BLAS) would take the cores from each other
+        # (the showcase's training 3 s -> 10 s on two cores); passive waiting costs nothing
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> Any:
@@ -114,6 +128,15 @@ def _cli_value(value: Any) -> str:
     return str(value)
 
 
+def _render_quietly(executed: Path) -> None:
+    from nbship.ci.notebook_run import render_html
+
+    try:
+        render_html(executed)
+    except Exception as exc:  # a page a person may open: never a test failure
+        print(f"nbship: no HTML render of {executed}: {exc}")
+
+
 class _Background:
     """A subprocess run for an item, its output in a log file."""
 
@@ -141,17 +164,21 @@ class _Background:
 class NotebookFile(pytest.File):
     """One notebook: the four kinds of item.
 
-    The papermill run happens in this process; the pipeline run (`nbship run`, which
-    changes directory and redirects output while kfp.local runs) in a subprocess.
-    They run one after the other: overlapping them with nbval's kernel was measured
-    slower on two cores (torch's threads in three processes fight for the cores).
+    The notebook executes once, under papermill in this process (``execution``),
+    and nbval's items read their cells' outputs from that run. The pipeline run
+    (`nbship run`, which changes directory and redirects output while kfp.local
+    runs) starts in a subprocess as the notebook starts: the two are independent,
+    and the equivalence item waits for the pipeline and compares. Side by side on
+    two cores they need OpenMP's passive waiting (set in ``pytest_configure``).
     """
 
     graph: Any = None
     config_error: NbshipError | None = None
     pipeline: _Background | None = None
-    pipeline_cmd: tuple[list[str], Path]
+    pipeline_cmd: tuple[list[str], Path] | None = None
     notebook_run: Any = None
+    execution_error: BaseException | None = None
+    html: threading.Thread | None = None
 
     def collect(self) -> Iterator[pytest.Item | pytest.Collector]:
         from nbship.ci.config import load_config
@@ -170,13 +197,38 @@ class NotebookFile(pytest.File):
         self.artifacts = Path(self.config.getoption("nbship_artifacts")).resolve()
         self.stem = _artifact_stem(self.path)
         yield CheckItem.from_parent(self, name="check")
-        from nbval.plugin import IPyNbFile
-
-        nbval = IPyNbFile.from_parent(self, path=self.path, name="nbval")
+        yield PapermillItem.from_parent(self, name=f"papermill[{label}]")
+        nbval_file, _ = _nbval_classes()
+        nbval = nbval_file.from_parent(self, path=self.path, name="nbval")
         nbval.compare_outputs = self.settings.nbval == "strict"
         yield nbval
-        yield PapermillItem.from_parent(self, name=f"papermill[{label}]")
         yield EquivalenceItem.from_parent(self, name=f"equivalence[{label}]")
+
+    @property
+    def code_positions(self) -> list[int]:
+        """nbval's cell number (code cells from 0) -> the cell's position in the notebook."""
+        return [cell.index for cell in self.graph.notebook.cells]
+
+    def execution(self) -> Any:
+        """The notebook's one papermill run (NotebookRun), made on first use."""
+        if self.notebook_run is None and self.execution_error is None:
+            from nbship.ci.notebook_run import run_notebook
+
+            self.start_pipeline()
+            try:
+                self.notebook_run = run_notebook(
+                    self.graph, self.parameters(), self.artifacts / "notebooks",
+                    label=self.settings.parameter_set, stem=self.stem)
+            except Exception as exc:  # e.g. a dead kernel: every item that needs the run says so
+                self.execution_error = exc
+            else:
+                if not self.config.getoption("nbship_no_html"):
+                    self.html = threading.Thread(target=_render_quietly,
+                                                 args=(self.notebook_run.executed,))
+                    self.html.start()
+        if self.execution_error is not None:
+            raise self.execution_error
+        return self.notebook_run
 
     def setup(self) -> None:
         import sys
@@ -197,9 +249,17 @@ class NotebookFile(pytest.File):
                 cmd += ["-p", f"{name}={_cli_value(value)}"]
             self.pipeline_cmd = (cmd, logs / f"{self.stem}.{label}.pipeline.log")
 
+    def start_pipeline(self) -> None:
+        """The pipeline runs (a subprocess) while the notebook runs: they are independent."""
+        if self.pipeline is None and self.pipeline_cmd is not None:
+            cmd, log = self.pipeline_cmd
+            self.pipeline = _Background(cmd, log)
+
     def teardown(self) -> None:
         if self.pipeline is not None:
             self.pipeline.kill()
+        if self.html is not None:
+            self.html.join()
 
     def parameters(self) -> dict[str, Any]:
         from nbship.errors import ParameterError
@@ -252,12 +312,60 @@ class PapermillItem(_NotebookItem):
     """The notebook runs top to bottom under papermill with the parameter set."""
 
     def runtest(self) -> None:
-        from nbship.ci.notebook_run import run_notebook
+        run = self.parent.execution()
+        if run.failure is not None:
+            raise run.failure
 
-        parent = self.parent
-        parent.notebook_run = run_notebook(
-            parent.graph, parent.parameters(), parent.artifacts / "notebooks",
-            label=parent.settings.parameter_set, stem=parent.stem)
+
+@functools.cache
+def _nbval_classes() -> tuple[Any, Any]:
+    """nbval's collector and cell item, reading outputs from the notebook's papermill run."""
+    from nbval.plugin import IPyNbCell, IPyNbFile, coalesce_streams
+
+    class NbvalCell(IPyNbCell):  # type: ignore[misc]
+        """nbval's item for one cell; the outputs come from papermill's execution.
+
+        What nbval's ``runtest`` does after its kernel replied (an error output fails
+        the cell unless it is marked to raise; unrun reference cells; the output
+        comparison, sanitizers and report) is nbval's own code, called as is.
+        """
+
+        def runtest(self) -> None:
+            if self.options["skip"]:
+                pytest.skip()
+            notebook: NotebookFile = self.parent.parent
+            try:
+                run = notebook.execution()
+            except Exception as exc:
+                raise NbshipError(f"not run: the notebook's papermill run failed ({exc})"
+                                  ) from None
+            position = notebook.code_positions[self.cell_num]
+            outs = [o for o in run.outputs.get(position, [])]
+            self.test_outputs = outs
+            for out in outs:
+                if out.output_type == "error" and not self.options["check_exception"]:
+                    self.raise_cell_error("Cell execution caused an exception",
+                                          "\n" + "\n".join(out.get("traceback", [])))
+            outs[:] = coalesce_streams(outs)
+            if self.cell.execution_count is None and self.cell.outputs:
+                self.raise_cell_error("Unrun reference cell has outputs")
+            if (self.options["check"] and self.cell.execution_count is not None
+                    and not self.compare_outputs(outs, coalesce_streams(self.cell.outputs))):
+                self.raise_cell_error("Cell outputs differ",
+                                      "\n".join(self.comparison_traceback))
+
+    class NbvalFile(IPyNbFile):  # type: ignore[misc]
+        """nbval's collector (markers, options, sanitizers) without a kernel of its own."""
+
+        def setup(self) -> None:
+            self.setup_sanitize_files()
+
+        def collect(self) -> Iterator[pytest.Item]:
+            for item in super().collect():
+                yield NbvalCell.from_parent(self, name=item.name, cell_num=item.cell_num,
+                                            cell=item.cell, options=item.options)
+
+    return NbvalFile, NbvalCell
 
 
 class EquivalenceItem(_NotebookItem):
@@ -272,11 +380,15 @@ class EquivalenceItem(_NotebookItem):
         parent = self.parent
         if parent.graph.errors:
             pytest.skip("the step graph has problems (see the check item)")
-        if parent.notebook_run is None:
+        try:
+            run = parent.execution()
+        except Exception:
+            run = None
+        if run is None or run.failure is not None:
             pytest.skip("the notebook did not run under papermill (see its papermill item)")
-        if parent.pipeline is None:
-            parent.pipeline = _Background(*parent.pipeline_cmd)
+        parent.start_pipeline()
         job = parent.pipeline
+        assert job is not None
         code = job.wait()
         log = job.log.read_text()
         if code != 0:
@@ -288,7 +400,7 @@ class EquivalenceItem(_NotebookItem):
             raise NbshipError(f"the pipeline run left no provenance; see {job.log}")
         provenance = json.loads(Path(found[1].strip()).read_text())
         settings = parent.settings
-        report = check_equivalence(parent.graph, parent.notebook_run, provenance,
+        report = check_equivalence(parent.graph, run, provenance,
                                    rtol=settings.rtol, atol=settings.atol,
                                    label=settings.parameter_set)
         self.user_properties.append(("compared", len(report.compared)))

@@ -4,7 +4,8 @@ Runs ``python -m pytest --nbship PATHS`` in parallel (pytest-xdist, one worker p
 notebook up to ``-n``; ``--dist loadfile`` keeps a notebook's items together, and
 each worker's kernels bind ports jupyter_client picks at random, so workers do not
 clash), writes JUnit XML, and keeps every executed notebook with an HTML render
-next to it under the artifacts folder.
+next to it under the artifacts folder (the plugin renders each page while the
+notebook's pipeline runs).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from pathlib import Path
 
 from nbship.ci.plugin import ARTIFACTS_DEFAULT
 from nbship.errors import UnusableInputError
-from nbship.files import write_atomic
 
 
 def find_notebooks(paths: list[Path]) -> list[Path]:
@@ -32,22 +32,6 @@ def find_notebooks(paths: list[Path]) -> list[Path]:
     return found
 
 
-def render_html(notebooks_dir: Path) -> list[Path]:
-    """An HTML page beside each executed notebook (nbconvert), for people to open."""
-    if not notebooks_dir.is_dir():
-        return []
-    from nbconvert import HTMLExporter
-
-    exporter = HTMLExporter()
-    written = []
-    for nb in sorted(notebooks_dir.glob("*.ipynb")):
-        body, _ = exporter.from_filename(str(nb))
-        html = nb.with_suffix(".html")
-        write_atomic(html, body)
-        written.append(html)
-    return written
-
-
 def run_tests(paths: list[Path], *, workers: str = "auto", parameter_set: str | None = None,
               artifacts: Path = Path(ARTIFACTS_DEFAULT), junit: Path | None = None,
               html: bool = True, extra: list[str] | None = None) -> int:
@@ -59,9 +43,12 @@ def run_tests(paths: list[Path], *, workers: str = "auto", parameter_set: str | 
     count = len(notebooks)
     n = (os.cpu_count() or 1) if workers == "auto" else int(workers)
     n = max(1, min(n, count))
-    cmd = [sys.executable, "-m", "pytest", "--nbship", *map(str, notebooks),
+    cmd = [sys.executable, "-m", "pytest", "-p", "nbship.ci.fast_imports",
+           "--nbship", *map(str, notebooks),
            "--nbship-artifacts", str(artifacts), f"--junitxml={junit}",
            "-o", "junit_family=xunit2", "-p", "no:cacheprovider", "-q", "-rfEs"]
+    if not html:
+        cmd += ["--nbship-no-html"]
     if parameter_set:
         cmd += ["--nbship-set", parameter_set]
     if n > 1:
@@ -70,7 +57,7 @@ def run_tests(paths: list[Path], *, workers: str = "auto", parameter_set: str | 
     print(f"nbship test: {count} notebook(s), {n} worker(s): check, nbval, papermill, "
           "equivalence", flush=True)
     code = subprocess.call(cmd)
-    pages = render_html(artifacts / "notebooks") if html else []
+    pages = sorted((artifacts / "notebooks").glob("*.html"))
     print(f"JUnit XML:          {junit}")
     print(f"executed notebooks: {artifacts / 'notebooks'} ({len(pages)} with HTML)")
     return code

@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parents[2]
 CORPUS = Path(os.environ.get("NBSHIP_CORPUS", ROOT.parent / "shared" / "corpus"))
 
 
-# papermill's own test suite interrupts this one; run plainly it sleeps 60 s (three times
-# under nbship: nbval, papermill and the pipeline), so it is left out here.
+# papermill's own test suite interrupts this one; run plainly it sleeps 60 s (twice under
+# nbship: the notebook and the pipeline), so it is left out here.
 LEFT_OUT = {"keyboard_interrupt.ipynb"}
 
 

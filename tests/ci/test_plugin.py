@@ -46,6 +46,12 @@ COUNT = [(["parameters"], "n = 1000"),
          (["step:count"], "count = len(values)\nprint('count', count)"),
          (["pipeline-metrics"], "print(count)")]
 STALE = [([], "print('fresh')")]
+# the skip cell runs in the notebook, never in the pipeline: it counts the notebook's executions
+RUNS_ONCE = [(["skip"], "with open('runs.log', 'a') as f:\n    f.write('ran\\n')"),
+             (["step:one"], "x = 1"),
+             (["pipeline-metrics"], "print(x)")]
+SHOWS_PARAMETER = [(["parameters"], "n = 1000"),
+                   (["step:show"], "print('n', n)")]
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +71,10 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_notebook(nbs / "stale_lax.ipynb", STALE, meta={"nbval": "lax"}, outputs={0: "stale\n"})
     write_notebook(nbs / "stale_strict.ipynb", STALE, meta={"nbval": "strict"},
                    outputs={0: "stale\n"})
+    write_notebook(nbs / "runs_once.ipynb", RUNS_ONCE)
+    write_notebook(nbs / "shows_parameter.ipynb", SHOWS_PARAMETER,
+                   meta={"nbval": "strict", "parameter_sets": {"ci": {"n": 3}}},
+                   outputs={1: "n 1000\n"})
     return root
 
 
@@ -148,6 +158,30 @@ def test_strict_compares_stored_outputs_lax_does_not(
     outcome, text = parallel["stale_strict::Cell 0"]
     assert outcome == "failure"
     assert "stale_strict.ipynb, cell 0 (id c0): outputs differ from the ones saved" in text
+
+
+def test_one_notebook_execution_serves_nbval_and_papermill(
+        project: Path, parallel: dict[str, tuple[str, str]]) -> None:
+    items = {k: v[0] for k, v in parallel.items() if k.startswith("runs_once::")}
+    assert items == {"runs_once::check": "passed", "runs_once::papermill[ci]": "passed",
+                     "runs_once::Cell 0": "passed", "runs_once::Cell 1": "passed",
+                     "runs_once::Cell 2": "passed", "runs_once::equivalence[ci]": "passed"}
+    assert (project / "nbs/runs.log").read_text() == "ran\n"
+
+
+def test_nbval_items_check_the_run_with_the_parameter_set(
+        parallel: dict[str, tuple[str, str]]) -> None:
+    # the saved output says n 1000; CI ran with the set's n = 3, and strict nbval says so
+    outcome, text = parallel["shows_parameter::Cell 1"]
+    assert outcome == "failure" and "outputs differ" in text and "n 3" in text
+    assert parallel["shows_parameter::papermill[ci]"][0] == "passed"
+
+
+def test_nbval_items_after_a_failing_cell_still_run(
+        parallel: dict[str, tuple[str, str]]) -> None:
+    # papermill stops at cell 3; nbval, like its own kernel, runs cell 4 too
+    outcome, text = parallel["failing_step::Cell 3"]
+    assert outcome == "failure" and "NameError: name 'ratio' is not defined" in text
 
 
 def test_notebook_without_tags_passes_every_item(parallel: dict[str, tuple[str, str]]) -> None:
