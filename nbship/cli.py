@@ -156,12 +156,13 @@ def cmd_compile(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from nbship.extract.cache import analyse
     from nbship.pipelines.compile import DEFAULT_IMAGE, compile_graph
-    from nbship.pipelines.local import run_compiled
+    from nbship.pipelines.local import run_compiled, warm_up
     from nbship.pipelines.params import parse_assignments
 
     graph = analyse(args.notebook)
     values = parse_assignments(args.param, graph.parameters)
     _print_problems(graph)
+    warm_up(graph)  # the steps' libraries load while the pipeline compiles
     from nbship.extract.codegen import pipeline_name
 
     out = args.output or Path(".nbship/build") / pipeline_name(graph)

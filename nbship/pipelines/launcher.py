@@ -94,15 +94,50 @@ def _step_main(code_path: str, args: list[str], env: dict[str, str], cwd: str,
     executor_main.executor_main()
 
 
+def enabled() -> bool:
+    return os.environ.get(LAUNCH_ENV, "fork") != "subprocess" and sys.platform != "win32"
+
+
+def _context(preload: Iterable[str]) -> Any:
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("forkserver")
+    # ignored while a server runs: each run's server is stopped when the run ends
+    ctx.set_forkserver_preload([EXECUTOR_MODULE, "nbship.runtime.step", *preload])
+    return ctx
+
+
+def warm_up(preload: Iterable[str]) -> None:
+    """Start the fork server now: its imports overlap the caller's (compiling, kfp).
+
+    The server imports in its own process; the first step waits for it only if it
+    is not done by then.
+    """
+    if enabled():
+        from multiprocessing import forkserver
+
+        _context(preload)
+        _start(forkserver.ensure_running)
+
+
+def _start(ensure_running: Any) -> None:
+    """Start the server with ``_KFP_RUNTIME=true``: its kfp import skips the REST client."""
+    previous = os.environ.get("_KFP_RUNTIME")
+    os.environ["_KFP_RUNTIME"] = "true"
+    try:
+        ensure_running()
+    finally:
+        if previous is None:
+            del os.environ["_KFP_RUNTIME"]
+        else:
+            os.environ["_KFP_RUNTIME"] = previous
+
+
 class ForkLauncher:
     """Runs kfp.local's step commands in processes forked from a preloaded server."""
 
     def __init__(self, preload: Iterable[str]) -> None:
-        import multiprocessing
-
-        self.ctx: Any = multiprocessing.get_context("forkserver")
-        self.ctx.set_forkserver_preload([EXECUTOR_MODULE, "nbship.runtime.step",
-                                         *preload])
+        self.ctx: Any = _context(preload)
 
     def run(self, full_command: list[str], env_vars: dict[str, str] | None = None) -> int | None:
         """The step's exit status, or None when the command is not a lightweight component."""
@@ -130,12 +165,15 @@ class ForkLauncher:
 @contextlib.contextmanager
 def installed(preload: Iterable[str]) -> Iterator[None]:
     """kfp.local's SubprocessRunner starts lightweight steps through a ForkLauncher."""
-    if os.environ.get(LAUNCH_ENV, "fork") == "subprocess" or sys.platform == "win32":
+    if not enabled():
         yield
         return
     from kfp.local import subprocess_task_handler as handler
 
+    from multiprocessing import forkserver
+
     launcher = ForkLauncher(preload)
+    _start(forkserver.ensure_running)  # a no-op when warm_up started it
     original = handler.run_local_subprocess
 
     def run_local_subprocess(full_command: list[str],

@@ -29,6 +29,7 @@ from typing import Any, TextIO
 
 from nbship import __version__
 from nbship.errors import Location, RunError
+from nbship.extract.graph import StepGraph
 from nbship.files import write_atomic
 from nbship.pipelines import launcher
 from nbship.pipelines.compile import CompiledPipeline
@@ -130,6 +131,17 @@ def _write_json(path: Path, doc: Any) -> None:
     write_atomic(path, json.dumps(doc, indent=2, default=str) + "\n")
 
 
+def preload_modules(graph: StepGraph) -> list[str]:
+    """The installed libraries the notebook imports: the steps' fork server loads them once."""
+    return third_party_modules(imported_modules(c.tree for c in graph.codes.values()),
+                               graph.notebook.path.resolve().parent)
+
+
+def warm_up(graph: StepGraph) -> None:
+    """Start the steps' fork server early (``nbship run`` calls it before compiling)."""
+    launcher.warm_up(preload_modules(graph))
+
+
 def run_compiled(compiled: CompiledPipeline, arguments: dict[str, Any], *,
                  root: Path = DEFAULT_ROOT, echo: Callable[[str], None] | None = None,
                  ) -> RunResult:
@@ -163,9 +175,7 @@ def run_compiled(compiled: CompiledPipeline, arguments: dict[str, Any], *,
         pipeline = load_component_from_file(str(compiled.yaml))
         # steps run in the notebook's folder, as the notebook's cells do in Jupyter
         notebook_dir = graph.notebook.path.resolve().parent
-        preload = third_party_modules(
-            imported_modules(c.tree for c in graph.codes.values()), notebook_dir)
-        with tracker.installed(), launcher.installed(preload), \
+        with tracker.installed(), launcher.installed(preload_modules(graph)), \
                 _env(FAILURE_DIR_ENV, str(failures)), \
                 contextlib.chdir(notebook_dir), \
                 contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
