@@ -168,9 +168,9 @@ def installed(preload: Iterable[str]) -> Iterator[None]:
     if not enabled():
         yield
         return
-    from kfp.local import subprocess_task_handler as handler
-
     from multiprocessing import forkserver
+
+    from kfp.local import subprocess_task_handler as handler
 
     launcher = ForkLauncher(preload)
     _start(forkserver.ensure_running)  # a no-op when warm_up started it
