@@ -103,6 +103,80 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--junit", type=Path, default=None, metavar="FILE",
                    help="JUnit XML (default: ARTIFACTS/junit.xml)")
     t.add_argument("--no-html", action="store_true", help="skip the HTML renders")
+
+    b = sub.add_parser("build", help="build the steps' and the model server's images",
+                       description="Write a build context per image under .nbship/images "
+                       "(Dockerfile, requirements.lock with hashes, the wheels: resolved once "
+                       "on this machine with pip, torch's CPU wheel included) and build what "
+                       "changed: the tag is the context's content hash, so an unchanged "
+                       "context is not rebuilt. Images install with --no-index: no network "
+                       "inside the build. Labels carry commit, notebook sha256 and nbship "
+                       "version (OCI annotation keys).",
+                       epilog="Without --base nbship makes its own Debian bookworm base with "
+                       "debootstrap (once). Examples:\n"
+                       "  nbship build notebooks/marker_classifier.ipynb\n"
+                       "  nbship build notebooks/marker_classifier.ipynb --base "
+                       "python:3.11-slim\n"
+                       "  nbship build notebooks/marker_classifier.ipynb --dry-run",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    b.add_argument("notebook", type=Path)
+    b.add_argument("--base", default=None, metavar="REF",
+                   help="base image with Python 3.11 (default: nbship's own, debootstrapped)")
+    b.add_argument("--backend", choices=["buildah", "docker"], default=None,
+                   help="image builder (default: buildah where installed, else docker)")
+    b.add_argument("--only", choices=["steps", "server"], default=None,
+                   help="build one of the two images")
+    b.add_argument("--dry-run", action="store_true", help="write the build contexts only")
+    b.add_argument("-o", "--output", type=Path, default=Path(".nbship/images"), metavar="DIR",
+                   help="build contexts and caches (default: .nbship/images)")
+
+    u = sub.add_parser("publish", help="push images, pipeline, manifests and release.json",
+                       description="Build (as nbship build), push the images, compile the "
+                       "pipeline with the steps' image by digest, push the pipeline YAML, the "
+                       "Kubernetes manifests and release.json as one OCI artifact tagged with "
+                       "the commit, and only then move the release tag (latest). Publishing "
+                       "the same commit again changes nothing; a publish stopped midway "
+                       "leaves the previous release as it was.",
+                       epilog="Examples:\n"
+                       "  nbship registry up\n"
+                       "  nbship publish notebooks/marker_classifier.ipynb\n"
+                       "  nbship publish notebooks/marker_classifier.ipynb "
+                       "--registry registry.example.com/ml\n"
+                       "  nbship release show 127.0.0.1:5000/releases/marker-classifier",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    u.add_argument("notebook", type=Path)
+    u.add_argument("--registry", default=None, metavar="HOST[:PORT][/PATH]",
+                   help="where to push (default: the embedded registry, nbship registry up)")
+    u.add_argument("--base", default=None, metavar="REF", help="as for nbship build")
+    u.add_argument("--backend", choices=["buildah", "docker"], default=None)
+    u.add_argument("--only", choices=["steps"], default=None,
+                   help="publish without the model server's image (and its manifest)")
+    u.add_argument("--run", type=Path, default=None, metavar="PROVENANCE",
+                   help="provenance.json of the CI run whose metrics the release records "
+                   "(default: the newest successful run of this notebook, if any)")
+    u.add_argument("--allow-dirty", action="store_true",
+                   help="publish although the repository has uncommitted changes")
+    u.add_argument("-o", "--output", type=Path, default=Path(".nbship/images"), metavar="DIR")
+
+    rs = sub.add_parser("release", help="show a published release",
+                        description="Print what a release contains: images and digests, the "
+                        "pipeline and manifests with their sha256, the notebook, its commit, "
+                        "the cells of each step, the CI run's metrics.")
+    rs.add_argument("action", choices=["show"])
+    rs.add_argument("ref", metavar="REF",
+                    help="HOST:PORT/releases/NAME[:TAG|@DIGEST], or NAME on the embedded "
+                    "registry (tag latest)")
+    rs.add_argument("--json", action="store_true", help="print release.json as it is")
+
+    g = sub.add_parser("registry", help="the embedded OCI registry on 127.0.0.1",
+                       description="Start, stop or show the registry nbship runs for a "
+                       "machine without one (Debian's docker-registry, the CNCF distribution "
+                       "registry), listening on 127.0.0.1 and storing under "
+                       ".nbship/registry. It runs detached until `nbship registry down`.")
+    g.add_argument("action", choices=["up", "down", "status"])
+    g.add_argument("--port", type=int, default=5000, help="port for `up` (default: 5000)")
+    g.add_argument("--root", type=Path, default=Path(".nbship/registry"), metavar="DIR",
+                   help="storage and state (default: .nbship/registry)")
     return p
 
 
@@ -193,6 +267,117 @@ def cmd_test(args: argparse.Namespace) -> int:
                      extra=extra)
 
 
+def cmd_build(args: argparse.Namespace) -> int:
+    from nbship.extract.cache import analyse
+    from nbship.release.build import build_images
+
+    graph = analyse(args.notebook)
+    _print_problems(graph)
+    print(f"nbship build {args.notebook}" + (" (dry run: contexts only)" if args.dry_run
+                                             else ""), flush=True)
+    images = build_images(graph, base=args.base, backend_name=args.backend,
+                          dry_run=args.dry_run, out=args.output, only=args.only,
+                          echo=lambda line: print(line, flush=True))
+    for image in images:
+        word = ("context " if args.dry_run else "built   " if image.built
+                else "up to date")
+        print(f"{image.reference}  {word}  {image.context.directory}")
+    return 0
+
+
+def _embedded_registry() -> str:
+    from nbship.errors import ReleaseError
+    from nbship.release import registry
+
+    state = registry.status()
+    if state is None or not state.running:
+        raise ReleaseError("no registry given and the embedded one is not running",
+                           hint="nbship registry up, or --registry HOST:PORT")
+    return state.address
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from nbship.extract.cache import analyse
+    from nbship.release.backends import backend
+    from nbship.release.build import build_images
+    from nbship.release.publish import latest_run, publish
+
+    graph = analyse(args.notebook)
+    _print_problems(graph)
+    target = args.registry or _embedded_registry()
+    say = lambda line: print(line, flush=True)  # noqa: E731
+    print(f"nbship publish {args.notebook} -> {target}", flush=True)
+    builder = backend(args.backend)
+    images = build_images(graph, base=args.base, backend_name=builder.name, out=args.output,
+                          only=args.only, echo=say)
+    result = publish(graph, images, registry=target, builder=builder, out=args.output,
+                     run_provenance=args.run or latest_run(graph),
+                     allow_dirty=args.allow_dirty, echo=say)
+    print(f"release:  {result.release}@{result.digest}")
+    print(f"tag:      {result.tag}" + ("" if result.moved else " (unchanged)"))
+    print(f"pipeline: sha256 {result.record['pipeline']['sha256']} "
+          f"(image {result.record['pipeline']['base_image']})")
+    print(f"done in {result.seconds:.2f}s")
+    return 0
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    import json
+
+    from nbship.release.publish import show
+
+    ref = args.ref if "/" in args.ref else f"{_embedded_registry()}/releases/{args.ref}"
+    record, digest, layers = show(ref)
+    if args.json:
+        print(json.dumps(record, indent=2, sort_keys=True))
+        return 0
+    nb = record["notebook"]
+    print(f"release {ref}  ({digest})")
+    print(f"  name      {record['name']}")
+    print(f"  commit    {record['commit']}")
+    print(f"  notebook  {nb['path']}  sha256 {nb['sha256'][:16]}...")
+    print(f"  nbship    {record['nbship']}")
+    print("  images")
+    for name, image in record["images"].items():
+        print(f"    {name:<14} {image['reference']}")
+    print(f"  pipeline  {record['pipeline']['file']}  sha256 {record['pipeline']['sha256']}")
+    for manifest in record["manifests"]:
+        print(f"  manifest  {manifest['file']} ({manifest['kind']})  sha256 {manifest['sha256']}")
+    print("  steps (notebook cells)")
+    for name, step in record["steps"].items():
+        cells = ", ".join(f"{c['index']} ({c['id']})" if c.get("id") else str(c["index"])
+                          for c in step["cells"])
+        print(f"    {name:<14} cells {cells}")
+    run = record.get("ci_run")
+    if run:
+        metrics = ", ".join(f"{k}={v:.4g}" for k, v in (run.get("metrics") or {}).items())
+        print(f"  CI run    {run.get('run_id')} {run.get('status')}  {metrics}")
+    else:
+        print("  CI run    none recorded")
+    print("  files     " + ", ".join(
+        f"{layer.get('annotations', {}).get('org.opencontainers.image.title', '?')} "
+        f"({layer['size']} B)" for layer in layers))
+    return 0
+
+
+def cmd_registry(args: argparse.Namespace) -> int:
+    from nbship.release import registry
+
+    if args.action == "up":
+        state = registry.up(args.root, args.port)
+        print(f"registry: http://{state.address} (pid {state.pid}, storage "
+              f"{state.root / 'storage'})")
+    elif args.action == "down":
+        print("registry: stopped" if registry.down(args.root) else "registry: not running")
+    else:
+        current = registry.status(args.root)
+        if current is None or not current.running:
+            print("registry: not running")
+            return 1
+        print(f"registry: http://{current.address} (pid {current.pid})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -204,7 +389,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verb:
         parser.print_help()
         return 2
-    verbs = {"check": cmd_check, "compile": cmd_compile, "run": cmd_run, "test": cmd_test}
+    verbs = {"check": cmd_check, "compile": cmd_compile, "run": cmd_run, "test": cmd_test,
+             "build": cmd_build, "publish": cmd_publish, "release": cmd_release,
+             "registry": cmd_registry}
     try:
         return verbs[args.verb](args)
     except NbshipError as exc:

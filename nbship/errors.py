@@ -89,3 +89,15 @@ class SerializationError(NbshipError, TypeError):
     """A value crossing a step boundary cannot be saved or loaded."""
 
     exit_code = 1
+
+
+class ToolMissingError(NbshipError):
+    """A program a command needs (buildah, skopeo, the registry...) is not installed."""
+
+    exit_code = 2
+
+
+class ReleaseError(NbshipError):
+    """Building, pushing or reading an image or a release failed."""
+
+    exit_code = 1

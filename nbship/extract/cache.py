@@ -23,7 +23,7 @@ from nbship.notebook import read_notebook
 CACHE_DIR = Path(os.environ.get("NBSHIP_CACHE_DIR", ".nbship/cache"))
 
 
-def _code_digest() -> str:
+def code_digest() -> str:
     h = hashlib.sha256()
     root = Path(__file__).resolve().parent.parent
     for path in sorted(root.rglob("*.py")):
@@ -49,7 +49,7 @@ def analyse(path: Path, *, cache_dir: Path = CACHE_DIR) -> StepGraph:
     except OSError:
         return build_graph(read_notebook(path))  # the reader's own clear error
     key = hashlib.sha256(b"\0".join([
-        raw, _code_digest().encode(), _environment().encode(), str(path).encode(),
+        raw, code_digest().encode(), _environment().encode(), str(path).encode(),
         os.getcwd().encode()])).hexdigest()
     entry = cache_dir / f"{key}.pickle"
     try:

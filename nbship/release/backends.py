@@ -1,0 +1,120 @@
+"""Image builders: buildah (no daemon; the default where installed) and docker (an engine)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Protocol
+
+from nbship.errors import ToolMissingError
+from nbship.release.tools import INSTALL_HINT, require, run, which
+
+
+class Backend(Protocol):
+    name: str
+
+    def has_image(self, ref: str) -> bool: ...
+
+    def build(self, context: Path, ref: str, *, labels: dict[str, str],
+              build_args: dict[str, str]) -> None: ...
+
+    def push(self, ref: str, destination: str, *, insecure: bool) -> str: ...
+
+    def run(self, ref: str, argv: list[str], *, mounts: dict[Path, str]) -> str: ...
+
+
+def _timestamp() -> str:
+    # reproducible builds: every file in the layers and the image's creation time get it
+    return os.environ.get("SOURCE_DATE_EPOCH", "0")
+
+
+class Buildah:
+    name = "buildah"
+
+    def __init__(self) -> None:
+        self.exe = require("buildah", "build images without a daemon")
+
+    def has_image(self, ref: str) -> bool:
+        return subprocess.run([self.exe, "inspect", "--type", "image", ref],
+                              capture_output=True).returncode == 0
+
+    def build(self, context: Path, ref: str, *, labels: dict[str, str],
+              build_args: dict[str, str]) -> None:
+        cmd = [self.exe, "bud", "--isolation", "chroot", "--timestamp", _timestamp(),
+               "-f", str(context / "Dockerfile"), "-t", ref]
+        for key, value in sorted(labels.items()):
+            cmd += ["--label", f"{key}={value}"]
+        for key, value in sorted(build_args.items()):
+            cmd += ["--build-arg", f"{key}={value}"]
+        run([*cmd, str(context)], f"building {ref} (buildah bud)")
+
+    def push(self, ref: str, destination: str, *, insecure: bool) -> str:
+        with tempfile.TemporaryDirectory() as tmp:
+            digest_file = Path(tmp) / "digest"
+            run([self.exe, "push", f"--tls-verify={'false' if insecure else 'true'}",
+                 "--compression-format", "gzip", "--compression-level", "9",
+                 "--digestfile", str(digest_file), ref, f"docker://{destination}"],
+                f"pushing {ref} to {destination}")
+            return digest_file.read_text().strip()
+
+    def run(self, ref: str, argv: list[str], *, mounts: dict[Path, str]) -> str:
+        container = run([self.exe, "from", "--quiet", ref], f"starting {ref}").strip()
+        try:
+            cmd = [self.exe, "run", "--isolation", "chroot"]
+            for host, inside in mounts.items():
+                cmd += ["--volume", f"{host}:{inside}:ro"]
+            return run([*cmd, container, "--", *argv], f"running {argv[0]} in {ref}")
+        finally:
+            subprocess.run([self.exe, "rm", container], capture_output=True)
+
+
+class Docker:
+    name = "docker"
+
+    def __init__(self) -> None:
+        self.exe = require("docker", "build images with a Docker engine")
+        if subprocess.run([self.exe, "info"], capture_output=True).returncode != 0:
+            raise ToolMissingError("docker is installed but no engine answers",
+                                   hint="start the engine, or use --backend buildah")
+
+    def has_image(self, ref: str) -> bool:
+        return subprocess.run([self.exe, "image", "inspect", ref],
+                              capture_output=True).returncode == 0
+
+    def build(self, context: Path, ref: str, *, labels: dict[str, str],
+              build_args: dict[str, str]) -> None:
+        cmd = [self.exe, "build", "-f", str(context / "Dockerfile"), "-t", ref]
+        for key, value in sorted(labels.items()):
+            cmd += ["--label", f"{key}={value}"]
+        for key, value in sorted(build_args.items()):
+            cmd += ["--build-arg", f"{key}={value}"]
+        run([*cmd, str(context)], f"building {ref} (docker build)",
+            env={"DOCKER_BUILDKIT": "1", "SOURCE_DATE_EPOCH": _timestamp()})
+
+    def push(self, ref: str, destination: str, *, insecure: bool) -> str:
+        run([self.exe, "tag", ref, destination], f"tagging {ref}")
+        out = run([self.exe, "push", destination], f"pushing {ref} to {destination}")
+        digest = next((w for line in out.splitlines() for w in line.split()
+                       if w.startswith("sha256:")), "")
+        return digest
+
+    def run(self, ref: str, argv: list[str], *, mounts: dict[Path, str]) -> str:
+        cmd = [self.exe, "run", "--rm"]
+        for host, inside in mounts.items():
+            cmd += ["-v", f"{host}:{inside}:ro"]
+        return run([*cmd, ref, *argv], f"running {argv[0]} in {ref}")
+
+
+def backend(name: str | None) -> Backend:
+    """``buildah`` where installed, else ``docker`` where an engine runs."""
+    if name == "buildah":
+        return Buildah()
+    if name == "docker":
+        return Docker()
+    if which("buildah"):
+        return Buildah()
+    if which("docker"):
+        return Docker()
+    raise ToolMissingError("no image builder found (buildah or docker)", hint=INSTALL_HINT)

@@ -1,0 +1,124 @@
+"""The few OCI distribution API calls nbship makes itself: read a manifest, put a tag, list tags.
+
+Files go up and down with oras-py; images with buildah/skopeo. Moving a tag is
+one manifest PUT, which the registry applies atomically: that is what makes a
+release appear all at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+from nbship.errors import ReleaseError
+
+MANIFEST_TYPES = ", ".join([
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+])
+
+
+@dataclass(frozen=True)
+class Reference:
+    registry: str  # host:port
+    repository: str  # path, e.g. releases/marker-classifier
+    tag: str | None = None
+    digest: str | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Reference:
+        """``HOST[:PORT]/PATH[:TAG][@sha256:...]``."""
+        digest = None
+        if "@" in text:
+            text, digest = text.split("@", 1)
+        host, _, path = text.partition("/")
+        if not path or ("." not in host and ":" not in host and host != "localhost"):
+            raise ReleaseError(f"not a registry reference: {text!r}",
+                               hint="HOST:PORT/REPOSITORY[:TAG], e.g. "
+                               "127.0.0.1:5000/releases/marker-classifier:latest")
+        tag = None
+        if ":" in path.rsplit("/", 1)[-1]:
+            path, tag = path.rsplit(":", 1)
+        return cls(host, path, tag, digest)
+
+    @property
+    def ref(self) -> str:
+        return self.digest or self.tag or "latest"
+
+    def __str__(self) -> str:
+        base = f"{self.registry}/{self.repository}"
+        if self.digest:
+            return f"{base}@{self.digest}"
+        return f"{base}:{self.tag or 'latest'}"
+
+    def with_tag(self, tag: str) -> Reference:
+        return Reference(self.registry, self.repository, tag, None)
+
+
+def insecure(registry: str) -> bool:
+    """Plain HTTP for a registry on this machine only."""
+    host = registry.rsplit(":", 1)[0]
+    return host in ("127.0.0.1", "localhost", "[::1]")
+
+
+def _url(ref: Reference, kind: str, what: str) -> str:
+    scheme = "http" if insecure(ref.registry) else "https"
+    return f"{scheme}://{ref.registry}/v2/{ref.repository}/{kind}/{what}"
+
+
+def _request(url: str, *, method: str = "GET", data: bytes | None = None,
+             headers: dict[str, str] | None = None) -> tuple[bytes, Any]:
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as reply:
+            return reply.read(), reply.headers
+    except urllib.error.HTTPError as exc:
+        raise ReleaseError(f"{method} {url}: HTTP {exc.code} {exc.reason}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise ReleaseError(f"{method} {url}: {exc}",
+                           hint="is the registry up? (nbship registry status)") from None
+
+
+def get_manifest(ref: Reference) -> tuple[bytes, str, str]:
+    """(bytes, digest, media type) of the manifest ``ref`` names."""
+    body, headers = _request(_url(ref, "manifests", ref.ref), headers={"Accept": MANIFEST_TYPES})
+    digest = headers.get("Docker-Content-Digest") or "sha256:" + hashlib.sha256(body).hexdigest()
+    media = headers.get("Content-Type") or json.loads(body).get("mediaType", "")
+    return body, digest, media
+
+
+def exists(ref: Reference) -> str | None:
+    """The manifest digest if ``ref`` exists, else None."""
+    try:
+        return get_manifest(ref)[1]
+    except ReleaseError:
+        return None
+
+
+def put_manifest(ref: Reference, tag: str, body: bytes, media_type: str) -> str:
+    """Point ``tag`` at the manifest ``body`` (one atomic PUT); its digest."""
+    _, headers = _request(_url(ref, "manifests", tag), method="PUT", data=body,
+                          headers={"Content-Type": media_type})
+    return str(headers.get("Docker-Content-Digest")
+               or "sha256:" + hashlib.sha256(body).hexdigest())
+
+
+def get_blob(ref: Reference, digest: str) -> bytes:
+    body, _ = _request(_url(ref, "blobs", digest))
+    if "sha256:" + hashlib.sha256(body).hexdigest() != digest:
+        raise ReleaseError(f"blob {digest} of {ref} does not match its digest")
+    return body
+
+
+def tags(ref: Reference) -> list[str]:
+    try:
+        body, _ = _request(_url(ref, "tags", "list"))
+    except ReleaseError:
+        return []
+    return sorted(json.loads(body).get("tags") or [])

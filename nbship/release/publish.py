@@ -1,0 +1,242 @@
+"""``nbship publish``: images, then the pipeline, manifests and release record, then the tag.
+
+Order, and why it is atomic:
+
+1. the images are pushed (skipped when the registry already has their
+   content-hash tag) and their digests read back;
+2. the pipeline is compiled with the steps' image *by digest*; the Kubernetes
+   manifests name the server's image by digest;
+3. ``release.json`` (images and digests, the YAML's sha256, the notebook's sha256,
+   the cells of each step, the commit, the metrics of the CI run) and those files
+   are pushed as one OCI artifact (oras-py), tagged with the commit;
+4. only then does the release tag (``latest``) move, by one manifest PUT.
+
+A publish killed before 4 leaves ``latest`` on the previous release, whose
+files and images were all pushed before it was tagged. Nothing in the release
+depends on the time of publishing, so publishing the same commit again produces
+the same bytes, the same digests, and changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nbship import __version__
+from nbship.errors import ReleaseError
+from nbship.extract.graph import StepGraph
+from nbship.files import write_atomic
+from nbship.release import oci
+from nbship.release.build import SERVER_IMAGE, STEPS_IMAGE, BuiltImage, git_commit
+
+RELEASE_MEDIA_TYPE = "application/vnd.nbship.release.v1+json"
+PIPELINE_MEDIA_TYPE = "application/vnd.nbship.kfp-pipeline.v2+yaml"
+MANIFEST_MEDIA_TYPE = "application/vnd.nbship.kubernetes-manifest+yaml"
+RELEASE_TAG = "latest"
+# seconds to wait between pushes: makes the moment to interrupt a publish visible
+DELAY_ENV = "NBSHIP_PUBLISH_DELAY"
+
+
+@dataclass
+class Published:
+    release: oci.Reference  # REPO:COMMIT
+    tag: oci.Reference  # REPO:latest
+    digest: str  # the release artifact's manifest digest
+    record: dict[str, Any]
+    moved: bool  # False: the release tag already named this release
+    seconds: float
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _pause() -> None:
+    delay = float(os.environ.get(DELAY_ENV, "0") or 0)
+    if delay > 0:
+        time.sleep(delay)
+
+
+def release_repository(registry: str, graph: StepGraph) -> oci.Reference:
+    from nbship.extract.codegen import pipeline_name
+
+    return oci.Reference(registry.split("/", 1)[0],
+                         "/".join(filter(None, [registry.partition("/")[2], "releases",
+                                                pipeline_name(graph)])))
+
+
+def image_repository(registry: str, name: str) -> str:
+    return f"{registry.rstrip('/')}/{name}"
+
+
+def push_image(image: BuiltImage, registry: str, builder: Any,
+               echo: Callable[[str], None]) -> oci.Reference:
+    """The image pushed under its content-hash tag; a reference by digest."""
+    target = oci.Reference.parse(f"{image_repository(registry, image.context.name)}:"
+                                 f"{image.context.tag}")
+    digest = oci.exists(target)
+    if digest is None:
+        echo(f"  pushing {image.reference} -> {target}")
+        digest = builder.push(image.reference, str(target), insecure=oci.insecure(registry))
+        digest = oci.exists(target) or digest
+    else:
+        echo(f"  {target} already in the registry")
+    return oci.Reference(target.registry, target.repository, None, digest)
+
+
+def inference_service(name: str, server: oci.Reference, record: dict[str, Any]) -> str:
+    """A KServe InferenceService running the server image (delivered in the next stages)."""
+    import yaml
+
+    doc = {
+        "apiVersion": "serving.kserve.io/v1beta1",
+        "kind": "InferenceService",
+        "metadata": {
+            "name": name,
+            "labels": {"app.kubernetes.io/name": name,
+                       "app.kubernetes.io/managed-by": "nbship",
+                       "app.kubernetes.io/version": record["commit"][:12]},
+            "annotations": {"nbship.dev/commit": record["commit"],
+                            "nbship.dev/notebook": record["notebook"]["path"],
+                            "nbship.dev/notebook-sha256": record["notebook"]["sha256"]},
+        },
+        "spec": {"predictor": {"containers": [{
+            "name": "kserve-container",
+            "image": str(server),
+            "ports": [{"containerPort": 8080, "protocol": "TCP"}],
+        }]}},
+    }
+    return str(yaml.safe_dump(doc, sort_keys=False))
+
+
+def _run_record(run_provenance: Path | None) -> dict[str, Any] | None:
+    if run_provenance is None:
+        return None
+    doc = json.loads(run_provenance.read_text())
+    return {"run_id": doc.get("run_id"), "status": doc.get("status"),
+            "parameters": doc.get("parameters"), "metrics": doc.get("metrics"),
+            "provenance_sha256": _sha256(run_provenance)}
+
+
+def latest_run(graph: StepGraph, root: Path = Path(".nbship/runs")) -> Path | None:
+    """The newest successful local run's provenance.json of this notebook, if any."""
+    from nbship.extract.codegen import pipeline_name
+
+    found = []
+    for path in (root / pipeline_name(graph)).glob("*/provenance.json"):
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if doc.get("status") == "SUCCESS" and doc.get("notebook", {}).get(
+                "sha256") == graph.notebook.sha256:
+            found.append(path)
+    return max(found, key=lambda p: p.parent.name) if found else None
+
+
+def publish(graph: StepGraph, images: list[BuiltImage], *, registry: str, builder: Any,
+            out: Path, run_provenance: Path | None = None, allow_dirty: bool = False,
+            echo: Callable[[str], None] = print) -> Published:
+    """Push everything, then move the release tag. See the module's docstring."""
+    import oras.client
+
+    from nbship.pipelines.compile import compile_graph
+
+    started = time.perf_counter()
+    commit = git_commit(graph.notebook.path)
+    if commit.endswith("-dirty") and not allow_dirty:
+        raise ReleaseError(
+            f"the notebook's repository has uncommitted changes (commit {commit}): a release "
+            "must name what it was built from", hint="commit first, or --allow-dirty")
+    repo = release_repository(registry, graph)
+
+    pushed: dict[str, oci.Reference] = {}
+    for image in images:
+        pushed[image.context.name] = push_image(image, registry, builder, echo)
+        _pause()
+    if STEPS_IMAGE not in pushed:
+        raise ReleaseError("a release needs the steps' image (nbship build without --only "
+                           "server)")
+
+    out.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".release-", dir=out))
+    compiled = compile_graph(graph, stage / "build", base_image=str(pushed[STEPS_IMAGE]))
+    pipeline_file = stage / "pipeline.yaml"
+    os.replace(compiled.yaml, pipeline_file)
+    record: dict[str, Any] = {
+        "schema": "nbship.release/v1",
+        "name": compiled.name,
+        "commit": commit,
+        "nbship": __version__,
+        "notebook": {"path": graph.notebook.path.as_posix(), "sha256": graph.notebook.sha256},
+        "steps": {s.name: {"task": s.task,
+                           "cells": [{"index": c.index, "id": c.id} for c in s.cells]}
+                  for s in graph.steps},
+        "images": {name: {"reference": str(ref), "digest": ref.digest,
+                          "context_sha256": next(i.context.digest for i in images
+                                                 if i.context.name == name)}
+                   for name, ref in sorted(pushed.items())},
+        "pipeline": {"file": "pipeline.yaml", "sha256": _sha256(pipeline_file),
+                     "base_image": str(pushed[STEPS_IMAGE])},
+        "manifests": [],
+        "ci_run": _run_record(run_provenance),
+    }
+    files = [(pipeline_file, PIPELINE_MEDIA_TYPE)]
+    if SERVER_IMAGE in pushed:
+        manifest = stage / "inferenceservice.yaml"
+        manifest.write_text(inference_service(compiled.name, pushed[SERVER_IMAGE], record))
+        record["manifests"].append({"file": manifest.name, "kind": "InferenceService",
+                                    "sha256": _sha256(manifest)})
+        files.append((manifest, MANIFEST_MEDIA_TYPE))
+    release_file = stage / "release.json"
+    release_file.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    files.insert(0, (release_file, RELEASE_MEDIA_TYPE))
+
+    target = repo.with_tag(f"commit-{commit}")
+    echo(f"  pushing the release {target} ({', '.join(f.name for f, _ in files)})")
+    client = oras.client.OrasClient(hostname=repo.registry, insecure=oci.insecure(repo.registry))
+    cwd = os.getcwd()
+    try:
+        os.chdir(stage)  # oras names each file by its path: keep them bare
+        client.push(target=str(target), files=[f"{f.name}:{media}" for f, media in files],
+                    manifest_config=f"{release_file.name}:{RELEASE_MEDIA_TYPE}", quiet=True)
+    finally:
+        os.chdir(cwd)
+    body, digest, media = oci.get_manifest(target)
+    _pause()
+
+    tag = repo.with_tag(RELEASE_TAG)
+    moved = oci.exists(tag) != digest
+    if moved:
+        oci.put_manifest(tag, RELEASE_TAG, body, media)
+        echo(f"  {tag} -> {digest}")
+    else:
+        echo(f"  {tag} already names this release")
+    # keep a copy of what was published beside the build contexts
+    kept = out / "releases" / compiled.name
+    kept.mkdir(parents=True, exist_ok=True)
+    for f, _ in files:
+        write_atomic(kept / f.name, f.read_bytes())
+    import shutil
+
+    shutil.rmtree(stage, ignore_errors=True)
+    return Published(target, tag, digest, record, moved, time.perf_counter() - started)
+
+
+def show(reference: str) -> tuple[dict[str, Any], str, list[dict[str, Any]]]:
+    """(release.json, artifact digest, the artifact's layers) of a published release."""
+    ref = oci.Reference.parse(reference)
+    body, digest, _ = oci.get_manifest(ref)
+    manifest = json.loads(body)
+    config = manifest.get("config", {})
+    if config.get("mediaType") != RELEASE_MEDIA_TYPE:
+        raise ReleaseError(f"{ref} is not an nbship release (config {config.get('mediaType')})")
+    record = json.loads(oci.get_blob(ref, config["digest"]))
+    return record, digest, list(manifest.get("layers", []))
