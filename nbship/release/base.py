@@ -42,7 +42,9 @@ def _reproducible(info: tarfile.TarInfo) -> tarfile.TarInfo:
 
 
 def _rootfs_tar(cache: Path, echo: Callable[[str], None]) -> Path:
-    tar_path = cache / "base" / f"{embedded_reference().split(':')[1]}.tar"
+    # NBSHIP_BASE_CACHE: one folder for the root file system tar shared by many outputs
+    folder = Path(os.environ.get("NBSHIP_BASE_CACHE") or cache / "base")
+    tar_path = folder / f"{embedded_reference().split(':')[1]}.tar"
     if tar_path.exists():
         return tar_path
     debootstrap = require("debootstrap", "make the base image without pulling one")

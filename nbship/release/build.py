@@ -96,9 +96,33 @@ def build_images(graph: StepGraph, *, base: str | None = None, backend_name: str
             builder.build(context.directory, context.reference, labels=labels,
                           build_args={"BASE": base_ref})
             built = True
+            if name == STEPS_IMAGE:
+                echo(f"  smoke run: the step code and its libraries import in {context.tag}")
+                smoke_run(graph, builder, context.reference)
         images.append(BuiltImage(context, context.reference, built,
                                  time.perf_counter() - started, labels))
     return images
+
+
+def smoke_run(graph: StepGraph, builder: Backend, reference: str) -> str:
+    """Import the compiled step code and every library the steps import, inside the image."""
+    import tempfile
+
+    from nbship.pipelines.compile import compile_graph
+
+    modules = preload_modules(graph)
+    with tempfile.TemporaryDirectory(prefix="nbship-smoke-") as tmp:
+        compile_graph(graph, Path(tmp), base_image=reference)
+        code = ("import importlib, sys\n"
+                "sys.path.insert(0, '/nbship/pipeline')\n"
+                "import pipeline  # the step code, as KFP's executor loads it\n"
+                "import nbship.runtime.step\n"
+                f"for m in {modules!r}:\n"
+                "    importlib.import_module(m)\n"
+                "print('smoke ok: python', sys.version.split()[0], 'steps', "
+                "len(pipeline.__dict__))\n")
+        return builder.run(reference, ["python", "-c", code],
+                           mounts={Path(tmp): "/nbship/pipeline"})
 
 
 def _installed_pin(name: str) -> str:

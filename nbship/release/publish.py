@@ -120,7 +120,8 @@ def _run_record(run_provenance: Path | None) -> dict[str, Any] | None:
     if run_provenance is None:
         return None
     doc = json.loads(run_provenance.read_text())
-    return {"run_id": doc.get("run_id"), "status": doc.get("status"),
+    run = doc.get("run", {})
+    return {"run_id": run.get("id"), "status": run.get("status"),
             "parameters": doc.get("parameters"), "metrics": doc.get("metrics"),
             "provenance_sha256": _sha256(run_provenance)}
 
@@ -135,7 +136,7 @@ def latest_run(graph: StepGraph, root: Path = Path(".nbship/runs")) -> Path | No
             doc = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        if doc.get("status") == "SUCCESS" and doc.get("notebook", {}).get(
+        if doc.get("run", {}).get("status") == "SUCCESS" and doc.get("notebook", {}).get(
                 "sha256") == graph.notebook.sha256:
             found.append(path)
     return max(found, key=lambda p: p.parent.name) if found else None

@@ -117,7 +117,11 @@ def down(root: Path = DEFAULT_ROOT) -> bool:
     was_running = current.running
     if current.pid and _pid_alive(current.pid):
         os.kill(current.pid, signal.SIGTERM)
-        for _ in range(100):
+        for _ in range(200):
+            try:  # reap it when this process started it (tests); else it is init's
+                os.waitpid(current.pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
             if not _pid_alive(current.pid):
                 break
             time.sleep(0.05)
