@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.nbship-installed
 SHOWCASE := notebooks/marker_classifier.ipynb
 
-.PHONY: venv demo test test-notebooks test-fast lint bench clean
+.PHONY: venv demo test test-notebooks test-fast lint bench tools clean
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,19 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/compile_and_run.py
 	$(BIN)/python benchmarks/notebook_tests.py
+	$(BIN)/python benchmarks/build.py
+
+# The programs `nbship build/publish` and the image tests use (Debian's packages).
+# Without them those tests are skipped, with the reason shown; .ci/run installs them.
+IMAGE_TOOLS := buildah skopeo docker-registry debootstrap
+tools:
+	@missing=""; for t in $(IMAGE_TOOLS); do \
+	  command -v $$t >/dev/null || [ -x /usr/sbin/$$t ] || missing="$$missing $$t"; done; \
+	if [ -z "$$missing" ]; then echo "image tools: all installed"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(IMAGE_TOOLS); \
+	else echo "missing:$$missing; run as root: apt-get install $(IMAGE_TOOLS)"; exit 1; fi
 
 clean:
 	rm -rf .nbship build benchmarks/out

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Protocol
 
 from nbship.errors import ToolMissingError
+from nbship.release.oci import credentials
 from nbship.release.tools import INSTALL_HINT, require, run, which
 
 
@@ -53,8 +54,10 @@ class Buildah:
     def push(self, ref: str, destination: str, *, insecure: bool) -> str:
         with tempfile.TemporaryDirectory() as tmp:
             digest_file = Path(tmp) / "digest"
+            creds = credentials()
             run([self.exe, "push", f"--tls-verify={'false' if insecure else 'true'}",
-                 "--compression-format", "gzip", "--compression-level", "9",
+                 *(["--creds", f"{creds[0]}:{creds[1]}"] if creds else []),
+                 "--compression-format", "gzip",
                  "--digestfile", str(digest_file), ref, f"docker://{destination}"],
                 f"pushing {ref} to {destination}")
             return digest_file.read_text().strip()

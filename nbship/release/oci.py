@@ -7,9 +7,13 @@ release appear all at once.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+import os
+import re
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from typing import Any
@@ -72,17 +76,56 @@ def _url(ref: Reference, kind: str, what: str) -> str:
     return f"{scheme}://{ref.registry}/v2/{ref.repository}/{kind}/{what}"
 
 
+def credentials() -> tuple[str, str] | None:
+    """(user, password) from NBSHIP_REGISTRY_USER / NBSHIP_REGISTRY_PASSWORD (CI secrets)."""
+    user = os.environ.get("NBSHIP_REGISTRY_USER")
+    password = os.environ.get("NBSHIP_REGISTRY_PASSWORD")
+    return (user, password) if user and password else None
+
+
+def _authorization(challenge: str) -> str | None:
+    """The Authorization header answering a 401's WWW-Authenticate (Basic or Bearer token)."""
+    creds = credentials()
+    scheme, _, params = challenge.partition(" ")
+    basic = ("Basic " + base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()
+             if creds else None)
+    if scheme.lower() == "basic":
+        return basic
+    if scheme.lower() != "bearer":
+        return None
+    fields = dict(re.findall(r'(\w+)="([^"]*)"', params))
+    query = urllib.parse.urlencode({k: v for k, v in fields.items() if k in ("service", "scope")})
+    req = urllib.request.Request(f"{fields.get('realm', '')}?{query}",
+                                 headers={"Authorization": basic} if basic else {})
+    with urllib.request.urlopen(req, timeout=60) as reply:
+        doc = json.loads(reply.read())
+    token = doc.get("token") or doc.get("access_token")
+    return f"Bearer {token}" if token else None
+
+
 def _request(url: str, *, method: str = "GET", data: bytes | None = None,
              headers: dict[str, str] | None = None) -> tuple[bytes, Any]:
-    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as reply:
-            return reply.read(), reply.headers
-    except urllib.error.HTTPError as exc:
-        raise ReleaseError(f"{method} {url}: HTTP {exc.code} {exc.reason}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        raise ReleaseError(f"{method} {url}: {exc}",
-                           hint="is the registry up? (nbship registry status)") from None
+    headers = dict(headers or {})
+    for attempt in (1, 2):
+        req = urllib.request.Request(url, data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=60) as reply:
+                return reply.read(), reply.headers
+        except urllib.error.HTTPError as exc:
+            challenge = exc.headers.get("WWW-Authenticate", "")
+            if exc.code == 401 and attempt == 1 and challenge:
+                answer = _authorization(challenge)
+                if answer:
+                    headers["Authorization"] = answer
+                    continue
+            hint = ("set NBSHIP_REGISTRY_USER and NBSHIP_REGISTRY_PASSWORD"
+                    if exc.code in (401, 403) else None)
+            raise ReleaseError(f"{method} {url}: HTTP {exc.code} {exc.reason}",
+                               hint=hint) from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise ReleaseError(f"{method} {url}: {exc}",
+                               hint="is the registry up? (nbship registry status)") from None
+    raise AssertionError("unreachable")
 
 
 def get_manifest(ref: Reference) -> tuple[bytes, str, str]:

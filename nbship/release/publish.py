@@ -203,6 +203,9 @@ def publish(graph: StepGraph, images: list[BuiltImage], *, registry: str, builde
     target = repo.with_tag(f"commit-{commit}")
     echo(f"  pushing the release {target} ({', '.join(f.name for f, _ in files)})")
     client = oras.client.OrasClient(hostname=repo.registry, insecure=oci.insecure(repo.registry))
+    creds = oci.credentials()
+    if creds:
+        client.auth.set_basic_auth(*creds)
     cwd = os.getcwd()
     try:
         os.chdir(stage)  # oras names each file by its path: keep them bare
