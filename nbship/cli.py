@@ -154,6 +154,9 @@ def _parser() -> argparse.ArgumentParser:
     u.add_argument("--run", type=Path, default=None, metavar="PROVENANCE",
                    help="provenance.json of the CI run whose metrics the release records "
                    "(default: the newest successful run of this notebook, if any)")
+    u.add_argument("--compression", choices=["zstd", "gzip"], default="zstd",
+                   help="image layers: zstd (default; containerd >= 1.5, Docker >= 23) or "
+                   "gzip for older runtimes")
     u.add_argument("--allow-dirty", action="store_true",
                    help="publish although the repository has uncommitted changes")
     u.add_argument("-o", "--output", type=Path, default=Path(".nbship/images"), metavar="DIR")
@@ -312,7 +315,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
                           only=args.only, echo=say)
     result = publish(graph, images, registry=target, builder=builder, out=args.output,
                      run_provenance=args.run or latest_run(graph),
-                     allow_dirty=args.allow_dirty, echo=say)
+                     allow_dirty=args.allow_dirty, compression=args.compression, echo=say)
     print(f"release:  {result.release}@{result.digest}")
     print(f"tag:      {result.tag}" + ("" if result.moved else " (unchanged)"))
     print(f"pipeline: sha256 {result.record['pipeline']['sha256']} "

@@ -21,7 +21,8 @@ class Backend(Protocol):
     def build(self, context: Path, ref: str, *, labels: dict[str, str],
               build_args: dict[str, str]) -> None: ...
 
-    def push(self, ref: str, destination: str, *, insecure: bool) -> str: ...
+    def push(self, ref: str, destination: str, *, insecure: bool,
+             compression: str = "zstd") -> str: ...
 
     def run(self, ref: str, argv: list[str], *, mounts: dict[Path, str]) -> str: ...
 
@@ -51,13 +52,14 @@ class Buildah:
             cmd += ["--build-arg", f"{key}={value}"]
         run([*cmd, str(context)], f"building {ref} (buildah bud)")
 
-    def push(self, ref: str, destination: str, *, insecure: bool) -> str:
+    def push(self, ref: str, destination: str, *, insecure: bool,
+             compression: str = "zstd") -> str:
         with tempfile.TemporaryDirectory() as tmp:
             digest_file = Path(tmp) / "digest"
             creds = credentials()
             run([self.exe, "push", f"--tls-verify={'false' if insecure else 'true'}",
                  *(["--creds", f"{creds[0]}:{creds[1]}"] if creds else []),
-                 "--compression-format", "gzip",
+                 "--compression-format", compression,
                  "--digestfile", str(digest_file), ref, f"docker://{destination}"],
                 f"pushing {ref} to {destination}")
             return digest_file.read_text().strip()
@@ -96,7 +98,9 @@ class Docker:
         run([*cmd, str(context)], f"building {ref} (docker build)",
             env={"DOCKER_BUILDKIT": "1", "SOURCE_DATE_EPOCH": _timestamp()})
 
-    def push(self, ref: str, destination: str, *, insecure: bool) -> str:
+    def push(self, ref: str, destination: str, *, insecure: bool,
+             compression: str = "gzip") -> str:
+        # docker push compresses with gzip whatever is asked
         run([self.exe, "tag", ref, destination], f"tagging {ref}")
         out = run([self.exe, "push", destination], f"pushing {ref} to {destination}")
         digest = next((w for line in out.splitlines() for w in line.split()

@@ -77,14 +77,15 @@ def image_repository(registry: str, name: str) -> str:
 
 
 def push_image(image: BuiltImage, registry: str, builder: Any,
-               echo: Callable[[str], None]) -> oci.Reference:
+               echo: Callable[[str], None], compression: str = "zstd") -> oci.Reference:
     """The image pushed under its content-hash tag; a reference by digest."""
     target = oci.Reference.parse(f"{image_repository(registry, image.context.name)}:"
                                  f"{image.context.tag}")
     digest = oci.exists(target)
     if digest is None:
         echo(f"  pushing {image.reference} -> {target}")
-        digest = builder.push(image.reference, str(target), insecure=oci.insecure(registry))
+        digest = builder.push(image.reference, str(target), insecure=oci.insecure(registry),
+                              compression=compression)
         digest = oci.exists(target) or digest
     else:
         echo(f"  {target} already in the registry")
@@ -144,7 +145,7 @@ def latest_run(graph: StepGraph, root: Path = Path(".nbship/runs")) -> Path | No
 
 def publish(graph: StepGraph, images: list[BuiltImage], *, registry: str, builder: Any,
             out: Path, run_provenance: Path | None = None, allow_dirty: bool = False,
-            echo: Callable[[str], None] = print) -> Published:
+            compression: str = "zstd", echo: Callable[[str], None] = print) -> Published:
     """Push everything, then move the release tag. See the module's docstring."""
     import oras.client
 
@@ -160,7 +161,7 @@ def publish(graph: StepGraph, images: list[BuiltImage], *, registry: str, builde
 
     pushed: dict[str, oci.Reference] = {}
     for image in images:
-        pushed[image.context.name] = push_image(image, registry, builder, echo)
+        pushed[image.context.name] = push_image(image, registry, builder, echo, compression)
         _pause()
     if STEPS_IMAGE not in pushed:
         raise ReleaseError("a release needs the steps' image (nbship build without --only "
@@ -237,6 +238,11 @@ def publish(graph: StepGraph, images: list[BuiltImage], *, registry: str, builde
 def show(reference: str) -> tuple[dict[str, Any], str, list[dict[str, Any]]]:
     """(release.json, artifact digest, the artifact's layers) of a published release."""
     ref = oci.Reference.parse(reference)
+    if oci.exists(ref) is None:
+        known = oci.tags(ref)
+        raise ReleaseError(f"no release {ref}" + (f" (tags there: {', '.join(known)})" if known
+                                                  else ""),
+                           hint=f"nbship publish NOTEBOOK --registry {ref.registry}")
     body, digest, _ = oci.get_manifest(ref)
     manifest = json.loads(body)
     config = manifest.get("config", {})
