@@ -34,6 +34,9 @@ Examples:
   nbship compile notebooks/marker_classifier.ipynb -o build/
   nbship run notebooks/marker_classifier.ipynb -p epochs=5 -p lr=0.01
   nbship test notebooks/          # nbval + papermill + pipeline == notebook
+  nbship registry up              # an OCI registry on 127.0.0.1:5000
+  nbship publish notebooks/marker_classifier.ipynb   # images + pipeline + release
+  nbship release show marker-classifier
 
 Exit status: 0 success, 1 problems in the notebook or a failed run,
 2 unusable input (not a notebook, bad parameter value).
@@ -43,7 +46,8 @@ Exit status: 0 success, 1 problems in the notebook or a failed run,
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="nbship",
-        description="Take a tagged Jupyter notebook to a Kubeflow Pipelines v2 pipeline.",
+        description="Take a tagged Jupyter notebook to a Kubeflow Pipelines v2 pipeline, "
+        "test it, and publish it with its images as a traceable release.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -119,16 +123,10 @@ def _parser() -> argparse.ArgumentParser:
                        "python:3.11-slim\n"
                        "  nbship build notebooks/marker_classifier.ipynb --dry-run",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    b.add_argument("notebook", type=Path)
-    b.add_argument("--base", default=None, metavar="REF",
-                   help="base image with Python 3.11 (default: nbship's own, debootstrapped)")
-    b.add_argument("--backend", choices=["buildah", "docker"], default=None,
-                   help="image builder (default: buildah where installed, else docker)")
+    _image_options(b)
     b.add_argument("--only", choices=["steps", "server"], default=None,
                    help="build one of the two images")
     b.add_argument("--dry-run", action="store_true", help="write the build contexts only")
-    b.add_argument("-o", "--output", type=Path, default=Path(".nbship/images"), metavar="DIR",
-                   help="build contexts and caches (default: .nbship/images)")
 
     u = sub.add_parser("publish", help="push images, pipeline, manifests and release.json",
                        description="Build (as nbship build), push the images, compile the "
@@ -144,11 +142,9 @@ def _parser() -> argparse.ArgumentParser:
                        "--registry registry.example.com/ml\n"
                        "  nbship release show 127.0.0.1:5000/releases/marker-classifier",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    u.add_argument("notebook", type=Path)
+    _image_options(u)
     u.add_argument("--registry", default=None, metavar="HOST[:PORT][/PATH]",
                    help="where to push (default: the embedded registry, nbship registry up)")
-    u.add_argument("--base", default=None, metavar="REF", help="as for nbship build")
-    u.add_argument("--backend", choices=["buildah", "docker"], default=None)
     u.add_argument("--only", choices=["steps"], default=None,
                    help="publish without the model server's image (and its manifest)")
     u.add_argument("--run", type=Path, default=None, metavar="PROVENANCE",
@@ -159,7 +155,6 @@ def _parser() -> argparse.ArgumentParser:
                    "gzip for older runtimes")
     u.add_argument("--allow-dirty", action="store_true",
                    help="publish although the repository has uncommitted changes")
-    u.add_argument("-o", "--output", type=Path, default=Path(".nbship/images"), metavar="DIR")
 
     rs = sub.add_parser("release", help="show a published release",
                         description="Print what a release contains: images and digests, the "
@@ -181,6 +176,17 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--root", type=Path, default=Path(".nbship/registry"), metavar="DIR",
                    help="storage and state (default: .nbship/registry)")
     return p
+
+
+def _image_options(p: argparse.ArgumentParser) -> None:
+    """What `nbship build` and `nbship publish` share: the notebook and how images are made."""
+    p.add_argument("notebook", type=Path)
+    p.add_argument("--base", default=None, metavar="REF",
+                   help="base image with Python 3.11 (default: nbship's own, debootstrapped)")
+    p.add_argument("--backend", choices=["buildah", "docker"], default=None,
+                   help="image builder (default: buildah where installed, else docker)")
+    p.add_argument("-o", "--output", type=Path, default=Path(".nbship/images"), metavar="DIR",
+                   help="build contexts and caches (default: .nbship/images)")
 
 
 def _print_problems(graph: Any, *, warnings_only: bool = True) -> None:
