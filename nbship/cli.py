@@ -309,10 +309,11 @@ def cmd_publish(args: argparse.Namespace) -> int:
     from nbship.extract.cache import analyse
     from nbship.release.backends import backend
     from nbship.release.build import build_images
-    from nbship.release.publish import latest_run, publish
+    from nbship.release.publish import latest_run, publish, release_commit
 
     graph = analyse(args.notebook)
     _print_problems(graph)
+    release_commit(graph, args.allow_dirty)  # before any work: a release names a commit
     target = args.registry or _embedded_registry()
     say = lambda line: print(line, flush=True)  # noqa: E731
     print(f"nbship publish {args.notebook} -> {target}", flush=True)

@@ -143,6 +143,20 @@ def latest_run(graph: StepGraph, root: Path = Path(".nbship/runs")) -> Path | No
     return max(found, key=lambda p: p.parent.name) if found else None
 
 
+def release_commit(graph: StepGraph, allow_dirty: bool = False) -> str:
+    """The commit a release names; ReleaseError when there is none to name."""
+    commit = git_commit(graph.notebook.path)
+    if commit.startswith("unknown") and not allow_dirty:
+        raise ReleaseError(
+            f"{graph.notebook.path} is not in a git repository: a release must name the "
+            "commit it was built from", hint="git init and commit, or --allow-dirty")
+    if commit.endswith("-dirty") and not allow_dirty:
+        raise ReleaseError(
+            f"the notebook's repository has uncommitted changes (commit {commit}): a release "
+            "must name what it was built from", hint="commit first, or --allow-dirty")
+    return commit
+
+
 def publish(graph: StepGraph, images: list[BuiltImage], *, registry: str, builder: Any,
             out: Path, run_provenance: Path | None = None, allow_dirty: bool = False,
             compression: str = "zstd", echo: Callable[[str], None] = print) -> Published:
@@ -152,11 +166,7 @@ def publish(graph: StepGraph, images: list[BuiltImage], *, registry: str, builde
     from nbship.pipelines.compile import compile_graph
 
     started = time.perf_counter()
-    commit = git_commit(graph.notebook.path)
-    if commit.endswith("-dirty") and not allow_dirty:
-        raise ReleaseError(
-            f"the notebook's repository has uncommitted changes (commit {commit}): a release "
-            "must name what it was built from", hint="commit first, or --allow-dirty")
+    commit = release_commit(graph, allow_dirty)
     repo = release_repository(registry, graph)
 
     pushed: dict[str, oci.Reference] = {}

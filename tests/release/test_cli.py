@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,10 +20,25 @@ def nbship(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_publish_without_a_registry_says_how_to_start_one(tmp_path: Path) -> None:
-    done = nbship(tmp_path, "publish", str(SHOWCASE))
+    done = nbship(tmp_path, "publish", str(SHOWCASE), "--allow-dirty")
     assert done.returncode == 1
     assert "the embedded one is not running" in done.stderr
     assert "nbship registry up" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_publish_refuses_what_no_commit_names_before_doing_any_work(tmp_path: Path) -> None:
+    nb = tmp_path / "nb.ipynb"
+    shutil.copy(SHOWCASE, nb)
+    done = nbship(tmp_path, "publish", "nb.ipynb", "--registry", "127.0.0.1:9")
+    assert done.returncode == 1 and "is not in a git repository" in done.stderr
+    for args in (["init", "-q"], ["add", "."], ["commit", "-qm", "x"]):
+        subprocess.run(["git", "-c", "user.email=t@example.com", "-c", "user.name=t", *args],
+                       cwd=tmp_path, check=True, capture_output=True)
+    nb.write_text(nb.read_text().replace("epochs = 8", "epochs = 3"))
+    done = nbship(tmp_path, "publish", "nb.ipynb", "--registry", "127.0.0.1:9")
+    assert done.returncode == 1 and "has uncommitted changes" in done.stderr
+    assert "--allow-dirty" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / ".nbship" / "images").exists()  # refused before building
 
 
 def test_release_show_of_a_bad_reference(tmp_path: Path) -> None:
