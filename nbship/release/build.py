@@ -29,7 +29,9 @@ STEPS_IMAGE = "nbship-steps"
 SERVER_IMAGE = "nbship-server"
 # the model server (KServe) on top of the steps' environment: it loads what `train` saved
 SERVER_EXTRA = ["kserve", "prometheus-client"]
-SERVER_DOCKERFILE_EXTRA = 'EXPOSE 8080\nCMD ["python", "-m", "kserve.model_server"]\n'
+SERVER_MODULES = ["kserve", "prometheus_client"]  # what the server's smoke run imports too
+# the environment only: the serving stage gives it its entry point (a kserve ModelServer)
+SERVER_DOCKERFILE_EXTRA = "EXPOSE 8080\n"
 
 
 @dataclass
@@ -96,21 +98,22 @@ def build_images(graph: StepGraph, *, base: str | None = None, backend_name: str
             builder.build(context.directory, context.reference, labels=labels,
                           build_args={"BASE": base_ref})
             built = True
-            if name == STEPS_IMAGE:
-                echo(f"  smoke run: the step code and its libraries import in {context.tag}")
-                smoke_run(graph, builder, context.reference)
+            echo(f"  smoke run: the step code and its libraries import in {context.tag}")
+            smoke_run(graph, builder, context.reference,
+                      extra=SERVER_MODULES if name == SERVER_IMAGE else [])
         images.append(BuiltImage(context, context.reference, built,
                                  time.perf_counter() - started, labels))
     return images
 
 
-def smoke_run(graph: StepGraph, builder: Backend, reference: str) -> str:
+def smoke_run(graph: StepGraph, builder: Backend, reference: str,
+              extra: list[str] | None = None) -> str:
     """Import the compiled step code and every library the steps import, inside the image."""
     import tempfile
 
     from nbship.pipelines.compile import compile_graph
 
-    modules = preload_modules(graph)
+    modules = [*preload_modules(graph), *(extra or [])]
     with tempfile.TemporaryDirectory(prefix="nbship-smoke-") as tmp:
         compile_graph(graph, Path(tmp), base_image=reference)
         code = ("import importlib, sys\n"
