@@ -139,8 +139,14 @@ def failure_report(notebook: Path, exc: Any) -> NotebookFailure:
         return NotebookFailure(
             f"nbship could not capture the values of step {meta['capture']!r}: "
             f"{exc.ename}: {exc.evalue}", where=Location(str(notebook)))
+    error = f"{exc.ename}: {exc.evalue}"
+    if not exc.evalue:  # e.g. a UsageError: IPython prints it to stderr, no error output
+        stderr = "".join(o.get("text", "") for o in cell.get("outputs", [])
+                         if o.get("output_type") == "stream" and o.get("name") == "stderr")
+        lines = [ln for ln in strip_ansi(stderr).splitlines() if ln.strip()]
+        error = f"{exc.ename}: {lines[-1]}" if lines else exc.ename
     return cell_failure(notebook, meta.get("index"), cell.get("id"), cell.source,
-                        "\n".join(exc.traceback or []), f"{exc.ename}: {exc.evalue}")
+                        "\n".join(exc.traceback or []), error)
 
 
 def cell_failure(notebook: Path, index: int | None, cell_id: str | None, source: str,

@@ -72,6 +72,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_notebook(nbs / "stale_strict.ipynb", STALE, meta={"nbval": "strict"},
                    outputs={0: "stale\n"})
     write_notebook(nbs / "runs_once.ipynb", RUNS_ONCE)
+    write_notebook(nbs / "bad_magic.ipynb", [([], "x = 1\n%undefined-line-magic")])
     write_notebook(nbs / "shows_parameter.ipynb", SHOWS_PARAMETER,
                    meta={"nbval": "strict", "parameter_sets": {"ci": {"n": 3}}},
                    outputs={1: "n 1000\n"})
@@ -175,6 +176,15 @@ def test_nbval_items_check_the_run_with_the_parameter_set(
     outcome, text = parallel["shows_parameter::Cell 1"]
     assert outcome == "failure" and "outputs differ" in text and "n 3" in text
     assert parallel["shows_parameter::papermill[ci]"][0] == "passed"
+
+
+def test_an_error_without_a_traceback_shows_what_ipython_printed(
+        parallel: dict[str, tuple[str, str]]) -> None:
+    # a UsageError has no error output, only stderr; papermill calls it CellExecutionError
+    outcome, text = parallel["bad_magic::papermill[ci]"]
+    assert outcome == "failure"
+    assert ("bad_magic.ipynb, cell 0 (id c0): CellExecutionError: UsageError: Line magic "
+            "function `%undefined-line-magic` not found.") in text
 
 
 def test_nbval_items_after_a_failing_cell_still_run(
