@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -179,69 +180,73 @@ def publish(graph: StepGraph, images: list[BuiltImage], *, registry: str, builde
 
     out.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=".release-", dir=out))
-    compiled = compile_graph(graph, stage / "build", base_image=str(pushed[STEPS_IMAGE]))
-    pipeline_file = stage / "pipeline.yaml"
-    os.replace(compiled.yaml, pipeline_file)
-    record: dict[str, Any] = {
-        "schema": "nbship.release/v1",
-        "name": compiled.name,
-        "commit": commit,
-        "nbship": __version__,
-        "notebook": {"path": graph.notebook.path.as_posix(), "sha256": graph.notebook.sha256},
-        "steps": {s.name: {"task": s.task,
-                           "cells": [{"index": c.index, "id": c.id} for c in s.cells]}
-                  for s in graph.steps},
-        "images": {name: {"reference": str(ref), "digest": ref.digest,
-                          "context_sha256": next(i.context.digest for i in images
-                                                 if i.context.name == name)}
-                   for name, ref in sorted(pushed.items())},
-        "pipeline": {"file": "pipeline.yaml", "sha256": _sha256(pipeline_file),
-                     "base_image": str(pushed[STEPS_IMAGE])},
-        "manifests": [],
-        "ci_run": _run_record(run_provenance),
-    }
-    files = [(pipeline_file, PIPELINE_MEDIA_TYPE)]
-    if SERVER_IMAGE in pushed:
-        manifest = stage / "inferenceservice.yaml"
-        manifest.write_text(inference_service(compiled.name, pushed[SERVER_IMAGE], record))
-        record["manifests"].append({"file": manifest.name, "kind": "InferenceService",
-                                    "sha256": _sha256(manifest)})
-        files.append((manifest, MANIFEST_MEDIA_TYPE))
-    release_file = stage / "release.json"
-    release_file.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-    files.insert(0, (release_file, RELEASE_MEDIA_TYPE))
-
-    target = repo.with_tag(f"commit-{commit}")
-    echo(f"  pushing the release {target} ({', '.join(f.name for f, _ in files)})")
-    client = oras.client.OrasClient(hostname=repo.registry, insecure=oci.insecure(repo.registry))
-    creds = oci.credentials()
-    if creds:
-        client.auth.set_basic_auth(*creds)
-    cwd = os.getcwd()
     try:
-        os.chdir(stage)  # oras names each file by its path: keep them bare
-        client.push(target=str(target), files=[f"{f.name}:{media}" for f, media in files],
-                    manifest_config=f"{release_file.name}:{RELEASE_MEDIA_TYPE}", quiet=True)
+        compiled = compile_graph(graph, stage / "build", base_image=str(pushed[STEPS_IMAGE]))
+        pipeline_file = stage / "pipeline.yaml"
+        os.replace(compiled.yaml, pipeline_file)
+        record: dict[str, Any] = {
+            "schema": "nbship.release/v1",
+            "name": compiled.name,
+            "commit": commit,
+            "nbship": __version__,
+            "notebook": {"path": graph.notebook.path.as_posix(), "sha256": graph.notebook.sha256},
+            "steps": {s.name: {"task": s.task,
+                               "cells": [{"index": c.index, "id": c.id} for c in s.cells]}
+                      for s in graph.steps},
+            "images": {name: {"reference": str(ref), "digest": ref.digest,
+                              "context_sha256": next(i.context.digest for i in images
+                                                     if i.context.name == name)}
+                       for name, ref in sorted(pushed.items())},
+            "pipeline": {"file": "pipeline.yaml", "sha256": _sha256(pipeline_file),
+                         "base_image": str(pushed[STEPS_IMAGE])},
+            "manifests": [],
+            "ci_run": _run_record(run_provenance),
+        }
+        files = [(pipeline_file, PIPELINE_MEDIA_TYPE)]
+        if SERVER_IMAGE in pushed:
+            manifest = stage / "inferenceservice.yaml"
+            manifest.write_text(inference_service(compiled.name, pushed[SERVER_IMAGE], record))
+            record["manifests"].append({"file": manifest.name, "kind": "InferenceService",
+                                        "sha256": _sha256(manifest)})
+            files.append((manifest, MANIFEST_MEDIA_TYPE))
+        release_file = stage / "release.json"
+        release_file.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+        files.insert(0, (release_file, RELEASE_MEDIA_TYPE))
+
+        target = repo.with_tag(f"commit-{commit}")
+        echo(f"  pushing the release {target} ({', '.join(f.name for f, _ in files)})")
+        client = oras.client.OrasClient(hostname=repo.registry,
+                                        insecure=oci.insecure(repo.registry))
+        creds = oci.credentials()
+        if creds:
+            client.auth.set_basic_auth(*creds)
+        cwd = os.getcwd()
+        try:
+            os.chdir(stage)  # oras names each file by its path: keep them bare
+            client.push(target=str(target), files=[f"{f.name}:{media}" for f, media in files],
+                        manifest_config=f"{release_file.name}:{RELEASE_MEDIA_TYPE}", quiet=True)
+        except Exception as exc:  # requests' and oras' errors: the release was not pushed
+            raise ReleaseError(f"pushing the release {target} failed: {exc}",
+                               hint="the release tag did not move; publish again") from None
+        finally:
+            os.chdir(cwd)
+        body, digest, media = oci.get_manifest(target)
+        _pause()
+
+        tag = repo.with_tag(RELEASE_TAG)
+        moved = oci.exists(tag) != digest
+        if moved:
+            oci.put_manifest(tag, RELEASE_TAG, body, media)
+            echo(f"  {tag} -> {digest}")
+        else:
+            echo(f"  {tag} already names this release")
+        # keep a copy of what was published beside the build contexts
+        kept = out / "releases" / compiled.name
+        kept.mkdir(parents=True, exist_ok=True)
+        for f, _ in files:
+            write_atomic(kept / f.name, f.read_bytes())
     finally:
-        os.chdir(cwd)
-    body, digest, media = oci.get_manifest(target)
-    _pause()
-
-    tag = repo.with_tag(RELEASE_TAG)
-    moved = oci.exists(tag) != digest
-    if moved:
-        oci.put_manifest(tag, RELEASE_TAG, body, media)
-        echo(f"  {tag} -> {digest}")
-    else:
-        echo(f"  {tag} already names this release")
-    # keep a copy of what was published beside the build contexts
-    kept = out / "releases" / compiled.name
-    kept.mkdir(parents=True, exist_ok=True)
-    for f, _ in files:
-        write_atomic(kept / f.name, f.read_bytes())
-    import shutil
-
-    shutil.rmtree(stage, ignore_errors=True)
+        shutil.rmtree(stage, ignore_errors=True)
     return Published(target, tag, digest, record, moved, time.perf_counter() - started)
 
 
