@@ -189,7 +189,8 @@ def _current_env_kernels() -> type:
 
 
 def run_notebook(graph: StepGraph, parameters: dict[str, Any], out_dir: Path,
-                 *, label: str, stem: str | None = None) -> NotebookRun:
+                 *, label: str, stem: str | None = None,
+                 cell_timeout: float | None = None) -> NotebookRun:
     """Execute every cell with papermill; keep ``out_dir/<stem>.<label>.ipynb``.
 
     A cell that fails does not raise here: the run's ``failure`` says what papermill
@@ -199,6 +200,7 @@ def run_notebook(graph: StepGraph, parameters: dict[str, Any], out_dir: Path,
 
     import nbformat
     import papermill
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
     from papermill.exceptions import PapermillExecutionError
     from papermill.execute import ERROR_MARKER_TAG
 
@@ -213,9 +215,13 @@ def run_notebook(graph: StepGraph, parameters: dict[str, Any], out_dir: Path,
     nbformat.write(instrument(graph, capture_dir), source)
     executed = out_dir / f"{stem or nb_path.stem}.{label}.ipynb"
     errored: set[int] = set()
+    started_cells: list[Any] = []
 
     def on_cell_error(cell: Any, cell_index: int, execute_reply: Any) -> None:
         errored.add(cell_index)
+
+    def on_cell_execute(cell: Any, cell_index: int) -> None:
+        started_cells.append(cell)
 
     from nbval.kernel import CURRENT_ENV_KERNEL_NAME
 
@@ -226,9 +232,21 @@ def run_notebook(graph: StepGraph, parameters: dict[str, Any], out_dir: Path,
             kernel_name=CURRENT_ENV_KERNEL_NAME, kernel_manager_class=_current_env_kernels(),
             cwd=str(nb_path.resolve().parent), progress_bar=False, log_output=False,
             report_mode=False, allow_errors=True, on_cell_error=on_cell_error,
+            on_cell_execute=on_cell_execute, execution_timeout=cell_timeout,
             shutdown_kernel="immediate")  # a graceful one waits 2.6 s for torch to unload
     except PapermillExecutionError:
         pass  # papermill_verdict below decides, as papermill would have stopped
+    except (CellTimeoutError, DeadKernelError) as exc:  # the run stopped inside a cell
+        shutil.rmtree(work, ignore_errors=True)
+        cell = started_cells[-1] if started_cells else None
+        if cell is None:
+            raise NotebookFailure(f"{type(exc).__name__}: {str(exc).splitlines()[0]}",
+                                  where=Location(str(nb_path))) from None
+        what = (f"CellTimeoutError: the cell ran longer than {cell_timeout:g} s "
+                "(--nbval-cell-timeout)" if isinstance(exc, CellTimeoutError)
+                else "DeadKernelError: the kernel died while the cell ran")
+        raise cell_failure(nb_path, cell.metadata.get("nbship", {}).get("index"),
+                           cell.get("id"), cell.source, "", what) from None
     seconds = time.perf_counter() - started
     raw = nbformat.read(executed, as_version=4)
     raw.cells = [c for c in raw.cells if ERROR_MARKER_TAG not in c.metadata.get("tags", [])]

@@ -218,7 +218,8 @@ class NotebookFile(pytest.File):
             try:
                 self.notebook_run = run_notebook(
                     self.graph, self.parameters(), self.artifacts / "notebooks",
-                    label=self.settings.parameter_set, stem=self.stem)
+                    label=self.settings.parameter_set, stem=self.stem,
+                    cell_timeout=getattr(self.config.option, "nbval_cell_timeout", None))
             except Exception as exc:  # e.g. a dead kernel: every item that needs the run says so
                 self.execution_error = exc
             else:
@@ -336,9 +337,9 @@ def _nbval_classes() -> tuple[Any, Any]:
             notebook: NotebookFile = self.parent.parent
             try:
                 run = notebook.execution()
-            except Exception as exc:
-                raise NbshipError(f"not run: the notebook's papermill run failed ({exc})"
-                                  ) from None
+            except Exception:
+                raise NbshipError("not run: the notebook's papermill run stopped (see its "
+                                  "papermill item)") from None
             position = notebook.code_positions[self.cell_num]
             outs = [o for o in run.outputs.get(position, [])]
             self.test_outputs = outs

@@ -210,3 +210,15 @@ def test_nbship_test_command_writes_junit_and_html(project: Path) -> None:
     assert (project / "out/junit.xml").exists()
     assert (project / "out/notebooks/nbs__count.ci.html").exists()
     assert (project / "out/notebooks/nbs__no_tags_one_step.ci.ipynb").exists()
+
+
+def test_a_cell_past_the_timeout_is_named_and_the_run_stops(tmp_path: Path) -> None:
+    write_notebook(tmp_path / "slow.ipynb", [(["step:a"], "import time\nx = 1"),
+                                             (["step:b"], "time.sleep(30)\ny = x")])
+    done, results = pytest_run(tmp_path, "--nbship", "slow.ipynb", "--nbval-cell-timeout", "2")
+    outcome, text = results["slow::papermill[ci]"]
+    assert outcome == "failure"
+    assert ("slow.ipynb, cell 1 (id c1): CellTimeoutError: the cell ran longer than 2 s "
+            "(--nbval-cell-timeout)") in text and "Traceback" not in text
+    assert "not run: the notebook's papermill run stopped" in results["slow::Cell 1"][1]
+    assert results["slow::equivalence[ci]"][0] == "skipped"
