@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from nbship.errors import ToolMissingError
+from nbship.errors import ReleaseError, ToolMissingError
 from nbship.release.oci import credentials
 from nbship.release.tools import INSTALL_HINT, require, run, which
 
@@ -19,12 +20,28 @@ class Backend(Protocol):
     def has_image(self, ref: str) -> bool: ...
 
     def build(self, context: Path, ref: str, *, labels: dict[str, str],
-              build_args: dict[str, str]) -> None: ...
+              build_args: dict[str, str],
+              echo: Callable[[str], None] | None = None) -> None: ...
 
     def push(self, ref: str, destination: str, *, insecure: bool,
              compression: str = "zstd") -> str: ...
 
     def run(self, ref: str, argv: list[str], *, mounts: dict[Path, str]) -> str: ...
+
+
+def _steps(echo: Callable[[str], None] | None) -> Callable[[str], None] | None:
+    """Progress for a long build: the builder's STEP lines, shortened."""
+    if echo is None:
+        return None
+    say = echo
+
+    def show(line: str) -> None:
+        if ": LABEL " in line:  # buildah lists each --label as a step
+            return
+        if line.startswith("STEP ") or line.startswith("#") and " [" in line[:12]:
+            say("    " + (line if len(line) <= 96 else line[:93] + "..."))
+
+    return show
 
 
 def _timestamp() -> str:
@@ -43,14 +60,15 @@ class Buildah:
                               capture_output=True).returncode == 0
 
     def build(self, context: Path, ref: str, *, labels: dict[str, str],
-              build_args: dict[str, str]) -> None:
+              build_args: dict[str, str],
+              echo: Callable[[str], None] | None = None) -> None:
         cmd = [self.exe, "bud", "--isolation", "chroot", "--timestamp", _timestamp(),
                "-f", str(context / "Dockerfile"), "-t", ref]
         for key, value in sorted(labels.items()):
             cmd += ["--label", f"{key}={value}"]
         for key, value in sorted(build_args.items()):
             cmd += ["--build-arg", f"{key}={value}"]
-        run([*cmd, str(context)], f"building {ref} (buildah bud)")
+        run([*cmd, str(context)], f"building {ref} (buildah bud)", progress=_steps(echo))
 
     def push(self, ref: str, destination: str, *, insecure: bool,
              compression: str = "zstd") -> str:
@@ -65,7 +83,11 @@ class Buildah:
             return digest_file.read_text().strip()
 
     def run(self, ref: str, argv: list[str], *, mounts: dict[Path, str]) -> str:
-        container = run([self.exe, "from", "--quiet", ref], f"starting {ref}").strip()
+        made = subprocess.run([self.exe, "from", "--quiet", ref], capture_output=True,
+                              text=True)
+        if made.returncode != 0:
+            raise ReleaseError(f"starting {ref} failed: {made.stderr.strip()[-1500:]}")
+        container = made.stdout.strip().splitlines()[-1]  # stderr may carry warnings
         try:
             cmd = [self.exe, "run", "--isolation", "chroot"]
             for host, inside in mounts.items():
@@ -89,14 +111,16 @@ class Docker:
                               capture_output=True).returncode == 0
 
     def build(self, context: Path, ref: str, *, labels: dict[str, str],
-              build_args: dict[str, str]) -> None:
+              build_args: dict[str, str],
+              echo: Callable[[str], None] | None = None) -> None:
         cmd = [self.exe, "build", "-f", str(context / "Dockerfile"), "-t", ref]
         for key, value in sorted(labels.items()):
             cmd += ["--label", f"{key}={value}"]
         for key, value in sorted(build_args.items()):
             cmd += ["--build-arg", f"{key}={value}"]
         run([*cmd, str(context)], f"building {ref} (docker build)",
-            env={"DOCKER_BUILDKIT": "1", "SOURCE_DATE_EPOCH": _timestamp()})
+            env={"DOCKER_BUILDKIT": "1", "SOURCE_DATE_EPOCH": _timestamp()},
+            progress=_steps(echo))
 
     def push(self, ref: str, destination: str, *, insecure: bool,
              compression: str = "gzip") -> str:

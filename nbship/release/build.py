@@ -96,7 +96,7 @@ def build_images(graph: StepGraph, *, base: str | None = None, backend_name: str
             echo(f"  building {context.reference} ({context.wheels} wheels, "
                  f"{context.wheel_bytes / 2**20:.0f} MiB)")
             builder.build(context.directory, context.reference, labels=labels,
-                          build_args={"BASE": base_ref})
+                          build_args={"BASE": base_ref}, echo=echo)
             built = True
             echo(f"  smoke run: the step code and its libraries import in {context.tag}")
             smoke_run(graph, builder, context.reference,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from nbship.errors import ReleaseError, ToolMissingError
@@ -28,13 +28,22 @@ def require(tool: str, why: str) -> str:
 
 
 def run(cmd: Sequence[str], what: str, *, env: dict[str, str] | None = None,
-        cwd: Path | None = None, quiet: bool = True) -> str:
-    """Run ``cmd``; its stdout, or ReleaseError naming ``what`` with the end of its output."""
-    done = subprocess.run(list(cmd), stdout=subprocess.PIPE if quiet else None,
-                          stderr=subprocess.STDOUT if quiet else None, text=True, cwd=cwd,
-                          env={**os.environ, **(env or {})} if env else None)
-    if done.returncode != 0:
-        tail = "\n".join((done.stdout or "").strip().splitlines()[-15:])
-        raise ReleaseError(f"{what} failed (exit {done.returncode}): {' '.join(cmd[:3])} ...\n"
-                           f"{tail}")
-    return done.stdout or ""
+        cwd: Path | None = None, progress: Callable[[str], None] | None = None) -> str:
+    """Run ``cmd``; its output, or ReleaseError naming ``what`` with the end of its output.
+
+    ``progress`` sees each line of output as it comes (for long builds).
+    """
+    proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, cwd=cwd, errors="replace",
+                            env={**os.environ, **(env or {})} if env else None)
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if progress is not None:
+            progress(line.rstrip("\n"))
+    code = proc.wait()
+    if code != 0:
+        tail = "\n".join("".join(lines).strip().splitlines()[-15:])
+        raise ReleaseError(f"{what} failed (exit {code}): {' '.join(cmd[:3])} ...\n{tail}")
+    return "".join(lines)
