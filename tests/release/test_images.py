@@ -100,9 +100,10 @@ def published(tmp_path_factory: pytest.TempPathFactory) -> Any:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        subprocess.run(["buildah", "rm", "--all"], capture_output=True)
-        subprocess.run(["buildah", "rmi", "--all", "--force"], capture_output=True,
-                       env={**os.environ, "CONTAINERS_STORAGE_CONF": str(store / "storage.conf")})
+        # only the test's own store: never the machine's containers and images
+        own = {**os.environ, "CONTAINERS_STORAGE_CONF": str(store / "storage.conf")}
+        subprocess.run(["buildah", "rm", "--all"], capture_output=True, env=own)
+        subprocess.run(["buildah", "rmi", "--all", "--force"], capture_output=True, env=own)
 
 
 def test_image_in_registry_with_digest_and_provenance_labels(published: Published) -> None:
