@@ -167,6 +167,7 @@ def test_pipeline_names_its_image_by_digest_and_still_runs_on_kfp_local(
     images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
     assert images == {record["images"]["nbship-steps"]["reference"]}
     assert all("@sha256:" in image for image in images)
+    assert "pip install" not in pipeline_file.read_text()  # the image carries everything
 
     graph = build_graph(read_notebook(published.project / NB))
     compiled = compile_graph(graph, tmp_path / "build",
