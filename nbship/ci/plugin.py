@@ -214,7 +214,8 @@ class NotebookFile(pytest.File):
         if self.notebook_run is None and self.execution_error is None:
             from nbship.ci.notebook_run import run_notebook
 
-            self.start_pipeline()
+            if self.equivalence_selected():
+                self.start_pipeline()
             try:
                 self.notebook_run = run_notebook(
                     self.graph, self.parameters(), self.artifacts / "notebooks",
@@ -249,6 +250,11 @@ class NotebookFile(pytest.File):
             for name, value in params.items():
                 cmd += ["-p", f"{name}={_cli_value(value)}"]
             self.pipeline_cmd = (cmd, logs / f"{self.stem}.{label}.pipeline.log")
+
+    def equivalence_selected(self) -> bool:
+        """Whether this run includes the notebook's equivalence item (not e.g. -k Cell)."""
+        return any(isinstance(item, EquivalenceItem) and item.parent is self
+                   for item in self.session.items)
 
     def start_pipeline(self) -> None:
         """The pipeline runs (a subprocess) while the notebook runs: they are independent."""

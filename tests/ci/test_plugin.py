@@ -222,3 +222,14 @@ def test_a_cell_past_the_timeout_is_named_and_the_run_stops(tmp_path: Path) -> N
             "(--nbval-cell-timeout)") in text and "Traceback" not in text
     assert "not run: the notebook's papermill run stopped" in results["slow::Cell 1"][1]
     assert results["slow::equivalence[ci]"][0] == "skipped"
+
+
+def test_selecting_only_nbval_items_does_not_run_the_pipeline(tmp_path: Path) -> None:
+    shutil.copy(fixture_path("three_numpy_steps"), tmp_path / "nb.ipynb")
+    done, results = pytest_run(tmp_path, "--nbship", "nb.ipynb", "-k", "Cell")
+    assert done.returncode == 0 and results
+    assert all(name.startswith("nb::Cell") for name in results)
+    assert not list(tmp_path.glob(".nbship/test/logs/*.pipeline.log"))
+    done, results = pytest_run(tmp_path, "--nbship", "nb.ipynb")
+    assert results["nb::equivalence[ci]"][0] == "passed"
+    assert list(tmp_path.glob(".nbship/test/logs/*.pipeline.log"))
