@@ -332,9 +332,11 @@ def _nbval_classes() -> tuple[Any, Any]:
     class NbvalCell(IPyNbCell):  # type: ignore[misc]
         """nbval's item for one cell; the outputs come from papermill's execution.
 
-        What nbval's ``runtest`` does after its kernel replied (an error output fails
-        the cell unless it is marked to raise; unrun reference cells; the output
-        comparison, sanitizers and report) is nbval's own code, called as is.
+        ``runtest`` follows nbval's own after its kernel has replied — an error output
+        fails the cell unless it is marked to raise, an unrun reference cell must have
+        no outputs, then the comparison — calling nbval's helpers for the parts that
+        decide (``coalesce_streams``, ``compare_outputs`` with its sanitizers,
+        ``raise_cell_error`` and nbval's report).
         """
 
         def runtest(self) -> None:
@@ -346,8 +348,11 @@ def _nbval_classes() -> tuple[Any, Any]:
             except Exception:
                 raise NbshipError("not run: the notebook's papermill run stopped (see its "
                                   "papermill item)") from None
-            position = notebook.code_positions[self.cell_num]
-            outs = [o for o in run.outputs.get(position, [])]
+            positions = notebook.code_positions
+            if not 0 <= self.cell_num < len(positions):
+                raise NbshipError(f"nbval's cell {self.cell_num} is not a code cell nbship "
+                                  "read; please report this notebook")
+            outs = list(run.outputs.get(positions[self.cell_num], []))
             self.test_outputs = outs
             for out in outs:
                 if out.output_type == "error" and not self.options["check_exception"]:
