@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from nbship.files import write_atomic
+from nbship.files import sha256_file, write_atomic
 
 
 def test_write_replaces_whole(tmp_path: Path) -> None:
@@ -31,3 +31,12 @@ def test_failed_write_keeps_the_old_file_and_no_temp(tmp_path: Path,
         write_atomic(target, "new")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["doc.json"]
+
+
+def test_sha256_file_names_the_bytes(tmp_path: Path) -> None:
+    import hashlib
+
+    path = tmp_path / "big.bin"
+    data = bytes(range(256)) * 20000  # more than one read chunk
+    path.write_bytes(data)
+    assert sha256_file(path) == hashlib.sha256(data).hexdigest()

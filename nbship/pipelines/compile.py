@@ -17,6 +17,7 @@ from nbship.errors import AnalysisError, CompileError
 from nbship.extract.codegen import Provenance, generate, pipeline_name
 from nbship.extract.graph import StepGraph
 from nbship.extract.report import to_json
+from nbship.files import sha256_file
 from nbship.pipelines.kfp_import import import_kfp
 
 DEFAULT_IMAGE = "nbship-env:latest"
@@ -96,7 +97,7 @@ def _up_to_date(out: Path, source: str, graph_json: str) -> str | None:
     """The YAML's sha256 when ``out`` already holds exactly what this compile would write."""
     try:
         stamp = json.loads((out / STAMP_FILE).read_text())
-        yaml_sha = hashlib.sha256((out / YAML_FILE).read_bytes()).hexdigest()
+        yaml_sha = sha256_file(out / YAML_FILE)
         same = (stamp == {"module_sha256": _sha(source), "yaml_sha256": yaml_sha,
                           "kfp": _kfp_version()}
                 and (out / MODULE_FILE).read_text() == source
@@ -148,7 +149,7 @@ def compile_graph(graph: StepGraph, out_dir: str | Path, *,
                     hint="`nbship check` lists the notebook's problems; if it shows none, "
                     "this is a bug in nbship: please report it with the notebook") from None
             check_round_trip(yaml_path)
-            yaml_sha = hashlib.sha256(yaml_path.read_bytes()).hexdigest()
+            yaml_sha = sha256_file(yaml_path)
             (tmp / GRAPH_FILE).write_text(graph_json)
             (tmp / STAMP_FILE).write_text(json.dumps(
                 {"module_sha256": _sha(source), "yaml_sha256": yaml_sha, "kfp": _kfp_version()}))

@@ -19,7 +19,6 @@ the same bytes, the same digests, and changes nothing.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -33,7 +32,7 @@ from typing import Any
 from nbship import __version__
 from nbship.errors import ReleaseError
 from nbship.extract.graph import StepGraph
-from nbship.files import write_atomic
+from nbship.files import sha256_file, write_atomic
 from nbship.release import oci
 from nbship.release.build import SERVER_IMAGE, STEPS_IMAGE, BuiltImage, git_commit
 
@@ -53,10 +52,6 @@ class Published:
     record: dict[str, Any]
     moved: bool  # False: the release tag already named this release
     seconds: float
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _pause() -> None:
@@ -125,7 +120,7 @@ def _run_record(run_provenance: Path | None) -> dict[str, Any] | None:
     run = doc.get("run", {})
     return {"run_id": run.get("id"), "status": run.get("status"),
             "parameters": doc.get("parameters"), "metrics": doc.get("metrics"),
-            "provenance_sha256": _sha256(run_provenance)}
+            "provenance_sha256": sha256_file(run_provenance)}
 
 
 def latest_run(graph: StepGraph, root: Path = Path(".nbship/runs")) -> Path | None:
@@ -197,7 +192,7 @@ def publish(graph: StepGraph, images: list[BuiltImage], *, registry: str, builde
                               "context_sha256": next(i.context.digest for i in images
                                                      if i.context.name == name)}
                        for name, ref in sorted(pushed.items())},
-            "pipeline": {"file": "pipeline.yaml", "sha256": _sha256(pipeline_file),
+            "pipeline": {"file": "pipeline.yaml", "sha256": sha256_file(pipeline_file),
                          "base_image": str(pushed[STEPS_IMAGE])},
             "manifests": [],
             "ci_run": _run_record(run_provenance),
@@ -207,7 +202,7 @@ def publish(graph: StepGraph, images: list[BuiltImage], *, registry: str, builde
             manifest = stage / "inferenceservice.yaml"
             manifest.write_text(inference_service(compiled.name, pushed[SERVER_IMAGE], record))
             record["manifests"].append({"file": manifest.name, "kind": "InferenceService",
-                                        "sha256": _sha256(manifest)})
+                                        "sha256": sha256_file(manifest)})
             files.append((manifest, MANIFEST_MEDIA_TYPE))
         release_file = stage / "release.json"
         release_file.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from nbship.errors import ReleaseError
 from nbship.extract.graph import StepGraph
+from nbship.files import sha256_file
 from nbship.release.tools import run
 
 # what every step needs, whatever the notebook imports (kfp's executor, nbship's serializers)
@@ -54,14 +55,6 @@ def canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def step_requirements(graph: StepGraph, modules: list[str]) -> list[str]:
     """``name==version`` for what the steps need, as installed here (sorted)."""
     owners = md.packages_distributions()
@@ -89,7 +82,7 @@ def _lock(directory: Path) -> list[LockedWheel]:
         if not found:
             raise ReleaseError(f"not a wheel file name: {path.name}")
         wheels.append(LockedWheel(canonical(found["name"]), found["version"], path.name,
-                                  _sha256(path)))
+                                  sha256_file(path)))
     return wheels
 
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nbship.files import sha256_file
+
 META = "nbship.json"
 
 
@@ -203,16 +205,15 @@ def choose(value: Any) -> Serializer:
 
 def digest(path: Path) -> str:
     """sha256 of a file, or of a directory's files (names and bytes, sorted)."""
+    if not path.is_dir():
+        return sha256_file(path)
     h = hashlib.sha256()
-    if path.is_dir():
-        for root, dirs, files in os.walk(path):
-            dirs.sort()
-            for name in sorted(files):
-                p = Path(root, name)
-                h.update(str(p.relative_to(path)).encode() + b"\0")
-                h.update(p.read_bytes())
-    else:
-        h.update(path.read_bytes())
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        for name in sorted(files):
+            p = Path(root, name)
+            h.update(str(p.relative_to(path)).encode() + b"\0")
+            h.update(p.read_bytes())
     return h.hexdigest()
 
 
