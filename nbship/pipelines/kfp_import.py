@@ -10,19 +10,19 @@ package only, so ``kfp.dsl``, ``kfp.compiler`` and ``kfp.local`` load in full.
 
 from __future__ import annotations
 
-import os
+import contextlib
 import sys
+
+from nbship.environ import environ
+
+
+def kfp_runtime_flag() -> contextlib.AbstractContextManager[None]:
+    """``_KFP_RUNTIME=true`` for a block: a kfp imported inside skips its REST client."""
+    return environ("_KFP_RUNTIME", "true")
 
 
 def import_kfp() -> None:
     if "kfp" in sys.modules:
         return
-    previous = os.environ.get("_KFP_RUNTIME")
-    os.environ["_KFP_RUNTIME"] = "true"
-    try:
+    with kfp_runtime_flag():
         import kfp  # noqa: F401
-    finally:
-        if previous is None:
-            del os.environ["_KFP_RUNTIME"]
-        else:
-            os.environ["_KFP_RUNTIME"] = previous

@@ -122,15 +122,10 @@ def warm_up(preload: Iterable[str]) -> None:
 
 def _start(ensure_running: Any) -> None:
     """Start the server with ``_KFP_RUNTIME=true``: its kfp import skips the REST client."""
-    previous = os.environ.get("_KFP_RUNTIME")
-    os.environ["_KFP_RUNTIME"] = "true"
-    try:
+    from nbship.pipelines.kfp_import import kfp_runtime_flag
+
+    with kfp_runtime_flag():
         ensure_running()
-    finally:
-        if previous is None:
-            del os.environ["_KFP_RUNTIME"]
-        else:
-            os.environ["_KFP_RUNTIME"] = previous
 
 
 class ForkLauncher:

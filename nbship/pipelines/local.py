@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
-import os
 import sys
 import threading
 import time
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from nbship import __version__
+from nbship.environ import environ
 from nbship.errors import Location, RunError
 from nbship.extract.graph import StepGraph
 from nbship.files import write_atomic
@@ -114,19 +114,6 @@ class _Tracker:
             kcache.LocalCache.get = original_get  # type: ignore[method-assign]
 
 
-@contextlib.contextmanager
-def _env(name: str, value: str) -> Iterator[None]:
-    old = os.environ.get(name)
-    os.environ[name] = value
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = old
-
-
 def _write_json(path: Path, doc: Any) -> None:
     write_atomic(path, json.dumps(doc, indent=2, default=str) + "\n")
 
@@ -176,7 +163,7 @@ def run_compiled(compiled: CompiledPipeline, arguments: dict[str, Any], *,
         # steps run in the notebook's folder, as the notebook's cells do in Jupyter
         notebook_dir = graph.notebook.path.resolve().parent
         with tracker.installed(), launcher.installed(preload_modules(graph)), \
-                _env(FAILURE_DIR_ENV, str(failures)), \
+                environ(FAILURE_DIR_ENV, str(failures)), \
                 contextlib.chdir(notebook_dir), \
                 contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             try:
