@@ -22,7 +22,13 @@ from nbship.pipelines.local import preload_modules
 from nbship.release.backends import Backend, backend
 from nbship.release.base import embedded_reference, ensure_base
 from nbship.release.context import BuildContext, write_context
-from nbship.release.wheels import nbship_wheel, resolve, step_requirements
+from nbship.release.wheels import (
+    canonical,
+    installed_pin,
+    nbship_wheel,
+    resolve,
+    step_requirements,
+)
 
 DEFAULT_OUT = Path(".nbship/images")
 STEPS_IMAGE = "nbship-steps"
@@ -75,9 +81,7 @@ def build_images(graph: StepGraph, *, base: str | None = None, backend_name: str
     own = nbship_wheel(cache, code_digest(), echo)
     wanted = [(STEPS_IMAGE, [steps_house, own], "")]
     if only in (None, "server"):
-        from nbship.release.wheels import canonical
-
-        server_pins = sorted({*pins, *(_installed_pin(canonical(n)) for n in SERVER_EXTRA)})
+        server_pins = sorted({*pins, *(installed_pin(n) or canonical(n) for n in SERVER_EXTRA)})
         wanted.append((SERVER_IMAGE, [resolve(server_pins, cache, echo), own],
                        SERVER_DOCKERFILE_EXTRA))
     if only == "server":
@@ -126,12 +130,3 @@ def smoke_run(graph: StepGraph, builder: Backend, reference: str,
                 "len(pipeline.__dict__))\n")
         return builder.run(reference, ["python", "-c", code],
                            mounts={Path(tmp): "/nbship/pipeline"})
-
-
-def _installed_pin(name: str) -> str:
-    import importlib.metadata as md
-
-    try:
-        return f"{name}=={md.version(name)}"
-    except md.PackageNotFoundError:
-        return name

@@ -63,16 +63,18 @@ def step_requirements(graph: StepGraph, modules: list[str]) -> list[str]:
         names.update(owners.get(module, []))
     if any(code.magics for code in graph.codes.values()):
         names.add("ipython")  # nbship.runtime.magics runs the steps' magics
-    pins = {}
-    for name in names:
-        key = canonical(name)
-        if key in NEVER:
-            continue
-        try:
-            pins[key] = f"{key}=={md.version(name)}"
-        except md.PackageNotFoundError:
-            continue  # reported by `nbship check` as a missing module
+    # a module that is not installed is reported by `nbship check` as missing
+    pins = {canonical(n): pin for n in names
+            if canonical(n) not in NEVER and (pin := installed_pin(n)) is not None}
     return [pins[k] for k in sorted(pins)]
+
+
+def installed_pin(name: str) -> str | None:
+    """``name==version`` as installed here, or None when it is not installed."""
+    try:
+        return f"{canonical(name)}=={md.version(name)}"
+    except md.PackageNotFoundError:
+        return None
 
 
 def _lock(directory: Path) -> list[LockedWheel]:
