@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -62,8 +63,7 @@ def main() -> int:
     base_cache = Path(os.environ.setdefault(
         "NBSHIP_BASE_CACHE", str(Path(tempfile.gettempdir()) / "nbship-base-cache")))
     rootfs_cached = any(base_cache.glob("*.tar"))
-    with socket_port() as port:
-        state = registry.up(work / "registry", port)
+    state = registry.up(work / "registry", free_port())
     try:
         out = work / "images"
         args = ["publish", NB, "--registry", state.address, "-o", str(out)]
@@ -99,18 +99,11 @@ def main() -> int:
     return 0
 
 
-class socket_port:
+def free_port() -> int:
     """A free port on 127.0.0.1."""
-
-    def __enter__(self) -> int:
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return int(s.getsockname()[1])
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 if __name__ == "__main__":
