@@ -10,16 +10,36 @@ notebook cell and line.
 
 from __future__ import annotations
 
+import ast
 import io
+import json
+import re
 import tokenize
 from dataclasses import dataclass
 
 from nbship import __version__
-from nbship.extract.graph import Step, StepGraph
-from nbship.notebook import Cell
+from nbship.errors import CompileError
+from nbship.extract.graph import Parameter, Step, StepGraph
+from nbship.notebook import Cell, is_accelerator
 
 INDENT = " " * 8  # inside `def ...:` and `with StepRun(...):`
-RUNTIME = "_nbship"
+# Every name the generated code binds inside a step starts with RESERVED_PREFIX; the
+# analysis refuses user names with it (graph.RESERVED_PREFIXES), so none can collide.
+RUNTIME = "nbship_step"
+METRICS_ARG = "nbship_metrics"
+INPUT_PREFIX = "nbship_in_"
+OUTPUT_PREFIX = "nbship_out_"
+_CELL_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def input_arg(var: str) -> str:
+    """The step function argument that brings ``var`` from upstream."""
+    return INPUT_PREFIX + var
+
+
+def output_arg(var: str) -> str:
+    """The step function argument that carries ``var`` downstream."""
+    return OUTPUT_PREFIX + var
 
 
 @dataclass(frozen=True)
@@ -38,16 +58,34 @@ class Provenance:
 
 def pipeline_name(graph: StepGraph) -> str:
     """The notebook's name in KFP's spelling; never a step's (KFP would confuse the two)."""
-    import re
-
     stem = re.sub(r"[^a-z0-9]+", "-", graph.notebook.path.stem.lower()).strip("-") or "notebook"
     if stem in {s.task for s in graph.steps}:
         stem += "-pipeline"
     return stem
 
 
+def python_lines(text: str) -> list[str]:
+    """Split ``text`` into lines exactly where Python's tokenizer ends them (\\n, \\r\\n, \\r)."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
+
+def _drop_formfeeds(line: str) -> str:
+    """A form feed in the indentation resets Python's column to 0: keep what counts after it.
+
+    Prepending spaces before a form feed would not indent the line at all, so the line
+    would leave the step function. Dropping the leading whitespace up to the last form
+    feed gives the same indentation Python computes.
+    """
+    body = line.lstrip(" \t\f")
+    leading = line[: len(line) - len(body)]
+    if "\f" in leading:
+        leading = leading[leading.rindex("\f") + 1:]
+    return leading + body
+
+
 def _indent_cell(python: str) -> list[str]:
     """Indent a cell's lines, leaving continuation lines of multi-line strings untouched."""
+    python = "\n".join(_drop_formfeeds(line) for line in python_lines(python))
     lines = python.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
@@ -69,19 +107,26 @@ def _indent_cell(python: str) -> list[str]:
     return out
 
 
+def safe_cell_id(cell: Cell) -> str | None:
+    """The cell's id where it is nbformat's id syntax; anything else is left out of code."""
+    return cell.id if cell.id and _CELL_ID.match(cell.id) else None
+
+
 def _marker(cell: Cell, role: str | None = None) -> str:
     head = f"{role} cell" if role else "cell"
-    ident = f" (id {cell.id})" if cell.id else ""
+    cid = safe_cell_id(cell)
+    ident = f" (id {cid})" if cid else ""
     return f"{INDENT}# --- {head} {cell.index}{ident} ---"
 
 
 def _cell_code(graph: StepGraph, cell: Cell, used_imports: set[str] | None = None) -> list[str]:
     code = graph.codes[cell.index]
     python = code.python
-    lines = python.split("\n")
+    lines = python_lines(python)
     for m in code.magics:
         if m.install and 0 < m.line <= len(lines):
-            lines[m.line - 1] = f"pass  # not run in the pipeline (the image has it): {m.text}"
+            text = " ".join(python_lines(m.text))
+            lines[m.line - 1] = f"pass  # not run in the pipeline (the image has it): {text}"
     for first, last in code.future_imports:  # only legal at the top of a module
         for n in range(first - 1, last):
             lines[n] = ("pass  # module-level, left out: " if n == first - 1 else "# ") + \
@@ -116,9 +161,22 @@ def _comment_unused_imports(python: str, lines: list[str], used: set[str]) -> No
                 lines[n] = "# " + lines[n] + ("  # not used by this step" if n == end - 1 else "")
 
 
+# list and dict parameters travel as JSON text: KFP's struct values keep numbers as
+# doubles only ([1, 2] would arrive as [1.0, 2.0]). A `None` parameter is an optional
+# string, also as JSON text (null or "text"): kfp.local cannot run a KFP optional input
+# that has no default (kfp 2.17.3: "Unknown value type").
+JSON_KINDS = frozenset({"list", "dict", "none"})
+
+
 def _annotation(kind: str) -> str:
-    return {"int": "int", "float": "float", "str": "str", "bool": "bool", "list": "list",
-            "dict": "dict"}[kind]
+    return {"int": "int", "float": "float", "str": "str", "bool": "bool", "list": "str",
+            "dict": "str", "none": "str"}[kind]
+
+
+def _default(param: Parameter) -> str:
+    if param.type in JSON_KINDS:
+        return repr(json.dumps(param.value, sort_keys=False))
+    return repr(param.value)
 
 
 def step_source(graph: StepGraph, step: Step) -> list[str]:
@@ -126,11 +184,11 @@ def step_source(graph: StepGraph, step: Step) -> list[str]:
     for p in step.params:
         args.append(f"{p}: {_annotation(graph.parameters[p].type)}")
     for var in sorted(step.inputs):
-        args.append(f"in_{var}: Input[Artifact]")
+        args.append(f"{input_arg(var)}: Input[Artifact]")
     for var in sorted(step.outputs):
-        args.append(f"out_{var}: Output[Artifact]")
+        args.append(f"{output_arg(var)}: Output[Artifact]")
     if step.metrics:
-        args.append("nbship_metrics: Output[Metrics]")
+        args.append(f"{METRICS_ARG}: Output[Metrics]")
     image = repr(step.image) if step.image else "BASE_IMAGE"
     cells = ", ".join(str(c.index) for c in step.cells)
     out = [
@@ -138,7 +196,7 @@ def step_source(graph: StepGraph, step: Step) -> list[str]:
         f"def {step.func}(",
         *[f"    {a}," for a in args],
         "):",
-        f'    """Step {step.name!r}: cells {cells} of {graph.notebook.name}."""',
+        f"    {_docstring(f'Step {step.name!r}: cells {cells} of {graph.notebook.name}.')}",
     ]
     uses_ipython = any(graph.codes[c.index].magics and not all(
         m.install for m in graph.codes[c.index].magics)
@@ -151,6 +209,10 @@ def step_source(graph: StepGraph, step: Step) -> list[str]:
         f"    with StepRun({step.name!r}, {graph.notebook.name!r}) as {RUNTIME}:",
     ]
     body: list[str] = []
+    json_params = [p for p in step.params if graph.parameters[p].type in JSON_KINDS]
+    if json_params:
+        body.append(f"{INDENT}# --- list/dict/None parameters arrive as JSON text ---")
+        body += [f"{INDENT}{p} = {RUNTIME}.json_parameter({p!r}, {p})" for p in json_params]
     for cell in step.imports_cells:
         body += [_marker(cell, "imports"), *_cell_code(graph, cell, step.import_names)]
     if step.carried_imports:
@@ -161,7 +223,7 @@ def step_source(graph: StepGraph, step: Step) -> list[str]:
     if step.inputs:
         body.append(f"{INDENT}# --- inputs from upstream steps ---")
         for var in sorted(step.inputs):
-            body.append(f"{INDENT}{var} = {RUNTIME}.load(in_{var}, {var!r})"
+            body.append(f"{INDENT}{var} = {RUNTIME}.load({input_arg(var)}, {var!r})"
                         f"  # from step {step.inputs[var]!r}")
     for cell in step.cells:
         body += [_marker(cell), *_cell_code(graph, cell)]
@@ -170,9 +232,10 @@ def step_source(graph: StepGraph, step: Step) -> list[str]:
     for var in sorted(step.outputs):
         cell, _line = step.outputs[var]
         cid = f", cell_id={cell.id!r}" if cell.id else ""
-        body.append(f"{INDENT}{RUNTIME}.save(out_{var}, {var!r}, {var}, cell={cell.index}{cid})")
+        body.append(f"{INDENT}{RUNTIME}.save({output_arg(var)}, {var!r}, {var}, "
+                    f"cell={cell.index}{cid})")
     for metric in step.metrics:
-        body.append(f"{INDENT}{RUNTIME}.log_metric(nbship_metrics, {metric!r}, {metric})")
+        body.append(f"{INDENT}{RUNTIME}.log_metric({METRICS_ARG}, {metric!r}, {metric})")
     if not any(line.strip() and not line.strip().startswith("#") for line in body):
         body.append(f"{INDENT}pass")
     return out + body
@@ -187,7 +250,7 @@ def _task_settings(step: Step, var: str) -> list[str]:
             lines.append(f"    {var}.set_cpu_limit({value!r})")
         elif key == "memory":
             lines.append(f"    {var}.set_memory_limit({value!r})")
-        elif "gpu" in key or "/" in key:
+        elif is_accelerator(key):
             lines.append(f"    {var}.set_accelerator_type({key!r}).set_accelerator_limit("
                          f"{value!r})")
     for k, v in step.labels.items():
@@ -204,14 +267,17 @@ def generate(graph: StepGraph, *, base_image: str, provenance: Provenance) -> st
     """The pipeline module's source. Deterministic: same graph and inputs, same text."""
     needs_k8s = any(s.labels or s.annotations or s.secrets for s in graph.steps)
     name = pipeline_name(graph)
-    head = [
-        f'"""KFP v2 pipeline {name!r}, generated by nbship {__version__} from '
-        f'{graph.notebook.name}.',
+    doc = "\n".join([
+        f"KFP v2 pipeline {name!r}, generated by nbship {__version__} from "
+        f"{graph.notebook.name!r}.",
         "",
         "Do not edit: change the notebook and run `nbship compile` again.",
         f"Notebook sha256: {provenance.sha256}",
         f"Git commit: {provenance.commit or 'none'}{' (dirty)' if provenance.dirty else ''}",
-        '"""',
+        "",
+    ])
+    head = [
+        _docstring(doc),
         "",
         "from kfp import dsl",
         "from kfp.dsl import Artifact, Input, Metrics, Output",
@@ -227,16 +293,17 @@ def generate(graph: StepGraph, *, base_image: str, provenance: Provenance) -> st
     parts = ["\n".join(head)]
     for step in graph.steps:
         parts.append("\n".join(step_source(graph, step)))
-    params = [f"    {p.name}: {_annotation(p.type)} = {p.value!r}," for p in
+    params = [f"    {p.name}: {_annotation(p.type)} = {_default(p)}," for p in
               graph.parameters.values()]
     pipe = [f"@dsl.pipeline(name={name!r}, description=DESCRIPTION)", "def pipeline("]
     pipe += params
     pipe.append("):")
-    task_var = {s.name: f"{s.func}_task" for s in graph.steps}
+    # `_` + the step's function: step names and parameters never start with `_`
+    task_var = {s.name: f"_{s.func}" for s in graph.steps}
     data_pairs = {(e.src, e.dst) for e in graph.edges if e.variables}
     for step in graph.topological():
         kwargs = [f"{p}={p}" for p in step.params]
-        kwargs += [f"in_{v}={task_var[step.inputs[v]]}.outputs['out_{v}']"
+        kwargs += [f"{input_arg(v)}={task_var[step.inputs[v]]}.outputs[{output_arg(v)!r}]"
                    for v in sorted(step.inputs)]
         pipe.append(f"    {task_var[step.name]} = {step.func}({', '.join(kwargs)})")
         for e in graph.edges:
@@ -246,4 +313,82 @@ def generate(graph: StepGraph, *, base_image: str, provenance: Provenance) -> st
     if not graph.steps:
         pipe.append("    pass")
     parts.append("\n".join(pipe))
-    return "\n\n\n".join(parts) + "\n"
+    source = "\n\n\n".join(parts) + "\n"
+    verify_shape(source, graph)
+    return source
+
+
+def _docstring(text: str) -> str:
+    """A docstring literal for ``text``: triple-quoted when that is exactly ``text``."""
+    if ('"""' not in text and "\\" not in text and not text.endswith('"')
+            and all(ch == "\n" or ch.isprintable() for ch in text)):
+        candidate = f'"""{text}"""'
+        try:
+            if ast.literal_eval(candidate) == text:
+                return candidate
+        except (SyntaxError, ValueError):
+            pass
+    return repr(text)
+
+
+def verify_shape(source: str, graph: StepGraph) -> None:
+    """Re-parse the generated module; raise CompileError unless it is exactly what we built.
+
+    Importing the module (which KFP's compiler needs) must run nothing of the notebook:
+    at the top level only the docstring, kfp imports, two constants, one decorated
+    function per step and the pipeline function; each step function's arguments as
+    generated and no defaults; its body a docstring, imports and one ``with`` block
+    holding the cells. Notebook text that escaped its place fails this check.
+    """
+    def fail(why: str) -> CompileError:
+        return CompileError(f"the generated pipeline module is not as built ({why}); "
+                            "refusing to import it", where=graph.notebook.where(),
+                            hint="this is a bug in nbship: please report it with the notebook")
+
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as exc:
+        raise fail(f"syntax error at line {exc.lineno}: {exc.msg}") from None
+    body = list(tree.body)
+    if not body or not (isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                        and isinstance(body[0].value.value, str)):
+        raise fail("no module docstring first")
+    body.pop(0)
+    while body and isinstance(body[0], ast.ImportFrom):
+        if body[0].module not in ("kfp", "kfp.dsl"):
+            raise fail(f"unexpected import at line {body[0].lineno}")
+        body.pop(0)
+    for const in ("BASE_IMAGE", "DESCRIPTION"):
+        stmt = body.pop(0) if body else None
+        if not (isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
+                and isinstance(stmt.targets[0], ast.Name) and stmt.targets[0].id == const
+                and isinstance(stmt.value, ast.Constant)):
+            raise fail(f"{const} is not a constant")
+    funcs = [s.func for s in graph.steps] + ["pipeline"]
+    if len(body) != len(funcs) or not all(isinstance(n, ast.FunctionDef) for n in body):
+        raise fail("top-level statements other than the step and pipeline functions")
+    for node, step in zip(body, [*graph.steps, None]):
+        assert isinstance(node, ast.FunctionDef)
+        expected = step.func if step else "pipeline"
+        if node.name != expected or len(node.decorator_list) != 1:
+            raise fail(f"function {node.name!r} where {expected!r} was generated")
+        args = node.args
+        if args.vararg or args.kwarg or args.kwonlyargs or args.posonlyargs:
+            raise fail(f"function {node.name!r} has unexpected arguments")
+        for default in args.defaults:
+            try:
+                ast.literal_eval(default)
+            except ValueError:
+                raise fail(f"a default of {node.name!r} is not a literal") from None
+        if step is None:
+            continue
+        if args.defaults:
+            raise fail(f"step function {node.name!r} has defaults")
+        stmts = list(node.body)
+        if stmts and isinstance(stmts[0], ast.Expr) and isinstance(stmts[0].value, ast.Constant):
+            stmts.pop(0)
+        while stmts and isinstance(stmts[0], ast.ImportFrom) and \
+                (stmts[0].module or "").startswith("nbship.runtime."):
+            stmts.pop(0)
+        if len(stmts) != 1 or not isinstance(stmts[0], ast.With):
+            raise fail(f"step function {node.name!r} has code outside its `with StepRun`")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from nbship.errors import AnalysisError, CompileError
 from nbship.extract.codegen import Provenance, generate, pipeline_name
@@ -67,8 +69,63 @@ def _compile_module(module_path: Path, yaml_path: Path) -> None:
             warnings.simplefilter("ignore")
             spec.loader.exec_module(module)
             compiler.Compiler().compile(module.pipeline, str(yaml_path))
+        _rewrite_yaml(module.pipeline, yaml_path)
     finally:
         sys.modules.pop(name, None)
+
+
+# What YAML (1.1, PyYAML) takes as a line break: a comment ends at any of them.
+_YAML_BREAKS = re.compile("\r\n|[\n\r\x85\u2028\u2029]")
+
+
+def _escaped(text: str) -> str:
+    """``text`` with every control or line-break character escaped as Python would."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+def _header(spec: dict[str, Any], description: str | None) -> str:
+    """KFP's comment block above the IR, with every notebook text escaped onto its line.
+
+    KFP writes string defaults into the comment as they are, so a default holding a
+    newline would add real YAML keys; here they are escaped first. The block is KFP's
+    own (``extract_comments_from_pipeline_spec``) where this kfp has it.
+    """
+    import copy
+
+    from kfp.compiler import pipeline_spec_builder
+
+    shown = copy.deepcopy(spec)
+    params = shown.get("root", {}).get("inputDefinitions", {}).get("parameters", {})
+    for body in params.values():
+        if isinstance(body.get("defaultValue"), str):
+            body["defaultValue"] = _escaped(body["defaultValue"])
+    name = _escaped(str(shown.get("pipelineInfo", {}).get("name", "")))
+    shown.setdefault("pipelineInfo", {})["name"] = name
+    desc = _escaped(description) if description else None
+    extract = getattr(pipeline_spec_builder, "extract_comments_from_pipeline_spec", None)
+    text = extract(shown, desc) if extract else f"# PIPELINE DEFINITION\n# Name: {name}\n"
+    lines = _YAML_BREAKS.split(text.rstrip("\n"))
+    if not all(line.startswith("#") for line in lines):
+        text = f"# PIPELINE DEFINITION\n# Name: {name}\n"
+    return text
+
+
+def _rewrite_yaml(pipeline: Any, yaml_path: Path) -> None:
+    """Write the IR as KFP does, under a header with notebook text escaped; check it reads back.
+
+    The documents are KFP's in-memory PipelineSpec (and PlatformSpec); the file must load
+    back to exactly them, so no text from the notebook adds or changes a key.
+    """
+    import yaml
+    from google.protobuf import json_format
+
+    docs = [json_format.MessageToDict(pipeline.pipeline_spec)]
+    if len(pipeline.platform_spec.platforms) > 0:
+        docs.append(json_format.MessageToDict(pipeline.platform_spec))
+    text = _header(docs[0], pipeline.description) + yaml.dump_all(docs, sort_keys=True)
+    if list(yaml.safe_load_all(text)) != docs:
+        raise CompileError("the compiled YAML does not read back as the pipeline KFP built")
+    yaml_path.write_text(text)
 
 
 def check_round_trip(yaml_path: Path) -> None:

@@ -39,9 +39,10 @@ def test_every_cell_has_a_marker_that_the_runtime_recognises() -> None:
 
 def test_inputs_loaded_outputs_saved_metrics_logged() -> None:
     src = source_of("three_numpy_steps")
-    assert "data = _nbship.load(in_data, 'data')  # from step 'generate'" in src
-    assert "_nbship.save(out_centered, 'centered', centered, cell=4, cell_id='c4')" in src
-    assert "_nbship.log_metric(nbship_metrics, 'spread', spread)" in src
+    assert "data = nbship_step.load(nbship_in_data, 'data')  # from step 'generate'" in src
+    assert ("nbship_step.save(nbship_out_centered, 'centered', centered, cell=4, "
+            "cell_id='c4')") in src
+    assert "nbship_step.log_metric(nbship_metrics, 'spread', spread)" in src
     assert "def pipeline(\n    n: int = 50,\n    seed: int = 0,\n):" in src
 
 
@@ -72,12 +73,12 @@ def test_pip_install_lines_do_not_run() -> None:
 
 def test_task_settings_reach_the_pipeline_function() -> None:
     src = source_of("task_settings_tags")
-    assert "train_task.set_cpu_limit('2')" in src
-    assert "train_task.set_memory_limit('4Gi')" in src
+    assert "_train.set_cpu_limit('2')" in src
+    assert "_train.set_memory_limit('4Gi')" in src
     assert "set_accelerator_type('nvidia.com/gpu').set_accelerator_limit('1')" in src
-    assert "train_task.set_caching_options(False)" in src
-    assert "kubernetes.add_pod_label(train_task, 'team', 'vision')" in src
-    assert "kubernetes.use_secret_as_env(train_task, secret_name='db-creds'" in src
+    assert "_train.set_caching_options(False)" in src
+    assert "kubernetes.add_pod_label(_train, 'team', 'vision')" in src
+    assert "kubernetes.use_secret_as_env(_train, secret_name='db-creds'" in src
     assert "@dsl.component(base_image='python:3.11-slim'" in src
 
 
