@@ -172,10 +172,21 @@ def _parser() -> argparse.ArgumentParser:
                        "registry), listening on 127.0.0.1 and storing under "
                        ".nbship/registry. It runs detached until `nbship registry down`.")
     g.add_argument("action", choices=["up", "down", "status"])
-    g.add_argument("--port", type=int, default=5000, help="port for `up` (default: 5000)")
+    g.add_argument("--port", type=_port, default=5000, help="port for `up` (default: 5000)")
     g.add_argument("--root", type=Path, default=Path(".nbship/registry"), metavar="DIR",
                    help="storage and state (default: .nbship/registry)")
     return p
+
+
+def _port(text: str) -> int:
+    """A TCP port to listen on: 1-65535."""
+    try:
+        port = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port (1-65535)")
+    return port
 
 
 def _image_options(p: argparse.ArgumentParser) -> None:
