@@ -3,8 +3,10 @@
 A cached `nbship run` spends most of its time importing nbformat and IPython and
 analysing the notebook again. When the notebook's bytes, nbship's own code and
 the environment are unchanged, the graph from last time is the same graph: it is
-kept in ``.nbship/cache/`` (pickled; nbship's own files, written atomically) and
-read back instead. Any change to one of the three is a different key.
+kept in ``.nbship/cache/`` (pickled, written atomically) and read back instead.
+Any change to one of the three is a different key. Each entry is sealed with an
+HMAC of this machine's key (nbship.signing): an entry that a cloned or copied
+folder brings does not verify and is never unpickled.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 from nbship.extract.graph import StepGraph, build_graph
 from nbship.files import write_atomic
 from nbship.notebook import read_notebook
+from nbship.signing import seal, unseal
 
 CACHE_DIR = Path(os.environ.get("NBSHIP_CACHE_DIR", ".nbship/cache"))
 
@@ -53,7 +56,8 @@ def analyse(path: Path, *, cache_dir: Path = CACHE_DIR) -> StepGraph:
         os.getcwd().encode()])).hexdigest()
     entry = cache_dir / f"{key}.pickle"
     try:
-        graph = pickle.loads(entry.read_bytes())
+        payload = unseal(entry.read_bytes())
+        graph = pickle.loads(payload) if payload is not None else None
         if isinstance(graph, StepGraph):
             return graph
     except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError):
@@ -61,7 +65,7 @@ def analyse(path: Path, *, cache_dir: Path = CACHE_DIR) -> StepGraph:
     graph = build_graph(read_notebook(path))
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(entry, pickle.dumps(graph))
-    except OSError:
+        write_atomic(entry, seal(pickle.dumps(graph)))
+    except (OSError, RecursionError):
         pass  # a read-only folder only costs the next run its speed
     return graph

@@ -4,6 +4,18 @@ Each value is written into a directory (the KFP artifact's path) as ``value.<ext
 plus ``nbship.json`` naming the serializer, the Python type and the sha256 of the
 bytes. The registry is ordered: the first serializer whose ``accepts`` says yes
 wins. Heavy libraries are imported only when a value of theirs shows up.
+
+Loading checks the bytes against the recorded sha256 before a serializer opens
+them. Serializers whose format can run code on load (pickle, cloudpickle, joblib:
+``safe=False``) also need the metadata's HMAC made with this machine's key
+(nbship.signing): an artifact another folder or machine brings is refused, never
+unpickled.
+
+Other serializers plug in through the ``nbship.serializers`` entry point group: each
+entry point names a :class:`Serializer`; they are tried before the built-in ones::
+
+    [project.entry-points."nbship.serializers"]
+    polars = "my_package.nbship_polars:SERIALIZER"
 """
 
 from __future__ import annotations
@@ -18,18 +30,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nbship import signing
 from nbship.files import sha256_file
 
 META = "nbship.json"
+ENTRY_POINT_GROUP = "nbship.serializers"
 
 
 @dataclass(frozen=True)
 class Serializer:
+    """How one kind of value is written to ``filename`` and read back.
+
+    ``safe``: loading cannot run code (JSON, .npy without pickle, safetensors). A
+    serializer with ``safe=False`` is only ever given files this machine's nbship wrote.
+    """
+
     name: str
     filename: str
     accepts: Callable[[Any], bool]
     save: Callable[[Any, Path], None]
     load: Callable[[Path], Any]
+    safe: bool = False
 
 
 def _module_of(value: Any) -> str:
@@ -162,15 +183,16 @@ def _cloudpickle_load(path: Path) -> Any:
     return cloudpickle.loads(path.read_bytes())
 
 
-REGISTRY: list[Serializer] = [
-    Serializer("json", "value.json", _json_exact, _json_save, _json_load),
-    Serializer("numpy", "value.npy", _npy_accepts, _npy_save, _npy_load),
+BUILTIN: list[Serializer] = [
+    Serializer("json", "value.json", _json_exact, _json_save, _json_load, safe=True),
+    Serializer("numpy", "value.npy", _npy_accepts, _npy_save, _npy_load, safe=True),
     Serializer(
         "torch-tensor",
         "value.safetensors",
         lambda v: is_instance(v, "torch", "Tensor") and not v.is_sparse,
         _tensor_save,
         _tensor_load,
+        safe=True,
     ),
     Serializer(
         "torch-module",
@@ -190,11 +212,43 @@ REGISTRY: list[Serializer] = [
 ]
 FALLBACK = Serializer("cloudpickle", "value.pkl", lambda v: True, _cloudpickle_save,
                       _cloudpickle_load)
-_BY_NAME = {s.name: s for s in [*REGISTRY, FALLBACK]}
+_plugins: list[Serializer] | None = None
+
+
+def plugins() -> list[Serializer]:
+    """The serializers that installed packages register (``nbship.serializers``), once."""
+    global _plugins
+    if _plugins is None:
+        from importlib.metadata import entry_points
+
+        found: list[Serializer] = []
+        for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+            try:
+                obj = ep.load()
+            except Exception as exc:  # a broken plug-in must not stop every step
+                print(f"nbship: warning: serializer plug-in {ep.name!r} ({ep.value}) does not "
+                      f"load: {exc}", file=sys.stderr)
+                continue
+            if isinstance(obj, Serializer) and obj.name not in {s.name for s in BUILTIN}:
+                found.append(obj)
+            else:
+                print(f"nbship: warning: serializer plug-in {ep.name!r} is not a "
+                      "nbship Serializer with a name of its own; ignored", file=sys.stderr)
+        _plugins = found
+    return _plugins
+
+
+def registry() -> list[Serializer]:
+    """Plug-ins first, then the built-in serializers (cloudpickle comes last, in ``choose``)."""
+    return [*plugins(), *BUILTIN]
+
+
+def by_name(name: str) -> Serializer | None:
+    return next((s for s in [*registry(), FALLBACK] if s.name == name), None)
 
 
 def choose(value: Any) -> Serializer:
-    for s in REGISTRY:
+    for s in registry():
         try:
             if s.accepts(value):
                 return s
@@ -230,14 +284,52 @@ def save(value: Any, directory: str | os.PathLike[str]) -> dict[str, Any]:
         "file": s.filename,
         "sha256": digest(target),
     }
+    if not s.safe:
+        meta["hmac"] = signing.mac(_signed_part(meta)).hex()
     (d / META).write_text(json.dumps(meta, indent=2))
     return meta
 
 
+def _signed_part(meta: dict[str, Any]) -> bytes:
+    return json.dumps({k: meta.get(k) for k in ("serializer", "type", "file", "sha256")},
+                      sort_keys=True).encode()
+
+
+class UntrustedArtifact(Exception):
+    """An artifact that does not verify: changed bytes, or code-running format from elsewhere."""
+
+
 def load(directory: str | os.PathLike[str]) -> Any:
+    """Read back what ``save`` wrote, after checking its bytes (and origin, for pickles)."""
     d = Path(directory)
-    meta = json.loads((d / META).read_text())
-    return _BY_NAME[meta["serializer"]].load(d / meta["file"])
+    try:
+        meta = json.loads((d / META).read_text())
+    except (OSError, ValueError) as exc:
+        raise UntrustedArtifact(f"{d}: no readable {META} ({exc})") from None
+    if not isinstance(meta, dict):
+        raise UntrustedArtifact(f"{d}: {META} is not an object")
+    s = by_name(str(meta.get("serializer")))
+    if s is None:
+        raise UntrustedArtifact(f"{d}: unknown serializer {meta.get('serializer')!r} (a "
+                                "plug-in that is not installed here?)")
+    if meta.get("file") != s.filename:
+        raise UntrustedArtifact(f"{d}: file {meta.get('file')!r} is not {s.name}'s")
+    target = d / s.filename
+    if not target.exists() or digest(target) != meta.get("sha256"):
+        raise UntrustedArtifact(f"{d}: the value's bytes do not match the sha256 recorded "
+                                "when it was saved")
+    if not s.safe:
+        tag = meta.get("hmac")
+        try:
+            ok = isinstance(tag, str) and signing.verify(_signed_part(meta), bytes.fromhex(tag))
+        except ValueError:
+            ok = False
+        if not ok:
+            raise UntrustedArtifact(
+                f"{d}: a {s.name} value that this machine's nbship did not write; it is not "
+                f"opened, since loading it could run code (set {signing.KEY_ENV} to the same "
+                "key for every step when steps run on several machines)")
+    return s.load(target)
 
 
 def summary(value: Any) -> str:
