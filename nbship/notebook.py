@@ -56,10 +56,14 @@ PASSTHROUGH_TAGS = frozenset(
 
 @dataclass(frozen=True)
 class TagNote:
-    """A remark about a cell's tags (unknown tag, conflicting roles...)."""
+    """A remark about a cell's tags (unknown tag, conflicting roles...).
+
+    ``error``: the tag would fail the run on Kubernetes; ``nbship check`` refuses it.
+    """
 
     cell: int
     message: str
+    error: bool = False
 
 
 @dataclass
@@ -213,7 +217,18 @@ def read_notebook(path: str | Path, *, require_code: bool = True) -> Notebook:
     )
 
 
-_KV = re.compile(r"^(?P<kind>limit|annotation|label):(?P<key>.+):(?P<value>[^:]*)$")
+# KIND:KEY:VALUE, split at the first colon after the key as Kale does (values hold colons:
+# URLs, timestamps).
+_KV = re.compile(r"^(?P<kind>limit|annotation|label):(?P<key>[^:]+):(?P<value>.*)$", re.S)
+# What Kubernetes accepts (apimachinery's validation): a secret's name is a DNS-1123
+# subdomain, a secret key [-._a-zA-Z0-9]+, an environment variable a C identifier.
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# The limits KFP can set on a task, with the value syntax its PipelineTask checks.
+_CPU = re.compile(r"^([0-9]*[.])?[0-9]+m?$")
+_MEMORY = re.compile(r"^[0-9]+(E|Ei|P|Pi|T|Ti|G|Gi|M|Mi|K|Ki)?$")
+_COUNT = re.compile(r"^[0-9]+$")
 
 
 def parse_tags(cell: Cell) -> list[TagNote]:
@@ -256,13 +271,22 @@ def parse_tags(cell: Cell) -> list[TagNote]:
         elif tag.startswith("secret:"):
             parts = tag.split(":")
             if len(parts) == 4 and all(parts[1:]):
-                cell.secrets.append((parts[1], parts[2], parts[3]))
+                problem = _secret_problem(*parts[1:])
+                if problem:
+                    notes.append(TagNote(cell.index, f"tag {tag!r}: {problem}", error=True))
+                else:
+                    cell.secrets.append((parts[1], parts[2], parts[3]))
             else:
-                notes.append(TagNote(cell.index, f"tag {tag!r}: use secret:NAME:KEY:ENV"))
+                notes.append(TagNote(cell.index, f"tag {tag!r}: use secret:NAME:KEY:ENV",
+                                     error=True))
         elif _KV.match(tag):
             m = _KV.match(tag)
             assert m is not None
             kind, key, value = m["kind"], m["key"], m["value"]
+            problem = _limit_problem(key, value) if kind == "limit" else None
+            if problem:
+                notes.append(TagNote(cell.index, f"tag {tag!r}: {problem}", error=True))
+                continue
             {"limit": cell.limits, "label": cell.labels, "annotation": cell.annotations}[kind][
                 key
             ] = value
@@ -280,3 +304,34 @@ def parse_tags(cell: Cell) -> list[TagNote]:
         )
     cell.role = distinct[0] if distinct else STEP
     return notes
+
+
+def _secret_problem(name: str, key: str, env: str) -> str | None:
+    if len(name) > 253 or not _DNS_SUBDOMAIN.match(name):
+        return (f"{name!r} is not a Kubernetes secret name (lowercase letters, digits, '-' "
+                "and '.', starting and ending with a letter or digit)")
+    if not _SECRET_KEY.match(key):
+        return f"{key!r} is not a secret key (letters, digits, '-', '_' and '.')"
+    if not _ENV_NAME.match(env):
+        return (f"{env!r} is not an environment variable name (letters, digits and '_', "
+                "not starting with a digit)")
+    return None
+
+
+def is_accelerator(resource: str) -> bool:
+    return "gpu" in resource or "/" in resource
+
+
+def _limit_problem(resource: str, value: str) -> str | None:
+    """Why KFP would refuse ``limit:resource:value``, or None."""
+    if resource == "cpu":
+        return None if _CPU.match(value) else (
+            f"{value!r} is not a CPU quantity (e.g. 2, 0.5 or 500m)")
+    if resource == "memory":
+        return None if _MEMORY.match(value) else (
+            f"{value!r} is not a memory quantity (e.g. 4Gi, 512Mi or 1G)")
+    if is_accelerator(resource):
+        return None if _COUNT.match(value) else (
+            f"{value!r} is not a count of accelerators (a whole number)")
+    return (f"KFP sets no {resource!r} limit on a task; the limits are cpu, memory and "
+            "accelerators such as nvidia.com/gpu")

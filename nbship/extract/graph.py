@@ -59,6 +59,14 @@ READ_ONLY_METHODS = frozenset(
 )
 
 _STEP_NAME = re.compile(r"^[a-z]([a-z0-9_-]{0,61}[a-z0-9])?$")
+# Names the generated module binds at its top level (besides the step functions).
+RESERVED_STEP_NAMES = frozenset({"dsl", "kubernetes", "pipeline"})
+# Every name generated code binds inside a step starts with one of these; user code may
+# not use them, so the two can never collide.
+RESERVED_PREFIXES = ("nbship_", "_nbship")
+_PARAMETER_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+# KFP carries numbers as JSON doubles: integers beyond this are not exact.
+MAX_EXACT_INT = 2 ** 53
 
 
 @dataclass(frozen=True)
@@ -90,7 +98,7 @@ class Problem:
 class Parameter:
     name: str
     value: Any
-    type: str  # int | float | str | bool | list | dict
+    type: str  # int | float | str | bool | list | dict | none (an optional str)
     cell: Cell
     line: int
 
@@ -199,7 +207,7 @@ def build_graph(nb: Notebook) -> StepGraph:
     a = _Analysis(nb)
     for note in nb.notes:
         cell = next(c for c in nb.cells if c.index == note.cell)
-        a.problem(WARNING, "tag", note.message, cell)
+        a.problem(ERROR if note.error else WARNING, "tag", note.message, cell)
     for cell in nb.cells:
         if cell.role == SKIP:
             # never runs in the pipeline: read only for the names it defines, and without
@@ -241,7 +249,8 @@ def build_graph(nb: Notebook) -> StepGraph:
         codes=a.codes,
         problems=a.problems,
     )
-    _check_names(a, steps)
+    _check_names(a, steps, params)
+    _check_reserved(a, nb, special[SKIP])
     if not any(c.source.strip() for s in steps for c in s.cells):
         where = special[PARAMETERS] or special[IMPORTS] or special[FUNCTIONS] or nb.cells
         a.problem(ERROR, "no-steps", "the notebook has no step code to run (only "
@@ -323,7 +332,7 @@ def _apply_settings(step: Step, cell: Cell) -> None:
     step.secrets.extend(s for s in cell.secrets if s not in step.secrets)
 
 
-def _check_names(a: _Analysis, steps: list[Step]) -> None:
+def _check_names(a: _Analysis, steps: list[Step], params: dict[str, Parameter]) -> None:
     seen: dict[str, str] = {}
     for step in steps:
         first = step.cells[0]
@@ -332,6 +341,17 @@ def _check_names(a: _Analysis, steps: list[Step]) -> None:
                       f"step name {step.name!r} would be refused by KFP/Kubernetes", first,
                       hint="use lowercase letters, digits, '-' or '_', starting with a letter, "
                       "at most 63 characters, not a Python keyword")
+        elif step.func in RESERVED_STEP_NAMES or step.func.startswith(RESERVED_PREFIXES):
+            a.problem(ERROR, "step-name",
+                      f"step name {step.name!r} is taken by the generated pipeline module", first,
+                      hint=f"rename the step (reserved: {', '.join(sorted(RESERVED_STEP_NAMES))}"
+                      f", and names starting {' or '.join(RESERVED_PREFIXES)})")
+        elif step.func in params:
+            p = params[step.func]
+            a.problem(ERROR, "step-name",
+                      f"step {step.name!r} has the name of the parameter {step.func!r} (cell "
+                      f"{p.cell.index}, line {p.line}): the pipeline could not call the step",
+                      first, hint="rename the step or the parameter")
         elif step.func in seen and seen[step.func] != step.name:
             a.problem(ERROR, "step-name",
                       f"step names {seen[step.func]!r} and {step.name!r} become the same "
@@ -339,8 +359,49 @@ def _check_names(a: _Analysis, steps: list[Step]) -> None:
         seen.setdefault(step.func, step.name)
 
 
+def _check_reserved(a: _Analysis, nb: Notebook, skip_cells: list[Cell]) -> None:
+    """Refuse user names that the generated step code uses for itself."""
+    skipped = {c.index for c in skip_cells}
+    for cell in nb.cells:
+        if cell.index in skipped:
+            continue
+        seen: set[str] = set()
+        for e in a.codes[cell.index].events:
+            if e.name.startswith(RESERVED_PREFIXES) and e.name not in seen:
+                seen.add(e.name)
+                a.problem(ERROR, "reserved-name",
+                          f"{e.name!r}: names starting with {' or '.join(RESERVED_PREFIXES)} are "
+                          "nbship's own inside a step", cell, e.line, hint="rename it")
+
+
 # parameters and metrics ------------------------------------------------------
-_TYPES = {bool: "bool", int: "int", float: "float", str: "str", list: "list", dict: "dict"}
+_TYPES = {bool: "bool", int: "int", float: "float", str: "str", list: "list", dict: "dict",
+          type(None): "none"}
+
+
+def value_problem(value: Any, *, top: bool = True) -> str | None:
+    """Why ``value`` cannot travel exactly as a KFP parameter (JSON), or None."""
+    import math
+
+    if value is None or isinstance(value, (bool, str)):
+        return None
+    if type(value) is int:
+        return None if abs(value) <= MAX_EXACT_INT else (
+            f"the integer {value} is beyond 2**53, which KFP's JSON numbers do not keep exactly")
+    if type(value) is float:
+        return None if math.isfinite(value) else (
+            f"{value!r} is not a number JSON (and so KFP) can carry")
+    if type(value) is list:
+        return next((p for p in (value_problem(v, top=False) for v in value) if p), None)
+    if type(value) is dict:
+        for k, v in value.items():
+            if type(k) is not str:
+                return f"the key {k!r} is not a string (JSON objects have string keys)"
+            problem = value_problem(v, top=False)
+            if problem:
+                return problem
+        return None
+    return f"{type(value).__name__} values do not come back from JSON as they were"
 
 
 def _each_statement(a: _Analysis, cells: list[Cell], kind: str, what: str, hint: str,
@@ -371,24 +432,45 @@ def _parameters(a: _Analysis, cells: list[Cell]) -> dict[str, Parameter]:
             return False
         try:
             literal = ast.literal_eval(value)
-        except ValueError:
+        except (ValueError, TypeError):
             a.problem(ERROR, "parameter",
                       f"parameter {target.id!r} must be a literal value, not "
                       f"`{ast.unparse(value)}`", cell, stmt.lineno,
                       hint="compute it in a step from a literal parameter")
             return True
+        except (SyntaxError, RecursionError, MemoryError):
+            a.problem(ERROR, "parameter", f"parameter {target.id!r}: the value is too deeply "
+                      "nested to read", cell, stmt.lineno)
+            return True
         kind_name = _TYPES.get(type(literal))
+        name = target.id
         if kind_name is None:
             a.problem(ERROR, "parameter",
-                      f"parameter {target.id!r} = {literal!r}: KFP parameters are int, "
-                      "float, str, bool, list or dict", cell, stmt.lineno)
+                      f"parameter {name!r} = {_short(literal)}: KFP parameters are int, "
+                      "float, str, bool, list, dict or None", cell, stmt.lineno)
             return True
-        params[target.id] = Parameter(target.id, literal, kind_name, cell, stmt.lineno)
+        if not _PARAMETER_NAME.match(name) or name.startswith(RESERVED_PREFIXES):
+            a.problem(ERROR, "parameter",
+                      f"parameter name {name!r}: KFP parameter names are ASCII letters, digits "
+                      "and '_', starting with a letter", cell, stmt.lineno,
+                      hint="rename it (names starting with nbship_ are nbship's own)")
+            return True
+        problem = value_problem(literal)
+        if problem:
+            a.problem(ERROR, "parameter", f"parameter {name!r}: {problem}", cell, stmt.lineno,
+                      hint="compute it in a step from a parameter KFP can carry")
+            return True
+        params[name] = Parameter(name, literal, kind_name, cell, stmt.lineno)
         return True
 
     _each_statement(a, cells, "parameter", "parameters cell are not parameters and do not run "
                     "in the pipeline", "parameters are `name = literal` lines", take)
     return params
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _spans(lines: list[int]) -> str:

@@ -25,6 +25,7 @@ import importlib.util
 import os
 import sys
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -157,31 +158,61 @@ class ForkLauncher:
             return int(proc.exitcode if proc.exitcode is not None else 1)
 
 
+# The exit status of the last step process this thread started (for failure messages).
+last_exit = threading.local()
+
+
+def describe_exit(code: int) -> str:
+    """A step process's exit status in words: the signal that killed it, or the status."""
+    import signal
+
+    def name(number: int) -> str | None:
+        try:
+            return signal.Signals(number).name
+        except ValueError:
+            return None
+
+    if code < 0 and name(-code):
+        return f"was killed by signal {name(-code)}"
+    if code > 128 and name(code - 128):
+        return f"exited with status {code} (killed by signal {name(code - 128)})"
+    return f"exited with status {code}"
+
+
 @contextlib.contextmanager
 def installed(preload: Iterable[str]) -> Iterator[None]:
-    """kfp.local's SubprocessRunner starts lightweight steps through a ForkLauncher."""
-    if not enabled():
-        yield
-        return
-    from multiprocessing import forkserver
+    """kfp.local's SubprocessRunner starts lightweight steps through a ForkLauncher.
 
+    With ``NBSHIP_STEP_LAUNCH=subprocess`` kfp.local starts them itself; either way
+    the step's exit status is kept in ``last_exit.code``.
+    """
     from kfp.local import subprocess_task_handler as handler
 
-    launcher = ForkLauncher(preload)
-    _start(forkserver.ensure_running)  # a no-op when warm_up started it
+    fork = enabled()
+    if fork:
+        from multiprocessing import forkserver
+
+        launcher: ForkLauncher | None = ForkLauncher(preload)
+        _start(forkserver.ensure_running)  # a no-op when warm_up started it
+    else:
+        launcher = None
     original = handler.run_local_subprocess
 
     def run_local_subprocess(full_command: list[str],
                              env_vars: dict[str, str] | None = None) -> int:
-        code = launcher.run(full_command, env_vars)
-        return original(full_command, env_vars) if code is None else code
+        code = launcher.run(full_command, env_vars) if launcher is not None else None
+        if code is None:
+            code = original(full_command, env_vars)
+        last_exit.code = code
+        return code
 
     handler.run_local_subprocess = run_local_subprocess
     try:
         yield
     finally:
         handler.run_local_subprocess = original
-        _stop_fork_server()
+        if fork:
+            _stop_fork_server()
 
 
 def _stop_fork_server() -> None:

@@ -29,12 +29,14 @@ from typing import Any, TextIO
 from nbship import __version__
 from nbship.environ import environ
 from nbship.errors import Location, RunError
+from nbship.extract.codegen import METRICS_ARG, OUTPUT_PREFIX
 from nbship.extract.graph import StepGraph
 from nbship.files import write_atomic
-from nbship.pipelines import launcher
+from nbship.pipelines import kfp_internals, launcher
 from nbship.pipelines.compile import CompiledPipeline
 from nbship.pipelines.kfp_import import import_kfp
 from nbship.pipelines.launcher import imported_modules, third_party_modules
+from nbship.pipelines.params import to_kfp
 from nbship.runtime.step import FAILURE_DIR_ENV
 
 DEFAULT_ROOT = Path(".nbship/runs")
@@ -61,36 +63,80 @@ class RunResult:
 
 
 class _Tracker:
-    """Wraps kfp.local's task executor to report progress and keep each task's outputs."""
+    """Wraps kfp.local's task executor and cache: progress, each task's outputs, honest cache.
 
-    def __init__(self, echo: Callable[[str], None], width: int) -> None:
+    A task whose process ends with status 0 but without all the outputs its component
+    declares (a cell called ``os._exit(0)``) is a failure, and its outputs are never
+    cached; a cache entry that lacks declared outputs is a miss.
+    """
+
+    def __init__(self, echo: Callable[[str], None], width: int, failures: Path,
+                 steps: dict[str, str]) -> None:
         self.echo = echo
+        self.steps = steps  # task name -> step name
         self.width = width
+        self.failures = failures
         self.records: dict[str, TaskRecord] = {}
         self.local = threading.local()
         self.lock = threading.Lock()
 
+    def _complete(self, outputs: Any) -> bool:
+        expected = getattr(self.local, "expected", None)
+        return expected is None or (isinstance(outputs, dict) and expected <= set(outputs))
+
+    def _report(self, task: str, error: str) -> None:
+        """A failure report as a step writes one, unless the step wrote its own."""
+        step = self.steps.get(task, task)
+        path = self.failures / f"{step}.json"
+        if not path.exists():
+            with contextlib.suppress(OSError):
+                self.failures.mkdir(parents=True, exist_ok=True)
+                write_atomic(path, json.dumps({"step": step, "error": error}))
+
     @contextlib.contextmanager
     def installed(self) -> Iterator[None]:
         from kfp.local import cache as kcache
+        from kfp.local import status as kstatus
         from kfp.local.orchestrator import task_executor
 
         original_exec = task_executor.execute_single_task
         original_get = kcache.LocalCache.get
+        original_put = kcache.LocalCache.put
         tracker = self
 
         def get(cache_self: Any, key: str) -> Any:
             found = original_get(cache_self, key)
+            if found is not None and not tracker._complete(found):
+                found = None  # an entry from a step that ended early: run it again
             tracker.local.hit = found is not None
             return found
 
-        def execute(task_name: str, *args: Any, **kwargs: Any) -> Any:
+        def put(cache_self: Any, key: str, outputs: Any) -> None:
+            if tracker._complete(outputs):
+                original_put(cache_self, key, outputs)
+
+        def execute(task_name: str, **kwargs: Any) -> Any:
             tracker.local.hit = False
+            launcher.last_exit.code = None
+            spec = kwargs["components"][kwargs["task_spec"].component_ref.name]
+            outs = spec.output_definitions
+            tracker.local.expected = set(outs.artifacts) | set(outs.parameters)
             rec = TaskRecord(task_name)
             with tracker.lock:
                 tracker.records[task_name] = rec
             started = time.perf_counter()
-            outputs, status = original_exec(task_name, *args, **kwargs)
+            outputs, status = original_exec(task_name=task_name, **kwargs)
+            code = getattr(launcher.last_exit, "code", None)
+            if status.name == "SUCCESS" and not tracker._complete(outputs):
+                missing = sorted(tracker.local.expected - set(outputs or {}))
+                shown = ", ".join(m.removeprefix(OUTPUT_PREFIX) for m in missing)
+                tracker._report(task_name, f"the step's process ended (exit status {code}) "
+                                f"before its outputs ({shown}) were written: does a cell "
+                                "call sys.exit() or os._exit()?")
+                outputs, status = {}, kstatus.Status.FAILURE
+            elif status.name != "SUCCESS" and code:
+                tracker._report(task_name, f"the step's process {launcher.describe_exit(code)}")
+            tracker.local.expected = None
             rec.seconds = time.perf_counter() - started
             rec.cached = bool(getattr(tracker.local, "hit", False))
             rec.status = status.name
@@ -107,11 +153,13 @@ class _Tracker:
 
         task_executor.execute_single_task = execute  # type: ignore[assignment]
         kcache.LocalCache.get = get  # type: ignore[method-assign]
+        kcache.LocalCache.put = put  # type: ignore[method-assign]
         try:
             yield
         finally:
             task_executor.execute_single_task = original_exec  # type: ignore[assignment]
             kcache.LocalCache.get = original_get  # type: ignore[method-assign]
+            kcache.LocalCache.put = original_put  # type: ignore[method-assign]
 
 
 def _write_json(path: Path, doc: Any) -> None:
@@ -137,6 +185,8 @@ def run_compiled(compiled: CompiledPipeline, arguments: dict[str, Any], *,
     from kfp import local
     from kfp.components import load_component_from_file
 
+    kfp_internals.require(fork_server=launcher.enabled())
+
     out: TextIO = sys.stdout
     say = echo or (lambda line: print(line, file=out, flush=True))
     graph = compiled.graph
@@ -150,7 +200,7 @@ def run_compiled(compiled: CompiledPipeline, arguments: dict[str, Any], *,
     values = {**defaults, **arguments}
 
     width = max((len(s.task) for s in graph.steps), default=4)
-    tracker = _Tracker(say, width)
+    tracker = _Tracker(say, width, failures, {s.task: s.name for s in graph.steps})
     started = time.perf_counter()
     status = "SUCCESS"
     error: BaseException | None = None
@@ -167,7 +217,7 @@ def run_compiled(compiled: CompiledPipeline, arguments: dict[str, Any], *,
                 contextlib.chdir(notebook_dir), \
                 contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             try:
-                pipeline(**values)
+                pipeline(**to_kfp(graph.parameters, values))
             except Exception as exc:  # kfp.local raises RuntimeError for a failed task
                 status = "FAILURE"
                 error = exc
@@ -176,7 +226,7 @@ def run_compiled(compiled: CompiledPipeline, arguments: dict[str, Any], *,
     logged: dict[str, float] = {}
     for rec in tracker.records.values():
         for out_name, art in rec.outputs.items():
-            if out_name == "nbship_metrics":
+            if out_name == METRICS_ARG:
                 logged.update({k: v for k, v in art["metadata"].items()
                                if isinstance(v, (int, float)) and not isinstance(v, bool)})
     metrics = {name: logged[name] for name in graph.metrics if name in logged}
@@ -224,9 +274,9 @@ def provenance(compiled: CompiledPipeline, values: dict[str, Any],
         rec = records.get(tname)
         outs = {}
         for out_name, art in (rec.outputs if rec else {}).items():
-            if out_name.startswith("out_"):
+            if out_name.startswith(OUTPUT_PREFIX):
                 md = art["metadata"]
-                outs[out_name[4:]] = {"sha256": md.get("sha256"), "serializer":
+                outs[out_name[len(OUTPUT_PREFIX):]] = {"sha256": md.get("sha256"), "serializer":
                                       md.get("serializer"), "type": md.get("type"),
                                       "uri": art["uri"]}
         outputs_of[step.name] = outs

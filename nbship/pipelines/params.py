@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from nbship.errors import ParameterError
-from nbship.extract.graph import Parameter
+from nbship.extract.graph import Parameter, value_problem
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
@@ -27,7 +27,7 @@ def parse_value(param: Parameter, text: str) -> Any:
             f"{param.name} = {param.value!r} ({kind})",
         )
 
-    if kind == "str":
+    if kind in ("str", "none"):  # a None parameter is an optional str
         return text
     if kind == "bool":
         if text.lower() in _TRUE:
@@ -35,22 +35,27 @@ def parse_value(param: Parameter, text: str) -> Any:
         if text.lower() in _FALSE:
             return False
         raise fail("expected a bool (true/false)")
+    value: Any
     if kind == "int":
         try:
-            return int(text, 10)
+            value = int(text, 10)
         except ValueError:
             raise fail("expected an int") from None
-    if kind == "float":
+    elif kind == "float":
         try:
-            return float(text)
+            value = float(text)
         except ValueError:
             raise fail("expected a float") from None
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        raise fail(f"expected a JSON {kind}") from None
-    if type(value).__name__ != kind:
-        raise fail(f"expected a JSON {kind}, got {type(value).__name__}")
+    else:
+        try:
+            value = json.loads(text)
+        except (json.JSONDecodeError, RecursionError):
+            raise fail(f"expected a JSON {kind}") from None
+        if type(value).__name__ != kind:
+            raise fail(f"expected a JSON {kind}, got {type(value).__name__}")
+    problem = value_problem(value)
+    if problem:
+        raise fail(problem)
     return value
 
 
@@ -67,3 +72,11 @@ def parse_assignments(assignments: list[str], params: dict[str, Parameter]) -> d
                                  hint=f"parameters: {known}")
         values[name] = parse_value(params[name], text)
     return values
+
+
+def to_kfp(params: dict[str, Parameter], values: dict[str, Any]) -> dict[str, Any]:
+    """Arguments as the compiled pipeline takes them: list/dict/None parameters as JSON."""
+    from nbship.extract.codegen import JSON_KINDS
+
+    return {name: json.dumps(value) if name in params and params[name].type in JSON_KINDS
+            else value for name, value in values.items()}

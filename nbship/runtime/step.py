@@ -31,7 +31,8 @@ from nbship.runtime import serializers
 
 MARKER = re.compile(r"^\s*# --- (?:(?P<role>imports|functions) )?cell (?P<cell>\d+)"
                     r"(?: \(id (?P<id>[^)]*)\))? ---\s*$")
-REGION = re.compile(r"^\s*# --- (?P<region>inputs|outputs) (from|for) \w+ steps ---\s*$")
+REGION = re.compile(r"^\s*# --- (?P<region>inputs|outputs) (from|for) \w+ steps ---\s*$"
+                    r"|^\s*# --- (?P<params>list/dict/None parameters) arrive as JSON text ---\s*$")
 SAVED_CELL = re.compile(r"cell=(?P<cell>\d+)(?:, cell_id='(?P<id>[^']*)')?")
 FAILURE_DIR_ENV = "NBSHIP_FAILURE_DIR"
 
@@ -47,7 +48,7 @@ def locate(filename: str, lineno: int) -> dict[str, Any] | None:
         if region:
             source = linecache.getline(filename, lineno).strip()
             saved = SAVED_CELL.search(source)
-            return {"region": region["region"], "source": source,
+            return {"region": region["region"] or "parameters", "source": source,
                     "cell": int(saved["cell"]) if saved else None,
                     "cell_id": saved["id"] if saved else None, "line": None, "context": []}
         m = MARKER.match(linecache.getline(filename, n))
@@ -79,8 +80,19 @@ class StepRun:
     def __enter__(self) -> StepRun:
         return self
 
+    def json_parameter(self, name: str, text: str) -> Any:
+        """A list, dict or None parameter, which KFP carries as JSON text (exact ints)."""
+        try:
+            return json.loads(text)
+        except (TypeError, ValueError) as exc:
+            raise StepFailure(f"parameter {name!r} is not the JSON text nbship passes: "
+                              f"{exc}") from None
+
     def load(self, artifact: Any, name: str) -> Any:
-        return serializers.load(artifact.path)
+        try:
+            return serializers.load(artifact.path)
+        except serializers.UntrustedArtifact as exc:
+            raise StepFailure(f"input {name!r} is refused: {exc}") from None
 
     def save(self, artifact: Any, name: str, value: Any, cell: int, cell_id: str | None = None,
              ) -> None:
@@ -118,13 +130,23 @@ class StepRun:
             path.write_text(json.dumps(self.metrics, sort_keys=True))
         if exc is None or exc_type is None:
             return False
+        if isinstance(exc, SystemExit):
+            # exit status 0 would pass for success, with the step's outputs never written
+            self._fail(f"the step called exit({exc.code!r}) (sys.exit, exit or quit): a step "
+                       "runs its cells to the end, so that its outputs are written", tb)
+            raise StepFailure(f"step {self.step!r} called exit({exc.code!r})") from None
+        self._fail(f"{exc_type.__name__}: {exc}", tb, exc)
+        return False
+
+    def _fail(self, error: str, tb: TracebackType | None, exc: BaseException | None = None,
+              ) -> None:
+        """Print and record where in the notebook the step failed, and why."""
         where = None
         for frame, lineno in traceback.walk_tb(tb):
             if frame.f_code.co_filename == self._file:
                 found = locate(self._file, lineno)
                 if found:
                     where = found
-        error = f"{exc_type.__name__}: {exc}"
         if where and where.get("region") == "outputs" and isinstance(exc, NameError):
             saved = re.search(r"\.save\(\w+, '(?P<var>[^']+)'", where["source"])
             name = saved["var"] if saved else getattr(exc, "name", None) or str(exc)
@@ -150,6 +172,9 @@ class StepRun:
         print("\n".join(lines), file=sys.stderr)
         out_dir = os.environ.get(FAILURE_DIR_ENV)
         if out_dir:
-            Path(out_dir).mkdir(parents=True, exist_ok=True)
-            Path(out_dir, f"{self.step}.json").write_text(json.dumps(report, indent=2))
-        return False
+            try:  # a full disk must not replace the step's own error with an OSError
+                Path(out_dir).mkdir(parents=True, exist_ok=True)
+                Path(out_dir, f"{self.step}.json").write_text(json.dumps(report, indent=2))
+            except OSError as write_error:
+                print(f"nbship: (the failure report could not be written: {write_error})",
+                      file=sys.stderr)
