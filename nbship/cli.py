@@ -413,14 +413,44 @@ def main(argv: list[str] | None = None) -> int:
     verbs = {"check": cmd_check, "compile": cmd_compile, "run": cmd_run, "test": cmd_test,
              "build": cmd_build, "publish": cmd_publish, "release": cmd_release,
              "registry": cmd_registry}
+    stopped = _stop_on_sigterm()
     try:
         return verbs[args.verb](args)
     except NbshipError as exc:
         print(f"nbship: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        print("nbship: interrupted", file=sys.stderr)
-        return 130
+        # SIGTERM (timeout, CI cancelling) takes the same way out as Ctrl-C: every
+        # `finally` runs, so the fork server, a running step and temporary folders go
+        print("nbship: stopped (SIGTERM)" if stopped else "nbship: interrupted",
+              file=sys.stderr)
+        return 143 if stopped else 130
+    except BrokenPipeError:  # `nbship ... | head`: the reader left; nothing to report
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except OSError as exc:  # an output folder that is a file, read-only, a full disk...
+        name = f"{exc.filename}: " if exc.filename else ""
+        print(f"nbship: error: {name}{exc.strerror or exc}", file=sys.stderr)
+        return 1
+
+
+def _stop_on_sigterm() -> list[int]:
+    """Turn SIGTERM into KeyboardInterrupt in the main thread; the list fills when it came."""
+    import signal
+    import threading
+
+    stopped: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        return stopped
+
+    def handler(signum: int, frame: Any) -> None:
+        stopped.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+    return stopped
 
 
 if __name__ == "__main__":

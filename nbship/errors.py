@@ -101,3 +101,4 @@ class ReleaseError(NbshipError):
     """Building, pushing or reading an image or a release failed."""
 
     exit_code = 1
+    status: int | None = None  # the registry's HTTP status, when it answered with an error

@@ -16,6 +16,9 @@ from typing import Any
 
 from nbship.errors import Location, UnusableInputError
 
+# Notebooks with large outputs run to tens of MB; beyond this it is not a notebook to read.
+MAX_NOTEBOOK_BYTES = 256 * 2**20
+
 # Cell roles. A cell has exactly one role; ``step`` cells carry a step name
 # (``None``: the cell joins the step above it).
 IMPORTS = "imports"
@@ -137,11 +140,7 @@ def read_notebook(path: str | Path, *, require_code: bool = True) -> Notebook:
 
     p = Path(path)
     where = Location(str(p))
-    if not p.exists():
-        raise UnusableInputError("no such file", where=where)
-    if p.is_dir():
-        raise UnusableInputError("is a directory, not a notebook", where=where)
-    raw = p.read_bytes()
+    raw = _read_bounded(p, where)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -150,6 +149,9 @@ def read_notebook(path: str | Path, *, require_code: bool = True) -> Notebook:
         ) from None
     try:
         data = json.loads(text)
+    except RecursionError:
+        raise UnusableInputError("not a notebook: JSON nested too deeply to read",
+                                 where=where) from None
     except json.JSONDecodeError as exc:
         raise UnusableInputError(
             f"not a notebook: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}",
@@ -176,6 +178,9 @@ def read_notebook(path: str | Path, *, require_code: bool = True) -> Notebook:
         raise UnusableInputError(
             f"not a valid nbformat 4 notebook: {exc.message}", where=where
         ) from None
+    except RecursionError:
+        raise UnusableInputError("not a notebook: nested too deeply to read",
+                                 where=where) from None
     except Exception as exc:  # nbformat's reader raises several types
         raise UnusableInputError(f"not a readable notebook: {exc}", where=where) from None
 
@@ -219,6 +224,39 @@ def read_notebook(path: str | Path, *, require_code: bool = True) -> Notebook:
 
 # KIND:KEY:VALUE, split at the first colon after the key as Kale does (values hold colons:
 # URLs, timestamps).
+def _read_bounded(p: Path, where: Location) -> bytes:
+    """The file's bytes: a regular file of at most MAX_NOTEBOOK_BYTES, else a clear error.
+
+    A FIFO would block forever and /dev/zero never ends: only regular files are read,
+    and never more than the limit.
+    """
+    import os
+    import stat
+
+    try:
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise UnusableInputError("no such file", where=where) from None
+    except IsADirectoryError:
+        raise UnusableInputError("is a directory, not a notebook", where=where) from None
+    except OSError as exc:
+        raise UnusableInputError(f"cannot open: {exc.strerror}", where=where) from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        if stat.S_ISDIR(mode):
+            raise UnusableInputError("is a directory, not a notebook", where=where)
+        raise UnusableInputError("not a regular file (a device, FIFO or socket)",
+                                 where=where, hint="nbship reads .ipynb files")
+    with os.fdopen(fd, "rb") as f:
+        raw = f.read(MAX_NOTEBOOK_BYTES + 1)
+    if len(raw) > MAX_NOTEBOOK_BYTES:
+        raise UnusableInputError(
+            f"larger than {MAX_NOTEBOOK_BYTES // 2**20} MiB: too large for a notebook nbship "
+            "reads", where=where, hint="clear the outputs (jupyter nbconvert --clear-output)")
+    return raw
+
+
 _KV = re.compile(r"^(?P<kind>limit|annotation|label):(?P<key>[^:]+):(?P<value>.*)$", re.S)
 # What Kubernetes accepts (apimachinery's validation): a secret's name is a DNS-1123
 # subdomain, a secret key [-._a-zA-Z0-9]+, an environment variable a C identifier.

@@ -81,8 +81,11 @@ def compare_runs(graph: StepGraph, notebook: NotebookRun, provenance: dict[str, 
     for name, step_name in graph.metrics.items():
         meta = notebook.captured.get(step_name, {}).get(name, {"status": "missing"})
         if meta["status"] != "saved" or name not in pipeline_metrics:
+            side = "the pipeline" if meta["status"] == "saved" else "the notebook"
             report.findings.append(Finding("metric", name, step_name, [],
-                                           Verdict(SKIPPED, "no value on one side")))
+                                           Verdict(DIFFERS, f"{side} has no value"),
+                                           "missing" if side == "the notebook" else "",
+                                           "missing" if side == "the pipeline" else ""))
             continue
         ours = float(serializers.load(notebook.capture_dir / step_name / name))
         theirs = pipeline_metrics[name]

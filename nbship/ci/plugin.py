@@ -173,6 +173,7 @@ class NotebookFile(pytest.File):
     """
 
     graph: Any = None
+    settings: Any = None
     config_error: NbshipError | None = None
     pipeline: _Background | None = None
     pipeline_cmd: tuple[list[str], Path] | None = None
@@ -185,14 +186,14 @@ class NotebookFile(pytest.File):
         from nbship.extract.graph import build_graph
         from nbship.notebook import read_notebook
 
-        try:
-            self.graph = build_graph(read_notebook(self.path, require_code=False))
-            self.settings = load_config(self.path,
-                                        parameter_set=self.config.getoption("nbship_set"))
+        try:  # both or neither: the items use graph and settings together
+            graph = build_graph(read_notebook(self.path, require_code=False))
+            settings = load_config(self.path, parameter_set=self.config.getoption("nbship_set"))
         except NbshipError as exc:
             self.config_error = exc
             yield CheckItem.from_parent(self, name="check")
             return
+        self.graph, self.settings = graph, settings
         label = self.settings.parameter_set
         self.artifacts = Path(self.config.getoption("nbship_artifacts")).resolve()
         self.stem = _artifact_stem(self.path)

@@ -11,15 +11,17 @@ notebook cell and line.
 from __future__ import annotations
 
 import ast
+import hashlib
 import io
 import json
 import re
 import tokenize
 from dataclasses import dataclass
+from pathlib import Path
 
 from nbship import __version__
 from nbship.errors import CompileError
-from nbship.extract.graph import Parameter, Step, StepGraph
+from nbship.extract.graph import Parameter, Step, StepGraph, notebook_slug
 from nbship.notebook import Cell, is_accelerator
 
 INDENT = " " * 8  # inside `def ...:` and `with StepRun(...):`
@@ -58,7 +60,7 @@ class Provenance:
 
 def pipeline_name(graph: StepGraph) -> str:
     """The notebook's name in KFP's spelling; never a step's (KFP would confuse the two)."""
-    stem = re.sub(r"[^a-z0-9]+", "-", graph.notebook.path.stem.lower()).strip("-") or "notebook"
+    stem = notebook_slug(graph.notebook)
     if stem in {s.task for s in graph.steps}:
         stem += "-pipeline"
     return stem
@@ -209,6 +211,10 @@ def step_source(graph: StepGraph, step: Step) -> list[str]:
         f"    with StepRun({step.name!r}, {graph.notebook.name!r}) as {RUNTIME}:",
     ]
     body: list[str] = []
+    folder = graph.notebook.path.resolve().parent
+    for module in step.local_modules:  # their text is part of the step's cache key
+        body.append(f"{INDENT}# imports the notebook's own {_comment(module)}, sha256 "
+                    f"{_module_digest(folder / module)}")
     json_params = [p for p in step.params if graph.parameters[p].type in JSON_KINDS]
     if json_params:
         body.append(f"{INDENT}# --- list/dict/None parameters arrive as JSON text ---")
@@ -316,6 +322,23 @@ def generate(graph: StepGraph, *, base_image: str, provenance: Provenance) -> st
     source = "\n\n\n".join(parts) + "\n"
     verify_shape(source, graph)
     return source
+
+
+def _comment(text: str) -> str:
+    """Text for a comment line: line breaks and control characters escaped."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+def _module_digest(path: Path) -> str:
+    """sha256 of a module file, or of a package's .py files (names and bytes)."""
+    h = hashlib.sha256()
+    files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+    for f in files:
+        try:
+            h.update(str(f.relative_to(path.parent)).encode() + b"\0" + f.read_bytes())
+        except OSError:
+            h.update(b"unreadable\0")
+    return h.hexdigest()
 
 
 def _docstring(text: str) -> str:

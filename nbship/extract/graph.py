@@ -21,10 +21,11 @@ import keyword
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from nbship.errors import Location
-from nbship.extract.names import CellCode, analyse
+from nbship.extract.names import CellCode, analyse, imported_modules
 from nbship.notebook import FUNCTIONS, IMPORTS, METRICS, PARAMETERS, SKIP, Cell, Notebook
 
 ERROR = "error"
@@ -127,6 +128,7 @@ class Step:
     carried_imports: list[str] = field(default_factory=list)
     functions_cells: list[Cell] = field(default_factory=list)
     metrics: list[str] = field(default_factory=list)
+    local_modules: list[str] = field(default_factory=list)  # files beside the notebook
 
     @property
     def func(self) -> str:
@@ -262,6 +264,7 @@ def build_graph(nb: Notebook) -> StepGraph:
     _mutation_warnings(a, graph)
     _execution_order(a, nb)
     _missing_modules(a, nb, special[SKIP])
+    _local_modules(a, graph)
     a.problems.sort(key=lambda p: (p.where.cell if p.where.cell is not None else -1,
                                    p.where.line or 0, p.severity != ERROR))
     return graph
@@ -315,8 +318,25 @@ def _group(a: _Analysis, nb: Notebook) -> tuple[list[Step], dict[str, list[Cell]
     return steps, special
 
 
+def notebook_slug(nb: Notebook) -> str:
+    """The notebook's file name in KFP's spelling (lowercase, digits, '-').
+
+    Names with characters beyond ASCII letters, digits, '-', '_', '.' and spaces get a
+    short hash of the full name, so ``日本.ipynb`` and ``中文.ipynb`` stay distinct
+    (their builds and runs live under this name).
+    """
+    import hashlib
+
+    stem = nb.path.stem
+    slug = re.sub(r"[^a-z0-9]+", "-", stem.lower()).strip("-")
+    if not slug or re.search(r"[^A-Za-z0-9_. -]", stem):
+        digest = hashlib.sha256(stem.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+        slug = f"{slug[:40]}-{digest}".strip("-") if slug else f"notebook-{digest}"
+    return slug
+
+
 def _implicit_name(nb: Notebook) -> str:
-    stem = re.sub(r"[^a-z0-9]+", "-", nb.path.stem.lower()).strip("-") or "notebook"
+    stem = notebook_slug(nb)
     if not stem[0].isalpha():
         stem = "nb-" + stem
     return stem[:63].rstrip("-_")
@@ -746,6 +766,8 @@ def _missing_modules(a: _Analysis, nb: Notebook, skip_cells: list[Cell]) -> None
                 if top in seen:
                     continue
                 seen.add(top)
+                if local_module(nb, top) is not None:
+                    continue  # beside the notebook: part of each step's code (codegen)
                 try:
                     found = importlib.util.find_spec(top) is not None
                 except (ImportError, ValueError):
@@ -756,6 +778,31 @@ def _missing_modules(a: _Analysis, nb: Notebook, skip_cells: list[Cell]) -> None
                               "it will fail in this environment", cell, node.lineno,
                               hint="add it to the project's requirements (the steps' image is "
                               "built from them)")
+
+
+def local_module(nb: Notebook, top: str) -> Path | None:
+    """The file or package ``top`` names beside the notebook, where the steps import it from."""
+    folder = nb.path.resolve().parent
+    for candidate in (folder / f"{top}.py", folder / top / "__init__.py"):
+        if candidate.is_file():
+            return candidate if candidate.name != "__init__.py" else candidate.parent
+    return None
+
+
+def _local_modules(a: _Analysis, graph: StepGraph) -> None:
+    """Which of the notebook's own modules each step imports (its cache key covers them)."""
+    nb = graph.notebook
+    folder = nb.path.resolve().parent
+    for step in graph.steps:
+        trees: list[ast.AST | None] = [a.codes[c.index].tree for c in
+                                       [*step.imports_cells, *step.functions_cells, *step.cells]]
+        for stmt in step.carried_imports:
+            try:
+                trees.append(ast.parse(stmt))
+            except SyntaxError:
+                continue
+        found = {local_module(nb, m.split(".")[0]) for m in imported_modules(trees)}
+        step.local_modules = sorted(str(p.relative_to(folder)) for p in found if p is not None)
 
 
 def _execution_order(a: _Analysis, nb: Notebook) -> None:

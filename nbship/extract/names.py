@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 # Cell magics whose body is Python that runs in the user namespace.
@@ -123,7 +124,26 @@ def _strip_timing(line: str) -> tuple[str, str]:
 
 
 def analyse(source: str, *, ipython: bool = True) -> CellCode:
-    """Analyse one cell's source; ``ipython=False`` takes it as plain Python (no magics)."""
+    """Analyse one cell's source; ``ipython=False`` takes it as plain Python (no magics).
+
+    Python runs deeply nested code (a thousand chained ``+``) that a recursive walk
+    of its tree cannot follow with the default limit: the limit is raised while the
+    cell is analysed, and a cell still too deep is reported as such, never a crash.
+    """
+    import sys
+
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 20_000))
+    try:
+        return _analyse(source, ipython=ipython)
+    except RecursionError:
+        return CellCode(python=source, syntax_error=(1, "too deeply nested for nbship to "
+                                                     "analyse"))
+    finally:
+        sys.setrecursionlimit(limit)
+
+
+def _analyse(source: str, *, ipython: bool) -> CellCode:
     parsed = _parse(source)  # plain Python, the common case, is parsed once
     if isinstance(parsed, SyntaxError) and ipython:  # IPython syntax, or a real error
         python, magics, cell_magic = to_python(source)
@@ -438,3 +458,15 @@ def scope_free(node: ast.AST) -> tuple[dict[str, int], dict[str, int]]:
             for name, line in inner_globals.items():
                 global_defs.setdefault(name, line)
     return free, global_defs
+
+
+def imported_modules(trees: Iterable[ast.AST | None]) -> list[str]:
+    """The modules that ``import`` statements in ``trees`` name (absolute imports only)."""
+    names: list[str] = []
+    for tree in trees:
+        for node in ast.walk(tree) if tree is not None else ():
+            if isinstance(node, ast.Import):
+                names += [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names.append(node.module)
+    return names

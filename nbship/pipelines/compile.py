@@ -189,6 +189,9 @@ def compile_graph(graph: StepGraph, out_dir: str | Path, *,
     graph_json = to_json(graph)
 
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise CompileError(f"the output folder {out} is a file", where=nb.where(),
+                           hint="give -o a folder (it is made if missing)")
     yaml_sha = _up_to_date(out, source, graph_json)
     if yaml_sha is None:
         out.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,6 @@ Commands of any other shape fall back to kfp.local's own subprocess. Set
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import importlib.util
 import os
@@ -30,21 +29,13 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from nbship.extract.names import imported_modules
+
+__all__ = ["imported_modules"]
+
 LAUNCH_ENV = "NBSHIP_STEP_LAUNCH"
 EXECUTOR_MODULE = "kfp.dsl.executor_main"
 COMPONENT_FILE = '"$program_path/ephemeral_component.py"'
-
-
-def imported_modules(trees: Iterable[ast.AST | None]) -> list[str]:
-    """The modules that ``import`` statements in ``trees`` name (absolute imports only)."""
-    names: list[str] = []
-    for tree in trees:
-        for node in ast.walk(tree) if tree is not None else ():
-            if isinstance(node, ast.Import):
-                names += [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-                names.append(node.module)
-    return names
 
 
 def third_party_modules(modules: Iterable[str], local_dir: Path) -> list[str]:
@@ -150,7 +141,13 @@ class ForkLauncher:
             proc = self.ctx.Process(target=_step_main,
                                     args=(code_path, args, env, os.getcwd(), log_path))
             proc.start()
-            proc.join()
+            try:
+                proc.join()
+            except BaseException:  # Ctrl-C or SIGTERM while the step runs: stop the step too
+                if proc.is_alive():
+                    proc.kill()
+                proc.join(5)
+                raise
             with open(log_path, errors="replace") as log:
                 for line in log:
                     print(line, end="")

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from nbship import __version__
+from nbship.errors import ReleaseError
 from nbship.extract.cache import code_digest
 from nbship.extract.graph import StepGraph
 from nbship.pipelines.compile import git_state
@@ -74,6 +75,14 @@ def build_images(graph: StepGraph, *, base: str | None = None, backend_name: str
                  dry_run: bool = False, out: Path = DEFAULT_OUT, only: str | None = None,
                  echo: Callable[[str], None] = print) -> list[BuiltImage]:
     """Write the contexts and build what changed; ``dry_run`` writes the contexts only."""
+    local = [(s, m) for s in graph.steps for m in s.local_modules]
+    if local:
+        step, module = local[0]
+        raise ReleaseError(
+            f"step {step.name!r} imports {module}, a module beside the notebook; the steps' "
+            "image carries installed libraries only", where=graph.notebook.where(step.cells[0]),
+            hint="make it an installable package listed in the requirements, or move its "
+            "code into a functions cell")
     cache = out / "cache"
     builder: Backend | None = None if dry_run else backend(backend_name)
     pins = step_requirements(graph, preload_modules(graph))

@@ -120,8 +120,9 @@ def _request(url: str, *, method: str = "GET", data: bytes | None = None,
                     continue
             hint = ("set NBSHIP_REGISTRY_USER and NBSHIP_REGISTRY_PASSWORD"
                     if exc.code in (401, 403) else None)
-            raise ReleaseError(f"{method} {url}: HTTP {exc.code} {exc.reason}",
-                               hint=hint) from None
+            error = ReleaseError(f"{method} {url}: HTTP {exc.code} {exc.reason}", hint=hint)
+            error.status = exc.code
+            raise error from None
         except (urllib.error.URLError, OSError) as exc:
             raise ReleaseError(f"{method} {url}: {exc}",
                                hint="is the registry up? (nbship registry status)") from None
@@ -137,11 +138,17 @@ def get_manifest(ref: Reference) -> tuple[bytes, str, str]:
 
 
 def exists(ref: Reference) -> str | None:
-    """The manifest digest if ``ref`` exists, else None."""
+    """The manifest digest if ``ref`` exists, None if the registry says it does not.
+
+    Any other answer (401, 403, 5xx, no registry at all) is a ReleaseError: "not
+    there" and "could not ask" are different things.
+    """
     try:
         return get_manifest(ref)[1]
-    except ReleaseError:
-        return None
+    except ReleaseError as exc:
+        if getattr(exc, "status", None) == 404:
+            return None
+        raise
 
 
 def put_manifest(ref: Reference, tag: str, body: bytes, media_type: str) -> str:

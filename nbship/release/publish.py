@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from nbship import __version__
-from nbship.errors import ReleaseError
+from nbship.errors import ReleaseError, ToolMissingError
 from nbship.extract.graph import StepGraph
 from nbship.files import sha256_file, write_atomic
 from nbship.release import oci
@@ -52,6 +53,20 @@ class Published:
     record: dict[str, Any]
     moved: bool  # False: the release tag already named this release
     seconds: float
+
+
+def _remove_abandoned_stages(out: Path) -> None:
+    """Remove staging folders of publishes whose process is gone (killed midway)."""
+    for stage in out.glob(".release-*"):
+        match = re.match(r"^\.release-(\d+)-", stage.name)
+        if match is None or not stage.is_dir():
+            continue  # an older nbship's: its owner is unknown, left alone
+        try:
+            os.kill(int(match[1]), 0)  # signal 0: only asks whether the pid exists
+        except ProcessLookupError:
+            shutil.rmtree(stage, ignore_errors=True)
+        except (PermissionError, OverflowError):
+            continue
 
 
 def _pause() -> None:
@@ -157,7 +172,12 @@ def publish(graph: StepGraph, images: list[BuiltImage], *, registry: str, builde
             out: Path, run_provenance: Path | None = None, allow_dirty: bool = False,
             compression: str = "zstd", echo: Callable[[str], None] = print) -> Published:
     """Push everything, then move the release tag. See the module's docstring."""
-    import oras.client
+    try:
+        import oras.client
+    except ImportError:
+        raise ToolMissingError("publishing needs the oras package (pip install oras), which "
+                               "is not installed here", hint="make venv installs it "
+                               "(requirements.txt)") from None
 
     from nbship.pipelines.compile import compile_graph
 
@@ -174,7 +194,8 @@ def publish(graph: StepGraph, images: list[BuiltImage], *, registry: str, builde
                            "server)")
 
     out.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=".release-", dir=out))
+    _remove_abandoned_stages(out)
+    stage = Path(tempfile.mkdtemp(prefix=f".release-{os.getpid()}-", dir=out))
     try:
         compiled = compile_graph(graph, stage / "build", base_image=str(pushed[STEPS_IMAGE]))
         pipeline_file = stage / "pipeline.yaml"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import linecache
+import math
 import os
 import re
 import sys
@@ -116,6 +117,9 @@ class StepRun:
         except (TypeError, ValueError):
             raise StepFailure(f"metric {name!r} must be a number, got "
                               f"{serializers.summary(value)}") from None
+        if not math.isfinite(number):
+            raise StepFailure(f"metric {name!r} is {number}: KFP metrics are finite numbers "
+                              "(did the training diverge?)")
         self.metrics[name] = number
         artifact.log_metric(name, number)
         self._metrics_artifact = artifact
