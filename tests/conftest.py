@@ -24,6 +24,29 @@ def graph_of(name: str) -> StepGraph:
     return build_graph(read_notebook(fixture_path(name)))
 
 
+def write_notebook(path: Path, cells: list[tuple[list[str], str]]) -> Path:
+    """A Python notebook at ``path`` with code cells (tags, source), for one test's case."""
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    nb = new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "language": "python",
+                                 "display_name": "Python 3"}
+    for n, (tags, source) in enumerate(cells):
+        cell = new_code_cell(source)
+        cell["id"] = f"c{n}"
+        cell.metadata["tags"] = tags
+        nb.cells.append(cell)
+    nbformat.write(nb, str(path))
+    return path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _own_machine_key(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The tests' own per-machine key (nbship.signing), not the user's."""
+    os.environ.setdefault("NBSHIP_KEY_FILE", str(tmp_path_factory.mktemp("key") / "key"))
+
+
 @pytest.fixture
 def corpus() -> Path:
     if not CORPUS.is_dir():

@@ -125,3 +125,52 @@ def test_failed_run_exits_1_naming_the_cell(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "cell 3 (id c3), line 2: step 'divide' failed: ZeroDivisionError" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda d: Path("/dev/zero"), "not a regular file"),
+    (lambda d: (subprocess.run(["mkfifo", str(d / "f.ipynb")], check=True), d / "f.ipynb")[1],
+     "not a regular file"),
+    (lambda d: d, "is a directory"),
+    (lambda d: (d / "deep.ipynb").write_text('{"cells": ' + "[" * 100_000 + "]" * 100_000 + "}")
+     and d / "deep.ipynb", "nested too deeply"),
+], ids=["dev-zero", "fifo", "directory", "deep-json"])
+def test_what_is_not_a_notebook_file_is_refused_at_once(make: object, message: str,
+                                                        tmp_path: Path) -> None:
+    path = make(tmp_path)  # type: ignore[operator]
+    out = nbship("check", str(path))
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_cell_python_runs_but_deeply_nested_is_analysed(tmp_path: Path) -> None:
+    from tests.conftest import write_notebook
+
+    nb = write_notebook(tmp_path / "plus.ipynb", [
+        (["step:a"], "x = " + " + ".join(["1"] * 1000)), (["step:b"], "print(x)")])
+    out = nbship("check", str(nb))
+    assert out.returncode == 0, out.stderr
+    assert "a -> b: x" in out.stdout
+
+
+@pytest.mark.parametrize("ref", ["../../etc/passwd", "127.0.0.1:5000/releases/Bad Name",
+                                 "localhost/releases/x@sha256:zz", "../x/y:tag"])
+def test_release_show_refuses_what_is_not_a_reference(ref: str) -> None:
+    out = nbship("release", "show", ref)
+    assert out.returncode == 1 and "not a registry reference" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_an_output_folder_that_is_a_file_is_a_message(tmp_path: Path) -> None:
+    (tmp_path / "taken").write_text("")
+    out = nbship("compile", str(fixture_path("fan_out_fan_in")), "-o", str(tmp_path / "taken"))
+    assert out.returncode == 1 and "is a file" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_closed_pipe_is_not_a_traceback(tmp_path: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "nbship", "check",
+                             str(fixture_path("fan_out_fan_in"))], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    proc.stdout.close()  # the reader left, as `| head -0` does
+    _, err = proc.communicate(timeout=60)
+    assert b"Traceback" not in err

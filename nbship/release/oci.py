@@ -28,6 +28,15 @@ MANIFEST_TYPES = ", ".join([
 ])
 
 
+# The OCI distribution spec's grammar (a host as in a URL).
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_HOST = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*(?::[0-9]{{1,5}})?$")
+_COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
+_REPOSITORY = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
+_TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_DIGEST = re.compile(r"^sha256:[a-f0-9]{64}$")
+
+
 @dataclass(frozen=True)
 class Reference:
     registry: str  # host:port
@@ -37,18 +46,21 @@ class Reference:
 
     @classmethod
     def parse(cls, text: str) -> Reference:
-        """``HOST[:PORT]/PATH[:TAG][@sha256:...]``."""
-        digest = None
+        """``HOST[:PORT]/PATH[:TAG][@sha256:...]``, as the OCI distribution spec spells them."""
+        original, digest = text, None
         if "@" in text:
             text, digest = text.split("@", 1)
         host, _, path = text.partition("/")
-        if not path or ("." not in host and ":" not in host and host != "localhost"):
-            raise ReleaseError(f"not a registry reference: {text!r}",
-                               hint="HOST:PORT/REPOSITORY[:TAG], e.g. "
-                               "127.0.0.1:5000/releases/marker-classifier:latest")
         tag = None
         if ":" in path.rsplit("/", 1)[-1]:
             path, tag = path.rsplit(":", 1)
+        if (not _HOST.match(host) or ("." not in host and ":" not in host
+                                      and host != "localhost")
+                or not _REPOSITORY.match(path) or (tag is not None and not _TAG.match(tag))
+                or (digest is not None and not _DIGEST.match(digest))):
+            raise ReleaseError(f"not a registry reference: {original!r}",
+                               hint="HOST:PORT/REPOSITORY[:TAG], e.g. "
+                               "127.0.0.1:5000/releases/marker-classifier:latest")
         return cls(host, path, tag, digest)
 
     @property

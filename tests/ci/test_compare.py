@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -69,3 +71,22 @@ def test_values_without_equality_are_skipped_not_passed() -> None:
 @pytest.mark.parametrize("a, b", [(1, "1"), ([1], (1,))])
 def test_different_types_differ(a: object, b: object) -> None:
     assert compare(a, b).status == DIFFERS
+
+
+def test_a_metric_missing_on_one_side_is_a_mismatch(tmp_path: Path) -> None:
+    from nbship.ci.equivalence import compare_runs
+    from nbship.ci.notebook_run import NotebookRun
+    from nbship.extract.graph import build_graph
+    from nbship.notebook import read_notebook
+    from nbship.runtime import serializers
+    from tests.conftest import write_notebook
+
+    nb = write_notebook(tmp_path / "m.ipynb", [(["step:a"], "acc = 0.9"),
+                                               (["pipeline-metrics"], "print(acc)")])
+    graph = build_graph(read_notebook(nb))
+    serializers.save(0.9, tmp_path / "cap" / "a" / "acc")
+    run = NotebookRun(executed=nb, capture_dir=tmp_path / "cap",
+                      captured={"a": {"acc": {"status": "saved"}}})
+    report = compare_runs(graph, run, {"steps": {}}, {}, rtol=0, atol=0)
+    assert [f.name for f in report.mismatches] == ["acc"]
+    assert "the pipeline has no value" in report.mismatches[0].verdict.detail

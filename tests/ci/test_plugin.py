@@ -233,3 +233,18 @@ def test_selecting_only_nbval_items_does_not_run_the_pipeline(tmp_path: Path) ->
     done, results = pytest_run(tmp_path, "--nbship", "nb.ipynb")
     assert results["nb::equivalence[ci]"][0] == "passed"
     assert list(tmp_path.glob(".nbship/test/logs/*.pipeline.log"))
+
+
+def test_bad_settings_and_unreadable_notebooks_fail_their_check_only(tmp_path: Path) -> None:
+    write_notebook(tmp_path / "bad_settings.ipynb", [(["step:a"], "x = 1")],
+                   meta={"nbval": "sometimes"})
+    deep = '{"cells": [], "nbformat": 4, "nbformat_minor": 5, "metadata": {"a": ' + \
+        "[" * 5000 + "]" * 5000 + "}}"
+    (tmp_path / "deep.ipynb").write_text(deep)
+    write_notebook(tmp_path / "fine.ipynb", [(["step:a"], "x = 1"), (["step:b"], "y = x")])
+    done, results = pytest_run(tmp_path, "--nbship", ".")
+    assert "AttributeError" not in done.stdout + done.stderr
+    outcome, text = results["bad_settings::check"]
+    assert outcome == "failure" and "sometimes" in text
+    assert results["deep::check"][0] == "failure"
+    assert results["fine::equivalence[ci]"][0] == "passed"

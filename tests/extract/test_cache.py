@@ -39,3 +39,34 @@ def test_a_broken_cache_entry_is_ignored(tmp_path: Path) -> None:
     for entry in tmp_path.glob("*.pickle"):
         entry.write_bytes(b"not a pickle")
     assert len(cache.analyse(nb, cache_dir=tmp_path).steps) == 4
+
+
+class _Planted:
+    """A pickle that touches a file when loaded."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (Path.touch, (str(self.marker),))  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("sealed_elsewhere", [False, True], ids=["plain", "other-machine-key"])
+def test_a_planted_cache_entry_is_never_unpickled(sealed_elsewhere: bool, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import pickle
+
+    from nbship import signing
+
+    nb = fixture_path("fan_out_fan_in")
+    cache.analyse(nb, cache_dir=tmp_path / "c")
+    marker = tmp_path / "PWNED"
+    payload = pickle.dumps(_Planted(marker))
+    if sealed_elsewhere:
+        monkeypatch.setenv(signing.KEY_ENV, "ab" * 32)
+        payload = signing.seal(payload)
+        monkeypatch.delenv(signing.KEY_ENV)
+    for entry in (tmp_path / "c").glob("*.pickle"):
+        entry.write_bytes(payload)
+    assert len(cache.analyse(nb, cache_dir=tmp_path / "c").steps) == 4
+    assert not marker.exists()

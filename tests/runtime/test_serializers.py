@@ -96,3 +96,69 @@ def test_metadata_records_type_and_hash(tmp_path: Path) -> None:
 def test_unpicklable_value_raises(tmp_path: Path) -> None:
     with pytest.raises(TypeError):
         serializers.save(threading.Lock(), tmp_path / "v")
+
+
+class _Planted:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (Path.touch, (str(self.marker),))  # type: ignore[return-value]
+
+
+def test_changed_bytes_are_refused_before_a_serializer_opens_them(tmp_path: Path) -> None:
+    serializers.save(np.arange(3), tmp_path / "v")
+    np.save(tmp_path / "v" / "value.npy", np.arange(4))
+    with pytest.raises(serializers.UntrustedArtifact, match="sha256"):
+        serializers.load(tmp_path / "v")
+
+
+def test_a_pickle_another_machine_wrote_is_never_opened(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import cloudpickle
+
+    from nbship import signing
+
+    marker = tmp_path / "PWNED"
+    serializers.save((1, 2), tmp_path / "v")  # a tuple: cloudpickle
+    (tmp_path / "v" / "value.pkl").write_bytes(cloudpickle.dumps(_Planted(marker)))
+    meta = json.loads((tmp_path / "v" / "nbship.json").read_text())
+    meta["sha256"] = serializers.digest(tmp_path / "v" / "value.pkl")  # a consistent forgery
+    (tmp_path / "v" / "nbship.json").write_text(json.dumps(meta))
+    with pytest.raises(serializers.UntrustedArtifact, match="did not write"):
+        serializers.load(tmp_path / "v")
+    monkeypatch.setenv(signing.KEY_ENV, "cd" * 32)  # signed, but with another machine's key
+    meta["hmac"] = signing.mac(serializers._signed_part(meta)).hex()
+    monkeypatch.delenv(signing.KEY_ENV)
+    (tmp_path / "v" / "nbship.json").write_text(json.dumps(meta))
+    with pytest.raises(serializers.UntrustedArtifact, match="did not write"):
+        serializers.load(tmp_path / "v")
+    assert not marker.exists()
+
+
+def test_pickles_this_machine_wrote_load(tmp_path: Path) -> None:
+    serializers.save((1, 2), tmp_path / "v")
+    assert serializers.load(tmp_path / "v") == (1, 2)
+
+
+def test_a_serializer_plugs_in_through_an_entry_point(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "frac_serializer.py").write_text(
+        "from fractions import Fraction\n"
+        "from pathlib import Path\n"
+        "from nbship.runtime.serializers import Serializer\n"
+        "SERIALIZER = Serializer('fraction', 'value.frac', lambda v: isinstance(v, Fraction),\n"
+        "    lambda v, p: Path(p).write_text(str(v)),\n"
+        "    lambda p: Fraction(Path(p).read_text()), safe=True)\n")
+    dist = tmp_path / "frac_serializer-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: frac-serializer\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[nbship.serializers]\nfraction = frac_serializer:SERIALIZER\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(serializers, "_plugins", None)
+    from fractions import Fraction
+
+    back, meta = roundtrip(Fraction(1, 3), tmp_path)
+    assert meta["serializer"] == "fraction" and back == Fraction(1, 3)
+    assert "hmac" not in meta  # a safe format needs no signature
