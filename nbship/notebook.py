@@ -38,6 +38,12 @@ _ROLE_TAGS = {
     "skip": SKIP,
 }
 
+# Kale's block tags: untagged cells after one of them extend that block, as in Kale.
+# papermill's `parameters` names one cell only (papermill's rule).
+KALE_BLOCK_TAGS = frozenset({"imports", "functions", "pipeline-parameters",
+                             "block:imports", "block:functions", "step:imports",
+                             "step:functions"})
+
 # Tags of other tools that coexist with ours: passed through, never an error.
 PASSTHROUGH_TAGS = frozenset(
     {
@@ -88,6 +94,16 @@ class Cell:
     annotations: dict[str, str] = field(default_factory=dict)
     secrets: list[tuple[str, str, str]] = field(default_factory=list)  # (name, key, env)
     injected: bool = False  # papermill's injected-parameters cell
+
+    @property
+    def untagged(self) -> bool:
+        """No tag of nbship's vocabulary (other tools' tags, such as nbval's, do not count)."""
+        return all(t.strip() in PASSTHROUGH_TAGS or t.strip().startswith("nbval-")
+                   for t in self.tags)
+
+    @property
+    def opens_kale_block(self) -> bool:
+        return any(t.strip() in KALE_BLOCK_TAGS for t in self.tags)
 
 
 @dataclass

@@ -26,7 +26,7 @@ from typing import Any
 
 from nbship.errors import Location
 from nbship.extract.names import CellCode, analyse, imported_modules
-from nbship.notebook import FUNCTIONS, IMPORTS, METRICS, PARAMETERS, SKIP, Cell, Notebook
+from nbship.notebook import FUNCTIONS, IMPORTS, METRICS, PARAMETERS, SKIP, STEP, Cell, Notebook
 
 ERROR = "error"
 WARNING = "warning"
@@ -262,6 +262,8 @@ def build_graph(nb: Notebook) -> StepGraph:
     _metrics(a, graph, metric_names, special[METRICS])
     _order_edges(a, graph)
     _mutation_warnings(a, graph)
+    _closure_warnings(a, graph)
+    _file_handoffs(a, graph)
     _execution_order(a, nb)
     _missing_modules(a, nb, special[SKIP])
     _local_modules(a, graph)
@@ -279,7 +281,12 @@ def _group(a: _Analysis, nb: Notebook) -> tuple[list[Step], dict[str, list[Cell]
     leading: list[Cell] = []
     first_cell: dict[str, Cell] = {}
     last_role: str | None = None
+    kale_block: str | None = None  # the Kale block (imports, functions, parameters) open
     for cell in nb.cells:
+        if kale_block and cell.role == STEP and cell.untagged:
+            special[kale_block].append(cell)  # Kale: untagged cells extend the block above
+            continue
+        kale_block = cell.role if cell.role in special and cell.opens_kale_block else None
         if cell.role in special:
             special[cell.role].append(cell)
             last_role = cell.role
@@ -648,14 +655,28 @@ def _dataflow(a: _Analysis, graph: StepGraph, skip_cells: list[Cell]) -> None:
 def _metrics(a: _Analysis, graph: StepGraph, names: dict[str, tuple[Cell, int]],
              cells: list[Cell]) -> None:
     for name, (cell, line) in names.items():
-        producer = next((s for s in reversed(graph.steps) if name in s.produces), None)
-        if producer is None and name in graph.parameters and graph.steps:
-            producer = graph.steps[-1]
+        # the value the notebook prints: bound by the nearest step above the metrics cell
+        above = [s for s in graph.steps if s.cells[0].index < cell.index]
+        producer = next((s for s in reversed(above) if name in s.produces), None)
+        if producer is None and name in graph.parameters and above:
+            producer = above[-1]
             if name not in producer.params:
                 producer.params.append(name)
         if producer is None:
-            a.problem(ERROR, "metrics", f"metric {name!r} is produced by no step", cell, line)
+            later = next((s for s in graph.steps if name in s.produces), None)
+            why = (f"it is computed only below the metrics cell, in step {later.name!r}"
+                   if later else "no step computes it")
+            a.problem(ERROR, "metrics", f"metric {name!r}: {why}", cell, line,
+                      hint="move the metrics cell below the step that computes it")
             continue
+        rebinders = [s.name for s in graph.steps
+                     if s.cells[0].index > cell.index and name in s.produces]
+        if rebinders:
+            a.problem(WARNING, "metrics",
+                      f"metric {name!r} is the value step {producer.name!r} computed, as the "
+                      f"notebook prints it here; step(s) {', '.join(map(repr, rebinders))} "
+                      "below change it afterwards", cell, line,
+                      hint="put the metrics cell at the end, after the final value")
         producer.metrics.append(name)
         graph.metrics[name] = producer.name
 
@@ -728,6 +749,100 @@ def _mutation_warnings(a: _Analysis, graph: StepGraph) -> None:
                           f"{', '.join(repr(s) for s in later)} as step {src!r} produced it",
                           cell, line,
                           hint=f"assign the result (`{name} = ...`) so this step passes it on")
+
+
+def _functions_free_names(step: Step) -> dict[str, set[str]]:
+    """Functions a step defines at the top of its cells -> the free names their bodies read."""
+    found: dict[str, set[str]] = {}
+    for code in step.code:
+        for node in code.tree.body if code.tree else ():
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                end = node.end_lineno or node.lineno
+                found[node.name] = {e.name for e in code.events if e.kind == "deferred"
+                                    and node.lineno <= e.line <= end}
+    return found
+
+
+def _closure_warnings(a: _Analysis, graph: StepGraph) -> None:
+    """A function from an earlier step sees that step's values, not the caller's rebinding.
+
+    In the notebook a function reads the globals of the moment it is called; in the
+    pipeline it travels with the values its own step had. Said where the caller rebinds.
+    """
+    free = {s.name: _functions_free_names(s) for s in graph.steps}
+    for step in graph.steps:
+        for func, src in step.inputs.items():
+            names = free[src].get(func)
+            if not names:
+                continue
+            for var in sorted(names & set(step.produces)):
+                cell, line = _first_binding(step, var)
+                a.problem(WARNING, "closure",
+                          f"{func}() comes from step {src!r} and reads {var!r}; this step "
+                          f"changes {var!r}, which {func}() sees in the notebook but not in the "
+                          f"pipeline (there it keeps the value it had in step {src!r})",
+                          cell, line, hint=f"pass {var} to {func}() as an argument")
+
+
+def _first_binding(step: Step, var: str) -> tuple[Cell, int]:
+    for cell, code in zip(step.cells, step.code):
+        for e in code.events:
+            if e.kind == "def" and e.name == var:
+                return cell, e.line
+    return step.produces[var]
+
+
+_WRITE_CALLS = ("save", "dump", "write", "to_", "savefig", "mkdir", "makedirs", "copy", "move")
+
+
+def _path_literals(code: CellCode) -> list[tuple[str, bool, int]]:
+    """String literals passed to calls that look like paths: (path, written, line)."""
+    found: list[tuple[str, bool, int]] = []
+    for node in ast.walk(code.tree) if code.tree else ():
+        if not isinstance(node, ast.Call):
+            continue
+        name = node.func.attr if isinstance(node.func, ast.Attribute) else \
+            node.func.id if isinstance(node.func, ast.Name) else ""
+        strings = [arg.value for arg in [*node.args, *(k.value for k in node.keywords)]
+                   if isinstance(arg, ast.Constant) and isinstance(arg.value, str)]
+        paths = [s for s in strings if _looks_like_path(s)]
+        if not paths:
+            continue
+        if name == "open":
+            mode = next((s for s in strings[1:2]), None) or next(
+                (k.value.value for k in node.keywords if k.arg == "mode"
+                 and isinstance(k.value, ast.Constant) and isinstance(k.value.value, str)), "r")
+            written = any(ch in mode for ch in "wax")
+        else:
+            written = name.startswith(_WRITE_CALLS) or name.lower().startswith(_WRITE_CALLS)
+        found += [(p, written, node.lineno) for p in paths[:1]]
+    return found
+
+
+def _looks_like_path(text: str) -> bool:
+    return (0 < len(text) < 256 and "\n" not in text and "://" not in text
+            and ("/" in text or re.search(r"\.[A-Za-z0-9]{1,8}$", text) is not None)
+            and " " not in text.strip())
+
+
+def _file_handoffs(a: _Analysis, graph: StepGraph) -> None:
+    """Warn where a step reads a file that an earlier step writes: pods share no disk."""
+    written: dict[str, str] = {}  # path -> the step that writes it
+    for step in graph.steps:
+        for cell, code in zip(step.cells, step.code):
+            for path, is_write, line in _path_literals(code):
+                norm = path.rstrip("/")
+                writer = next((s for p, s in written.items() if s != step.name and (
+                    norm == p or norm.startswith(p + "/") or p.startswith(norm + "/"))), None)
+                if writer and not is_write:
+                    a.problem(WARNING, "file-handoff",
+                              f"{path!r} is written by step {writer!r}: on kfp.local steps "
+                              "share this disk, on a cluster each step runs in its own pod "
+                              "and the file is not there", cell, line,
+                              hint="hand the value over as a variable (it becomes an "
+                              "artifact), or use shared storage (a bucket or a volume)")
+                if is_write:
+                    written.setdefault(norm, step.name)
 
 
 def _method_at(code: CellCode, name: str, line: int) -> str:
