@@ -163,6 +163,7 @@ class StepGraph:
     functions_cells: list[Cell]
     codes: dict[int, CellCode]  # cell index -> analysed code
     problems: list[Problem]
+    parameters_cells: list[Cell] = field(default_factory=list)
 
     @property
     def errors(self) -> list[Problem]:
@@ -250,6 +251,7 @@ def build_graph(nb: Notebook) -> StepGraph:
         functions_cells=special[FUNCTIONS],
         codes=a.codes,
         problems=a.problems,
+        parameters_cells=special[PARAMETERS],
     )
     _check_names(a, steps, params)
     _check_reserved(a, nb, special[SKIP])
