@@ -10,6 +10,7 @@ bodies run at once, so theirs are immediate.
 from __future__ import annotations
 
 import ast
+import tokenize
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -146,7 +147,12 @@ def analyse(source: str, *, ipython: bool = True) -> CellCode:
 def _analyse(source: str, *, ipython: bool) -> CellCode:
     parsed = _parse(source)  # plain Python, the common case, is parsed once
     if isinstance(parsed, SyntaxError) and ipython:  # IPython syntax, or a real error
-        python, magics, cell_magic = to_python(source)
+        try:
+            python, magics, cell_magic = to_python(source)
+        except (SyntaxError, ValueError, IndexError, tokenize.TokenError):
+            # IPython's transformer tokenizes first; a cell it cannot read is not IPython
+            # syntax either, and its syntax error is reported from the plain parse below
+            python, magics, cell_magic = source, [], None
         code = CellCode(python=python, magics=magics, cell_magic=cell_magic)
         parsed = _parse(python)
     else:
