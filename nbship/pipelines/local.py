@@ -151,15 +151,15 @@ class _Tracker:
             tracker.echo(f"  {task_name:<{tracker.width}}  {word}")
             return outputs, status
 
-        task_executor.execute_single_task = execute  # type: ignore[assignment]
-        kcache.LocalCache.get = get  # type: ignore[method-assign]
-        kcache.LocalCache.put = put  # type: ignore[method-assign]
+        task_executor.execute_single_task = execute
+        kcache.LocalCache.get = get
+        kcache.LocalCache.put = put
         try:
             yield
         finally:
-            task_executor.execute_single_task = original_exec  # type: ignore[assignment]
-            kcache.LocalCache.get = original_get  # type: ignore[method-assign]
-            kcache.LocalCache.put = original_put  # type: ignore[method-assign]
+            task_executor.execute_single_task = original_exec
+            kcache.LocalCache.get = original_get
+            kcache.LocalCache.put = original_put
 
 
 def _write_json(path: Path, doc: Any) -> None:
