@@ -194,8 +194,9 @@ def _image_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("notebook", type=Path)
     p.add_argument("--base", default=None, metavar="REF",
                    help="base image with Python 3.11 (default: nbship's own, debootstrapped)")
-    p.add_argument("--backend", choices=["buildah", "docker"], default=None,
-                   help="image builder (default: buildah where installed, else docker)")
+    p.add_argument("--backend", default=None, metavar="NAME",
+                   help="image builder: buildah (default where installed), docker, or a "
+                   "plug-in's name (entry point group nbship.builders)")
     p.add_argument("-o", "--output", type=Path, default=Path(".nbship/images"), metavar="DIR",
                    help="build contexts and caches (default: .nbship/images)")
 

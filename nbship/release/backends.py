@@ -1,4 +1,14 @@
-"""Image builders: buildah (no daemon; the default where installed) and docker (an engine)."""
+"""Image builders: buildah (no daemon; the default where installed) and docker (an engine).
+
+Other builders (kaniko, podman, a remote service) plug in through the
+``nbship.builders`` entry point group, each naming a callable that returns a
+:class:`Backend` (usually the class itself)::
+
+    [project.entry-points."nbship.builders"]
+    kaniko = "my_package.kaniko:Kaniko"
+
+and are chosen with ``--backend NAME``.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +17,9 @@ import subprocess
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
-from nbship.errors import ReleaseError, ToolMissingError
+from nbship.errors import NbshipError, ReleaseError, ToolMissingError
 from nbship.release.oci import credentials
 from nbship.release.tools import INSTALL_HINT, require, run, which
 
@@ -138,12 +148,43 @@ class Docker:
         return run([*cmd, ref, *argv], f"running {argv[0]} in {ref}")
 
 
+BUILTIN: dict[str, Callable[[], Backend]] = {"buildah": Buildah, "docker": Docker}
+ENTRY_POINT_GROUP = "nbship.builders"
+
+
+def builders() -> dict[str, Callable[[], Backend]]:
+    """The built-in builders and those installed packages register (``nbship.builders``)."""
+    from importlib.metadata import entry_points
+
+    found: dict[str, Callable[[], Backend]] = dict(BUILTIN)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name not in BUILTIN:  # a plug-in does not replace a built-in under its name
+            found[ep.name] = _plugin(ep)
+    return found
+
+
+def _plugin(ep: Any) -> Callable[[], Backend]:
+    def make() -> Backend:
+        try:
+            made: Backend = ep.load()()
+        except NbshipError:
+            raise
+        except Exception as exc:
+            raise ToolMissingError(f"the image builder plug-in {ep.name!r} ({ep.value}) does "
+                                   f"not load: {exc}") from None
+        return made
+
+    return make
+
+
 def backend(name: str | None) -> Backend:
-    """``buildah`` where installed, else ``docker`` where an engine runs."""
-    if name == "buildah":
-        return Buildah()
-    if name == "docker":
-        return Docker()
+    """The builder ``name``; by default ``buildah`` where installed, else ``docker``."""
+    known = builders()
+    if name is not None:
+        if name not in known:
+            raise ToolMissingError(f"no image builder {name!r}",
+                                   hint="builders here: " + ", ".join(sorted(known)))
+        return known[name]()
     if which("buildah"):
         return Buildah()
     if which("docker"):

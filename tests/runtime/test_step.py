@@ -67,3 +67,15 @@ def test_metric_must_be_a_number() -> None:
     run = StepRun("s", "nb.ipynb")
     with pytest.raises(StepFailure, match="metric 'acc' must be a number"):
         run.log_metric(SimpleNamespace(log_metric=lambda *a: None), "acc", "high")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_a_metric_that_is_not_finite_is_named(value: float) -> None:
+    class Sink:
+        path = "/nonexistent"
+
+        def log_metric(self, name: str, number: float) -> None:
+            raise AssertionError("a non-finite metric reached KFP")
+
+    with pytest.raises(StepFailure, match="metric 'loss' is"):
+        StepRun("train", "n.ipynb").log_metric(Sink(), "loss", value)
