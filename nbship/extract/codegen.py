@@ -87,8 +87,8 @@ def _drop_formfeeds(line: str) -> str:
 
 def _indent_cell(python: str) -> list[str]:
     """Indent a cell's lines, leaving continuation lines of multi-line strings untouched."""
-    python = "\n".join(_drop_formfeeds(line) for line in python_lines(python))
-    lines = python.split("\n")
+    lines = python_lines(python)
+    python = "\n".join(lines)
     if lines and lines[-1] == "":
         lines.pop()
     inside: set[int] = set()  # 1-based line numbers that continue a string token
@@ -105,7 +105,7 @@ def _indent_cell(python: str) -> list[str]:
         if n in inside or not line.strip():
             out.append(line if n in inside else "")
         else:
-            out.append(INDENT + line)
+            out.append(INDENT + _drop_formfeeds(line))
     return out
 
 

@@ -232,8 +232,16 @@ def run_compiled(compiled: CompiledPipeline, arguments: dict[str, Any], *,
     metrics = {name: logged[name] for name in graph.metrics if name in logged}
 
     prov_path = record_dir / "provenance.json"
-    _write_json(prov_path, provenance(compiled, values, tracker.records, metrics, run_id,
-                                      status, seconds))
+    try:
+        _write_json(prov_path, provenance(compiled, values, tracker.records, metrics, run_id,
+                                          status, seconds))
+    except OSError as exc:
+        if error is None:
+            raise
+        # a full disk must not replace the step's own error: report both
+        failed = _run_error(compiled, failures, log_path, error)
+        failed.hint = f"{failed.hint}; provenance.json could not be written: {exc.strerror}"
+        raise failed from None
     result = RunResult(status=status, record_dir=record_dir, provenance=prov_path,
                        metrics=metrics, tasks=tracker.records, seconds=seconds,
                        parameters=values)
@@ -242,12 +250,23 @@ def run_compiled(compiled: CompiledPipeline, arguments: dict[str, Any], *,
     return result
 
 
+def _failure_report(failures: Path) -> dict[str, Any] | None:
+    """The first readable failure report a step (or the tracker) wrote, if any."""
+    for path in sorted(failures.glob("*.json")) if failures.is_dir() else []:
+        try:
+            rep = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # half-written (a full disk): the log still tells
+        if isinstance(rep, dict) and "step" in rep and "error" in rep:
+            return rep
+    return None
+
+
 def _run_error(compiled: CompiledPipeline, failures: Path, log_path: Path,
                error: BaseException) -> RunError:
     nb = compiled.graph.notebook
-    reports = sorted(failures.glob("*.json")) if failures.exists() else []
-    if reports:
-        rep = json.loads(reports[0].read_text())
+    rep = _failure_report(failures)
+    if rep is not None:
         where = Location(str(nb.path), rep.get("cell"), rep.get("cell_id"), rep.get("line"))
         context = "\n".join(f"    | {line}" for line in rep.get("context", []))
         msg = f"step {rep['step']!r} failed: {rep['error']}"
@@ -256,7 +275,10 @@ def _run_error(compiled: CompiledPipeline, failures: Path, log_path: Path,
         return RunError(msg, where=where,
                         hint=f"fix the cell and run again: steps that finished come from the "
                         f"cache. Full log: {log_path}")
-    tail = log_path.read_text().splitlines()[-15:]
+    try:
+        tail = log_path.read_text(errors="replace").splitlines()[-15:]
+    except OSError:
+        tail = []
     return RunError(f"the pipeline failed: {error}\n" + "\n".join("    " + t for t in tail),
                     where=Location(str(nb.path)), hint=f"full log: {log_path}")
 
