@@ -174,3 +174,11 @@ def test_a_closed_pipe_is_not_a_traceback(tmp_path: Path) -> None:
     proc.stdout.close()  # the reader left, as `| head -0` does
     _, err = proc.communicate(timeout=60)
     assert b"Traceback" not in err
+
+
+def test_an_output_folder_that_cannot_be_made_is_a_message(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    out = nbship("compile", str(fixture_path("fan_out_fan_in")), "-o",
+                 str(tmp_path / "file" / "sub"))
+    assert out.returncode == 1 and "Not a directory" in out.stderr
+    assert "Traceback" not in out.stderr
