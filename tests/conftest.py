@@ -41,6 +41,16 @@ def write_notebook(path: Path, cells: list[tuple[list[str], str]]) -> Path:
     return path
 
 
+class Planted:
+    """A pickle that touches ``marker`` when it is loaded: proof that something unpickled it."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (Path.touch, (str(self.marker),))
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _own_machine_key(tmp_path_factory: pytest.TempPathFactory) -> None:
     """The tests' own per-machine key (nbship.signing), not the user's."""

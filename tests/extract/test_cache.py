@@ -9,7 +9,7 @@ import nbformat
 import pytest
 
 import nbship.extract.cache as cache
-from tests.conftest import fixture_path
+from tests.conftest import Planted, fixture_path
 
 
 def test_unchanged_notebook_is_not_analysed_again(tmp_path: Path,
@@ -41,16 +41,6 @@ def test_a_broken_cache_entry_is_ignored(tmp_path: Path) -> None:
     assert len(cache.analyse(nb, cache_dir=tmp_path).steps) == 4
 
 
-class _Planted:
-    """A pickle that touches a file when loaded."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[object, tuple[str]]:
-        return (Path.touch, (str(self.marker),))  # type: ignore[return-value]
-
-
 @pytest.mark.parametrize("sealed_elsewhere", [False, True], ids=["plain", "other-machine-key"])
 def test_a_planted_cache_entry_is_never_unpickled(sealed_elsewhere: bool, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
@@ -61,7 +51,7 @@ def test_a_planted_cache_entry_is_never_unpickled(sealed_elsewhere: bool, tmp_pa
     nb = fixture_path("fan_out_fan_in")
     cache.analyse(nb, cache_dir=tmp_path / "c")
     marker = tmp_path / "PWNED"
-    payload = pickle.dumps(_Planted(marker))
+    payload = pickle.dumps(Planted(marker))
     if sealed_elsewhere:
         monkeypatch.setenv(signing.KEY_ENV, "ab" * 32)
         payload = signing.seal(payload)

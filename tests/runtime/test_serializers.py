@@ -13,6 +13,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from nbship.runtime import serializers
+from tests.conftest import Planted
 
 
 def roundtrip(value: object, tmp_path: Path) -> tuple[object, dict]:
@@ -98,14 +99,6 @@ def test_unpicklable_value_raises(tmp_path: Path) -> None:
         serializers.save(threading.Lock(), tmp_path / "v")
 
 
-class _Planted:
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[object, tuple[str]]:
-        return (Path.touch, (str(self.marker),))  # type: ignore[return-value]
-
-
 def test_changed_bytes_are_refused_before_a_serializer_opens_them(tmp_path: Path) -> None:
     serializers.save(np.arange(3), tmp_path / "v")
     np.save(tmp_path / "v" / "value.npy", np.arange(4))
@@ -121,7 +114,7 @@ def test_a_pickle_another_machine_wrote_is_never_opened(tmp_path: Path,
 
     marker = tmp_path / "PWNED"
     serializers.save((1, 2), tmp_path / "v")  # a tuple: cloudpickle
-    (tmp_path / "v" / "value.pkl").write_bytes(cloudpickle.dumps(_Planted(marker)))
+    (tmp_path / "v" / "value.pkl").write_bytes(cloudpickle.dumps(Planted(marker)))
     meta = json.loads((tmp_path / "v" / "nbship.json").read_text())
     meta["sha256"] = serializers.digest(tmp_path / "v" / "value.pkl")  # a consistent forgery
     (tmp_path / "v" / "nbship.json").write_text(json.dumps(meta))
