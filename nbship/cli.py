@@ -166,6 +166,26 @@ def _parser() -> argparse.ArgumentParser:
                     "registry (tag latest)")
     rs.add_argument("--json", action="store_true", help="print release.json as it is")
 
+    v = sub.add_parser("serve", help="serve a run's model (the serve cell) with KServe",
+                       description="Load the values the notebook's `serve` cell reads from a "
+                       "finished run, build its predict() and serve it with KServe's "
+                       "ModelServer: REST v1 /v1/models/NAME:predict, v2 "
+                       "/v2/models/NAME/infer, /v2/health/ready, /metrics. Listens on "
+                       "127.0.0.1 unless --host says otherwise; stops on Ctrl-C or SIGTERM.",
+                       epilog="Example:\n"
+                       "  nbship run notebooks/marker_classifier.ipynb\n"
+                       "  nbship serve .nbship/runs/marker-classifier/<run-id> --port 8080\n"
+                       "  curl -d '{\"instances\": [[[0, 0, 5, 13, 9, 1, 0, 0], ...]]}' "
+                       "http://127.0.0.1:8080/v1/models/marker-classifier:predict",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    v.add_argument("run", type=Path, metavar="RUN_DIR",
+                   help="a run folder (.nbship/runs/NAME/RUN_ID), or NAME for its newest run")
+    v.add_argument("--port", type=_port, default=8080, help="default: 8080")
+    v.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: 127.0.0.1, this machine only)")
+    v.add_argument("--root", type=Path, default=Path(".nbship/runs"), metavar="DIR",
+                   help="where runs are (default: .nbship/runs)")
+
     g = sub.add_parser("registry", help="the embedded OCI registry on 127.0.0.1",
                        description="Start, stop or show the registry nbship runs for a "
                        "machine without one (Debian's docker-registry, the CNCF distribution "
@@ -382,6 +402,20 @@ def cmd_release(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from nbship.serving.bundle import load_run, newest_run
+    from nbship.serving.server import serve
+
+    run_dir = args.run if args.run.is_dir() and (args.run / "provenance.json").exists() \
+        else newest_run(args.root / args.run)
+    served = load_run(run_dir)
+    print(f"model {served.name!r} from run {served.provenance.get('run')} "
+          f"(commit {served.provenance.get('commit') or 'none'})", flush=True)
+    serve(served, host=args.host, port=args.port,
+          announce=lambda line: print(line, flush=True))
+    return 0
+
+
 def cmd_registry(args: argparse.Namespace) -> int:
     from nbship.release import registry
 
@@ -413,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     verbs = {"check": cmd_check, "compile": cmd_compile, "run": cmd_run, "test": cmd_test,
              "build": cmd_build, "publish": cmd_publish, "release": cmd_release,
-             "registry": cmd_registry}
+             "serve": cmd_serve, "registry": cmd_registry}
     stopped = _stop_on_sigterm()
     try:
         return verbs[args.verb](args)

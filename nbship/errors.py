@@ -97,6 +97,12 @@ class ToolMissingError(NbshipError):
     exit_code = 2
 
 
+class ServeError(NbshipError):
+    """A model cannot be served (no serve cell, a failed run, values missing or refused)."""
+
+    exit_code = 1
+
+
 class ReleaseError(NbshipError):
     """Building, pushing or reading an image or a release failed."""
 

@@ -26,6 +26,7 @@ FUNCTIONS = "functions"
 PARAMETERS = "parameters"
 METRICS = "metrics"
 SKIP = "skip"
+SERVE = "serve"
 STEP = "step"
 
 _ROLE_TAGS = {
@@ -36,6 +37,7 @@ _ROLE_TAGS = {
     "injected-parameters": PARAMETERS,
     "pipeline-metrics": METRICS,
     "skip": SKIP,
+    "serve": SERVE,
 }
 
 # Kale's block tags: untagged cells after one of them extend that block, as in Kale.

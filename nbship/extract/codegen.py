@@ -21,7 +21,7 @@ from pathlib import Path
 
 from nbship import __version__
 from nbship.errors import CompileError
-from nbship.extract.graph import Parameter, Step, StepGraph, notebook_slug
+from nbship.extract.graph import SERVE_FUNCTION, Parameter, Step, StepGraph, notebook_slug
 from nbship.notebook import Cell, is_accelerator
 
 INDENT = " " * 8  # inside `def ...:` and `with StepRun(...):`
@@ -85,7 +85,7 @@ def _drop_formfeeds(line: str) -> str:
     return leading + body
 
 
-def _indent_cell(python: str) -> list[str]:
+def _indent_cell(python: str, indent: str = INDENT) -> list[str]:
     """Indent a cell's lines, leaving continuation lines of multi-line strings untouched."""
     lines = python_lines(python)
     python = "\n".join(lines)
@@ -105,7 +105,7 @@ def _indent_cell(python: str) -> list[str]:
         if n in inside or not line.strip():
             out.append(line if n in inside else "")
         else:
-            out.append(INDENT + _drop_formfeeds(line))
+            out.append(indent + _drop_formfeeds(line))
     return out
 
 
@@ -114,14 +114,15 @@ def safe_cell_id(cell: Cell) -> str | None:
     return cell.id if cell.id and _CELL_ID.match(cell.id) else None
 
 
-def _marker(cell: Cell, role: str | None = None) -> str:
+def _marker(cell: Cell, role: str | None = None, indent: str = INDENT) -> str:
     head = f"{role} cell" if role else "cell"
     cid = safe_cell_id(cell)
     ident = f" (id {cid})" if cid else ""
-    return f"{INDENT}# --- {head} {cell.index}{ident} ---"
+    return f"{indent}# --- {head} {cell.index}{ident} ---"
 
 
-def _cell_code(graph: StepGraph, cell: Cell, used_imports: set[str] | None = None) -> list[str]:
+def _cell_code(graph: StepGraph, cell: Cell, used_imports: set[str] | None = None,
+               indent: str = INDENT) -> list[str]:
     code = graph.codes[cell.index]
     python = code.python
     lines = python_lines(python)
@@ -135,7 +136,7 @@ def _cell_code(graph: StepGraph, cell: Cell, used_imports: set[str] | None = Non
                 lines[n].strip()
     if used_imports is not None:
         _comment_unused_imports(python, lines, used_imports)
-    return _indent_cell("\n".join(lines))
+    return _indent_cell("\n".join(lines), indent)
 
 
 def _comment_unused_imports(python: str, lines: list[str], used: set[str]) -> None:
@@ -415,3 +416,70 @@ def verify_shape(source: str, graph: StepGraph) -> None:
             stmts.pop(0)
         if len(stmts) != 1 or not isinstance(stmts[0], ast.With):
             raise fail(f"step function {node.name!r} has code outside its `with StepRun`")
+
+
+SERVE_INDENT = " " * 4
+
+
+def serve_source(graph: StepGraph) -> str:
+    """The serve cells as a module: ``build(values...)`` runs them and returns ``predict``.
+
+    Written beside pipeline.py by compile and kept with each run, so a model server
+    runs exactly the code that run's notebook had. The same rules as step code: only
+    the cells' bodies are code, inside ``build``; the shape is checked.
+    """
+    serve = graph.serve
+    assert serve is not None
+    args = [*sorted(serve.inputs), *serve.params]
+    cells = ", ".join(str(c.index) for c in serve.cells)
+    head = [
+        _docstring(f"Serving code of {graph.notebook.name!r} (serve cells {cells}), generated "
+                   f"by nbship {__version__}.\n\nDo not edit: change the notebook and compile "
+                   "again.\n"),
+        "",
+        f"INPUTS = {dict(sorted(serve.inputs.items()))!r}  # value -> the step that produces it",
+        f"PARAMETERS = {list(serve.params)!r}",
+        f"CELLS = {[c.index for c in serve.cells]!r}",
+        "",
+        "",
+        f"def build({', '.join(args)}):",
+        f"    {_docstring('Run the serve cells with the pipeline values; return predict().')}",
+    ]
+    body: list[str] = []
+    for cell in serve.imports_cells:
+        body += [_marker(cell, "imports", SERVE_INDENT),
+                 *_cell_code(graph, cell, serve.import_names, SERVE_INDENT)]
+    body += [SERVE_INDENT + stmt for stmt in serve.carried_imports]
+    for cell in serve.functions_cells:
+        body += [_marker(cell, "functions", SERVE_INDENT),
+                 *_cell_code(graph, cell, None, SERVE_INDENT)]
+    for cell in serve.cells:
+        body += [_marker(cell, "serve", SERVE_INDENT), *_cell_code(graph, cell, None, SERVE_INDENT)]
+    body.append(f"{SERVE_INDENT}return {SERVE_FUNCTION}")
+    source = "\n".join(head + body) + "\n"
+    _verify_serve_shape(source, graph)
+    return source
+
+
+def _verify_serve_shape(source: str, graph: StepGraph) -> None:
+    def fail(why: str) -> CompileError:
+        return CompileError(f"the generated serving module is not as built ({why})",
+                            where=graph.notebook.where(),
+                            hint="this is a bug in nbship: please report it with the notebook")
+
+    try:
+        body = ast.parse(source).body
+    except SyntaxError as exc:
+        raise fail(f"syntax error at line {exc.lineno}: {exc.msg}") from None
+    shapes = [type(n).__name__ for n in body]
+    if shapes != ["Expr", "Assign", "Assign", "Assign", "FunctionDef"]:
+        raise fail("top-level statements other than the constants and build()")
+    build = body[-1]
+    assert isinstance(build, ast.FunctionDef)
+    if build.name != "build" or build.decorator_list or build.args.defaults or \
+            build.args.kw_defaults or build.returns is not None:
+        raise fail("build() is not as generated")
+    last = build.body[-1]
+    if not (isinstance(last, ast.Return) and isinstance(last.value, ast.Name)
+            and last.value.id == SERVE_FUNCTION):
+        raise fail(f"build() does not end returning {SERVE_FUNCTION}")

@@ -26,7 +26,17 @@ from typing import Any
 
 from nbship.errors import Location
 from nbship.extract.names import CellCode, analyse, imported_modules
-from nbship.notebook import FUNCTIONS, IMPORTS, METRICS, PARAMETERS, SKIP, STEP, Cell, Notebook
+from nbship.notebook import (
+    FUNCTIONS,
+    IMPORTS,
+    METRICS,
+    PARAMETERS,
+    SERVE,
+    SKIP,
+    STEP,
+    Cell,
+    Notebook,
+)
 
 ERROR = "error"
 WARNING = "warning"
@@ -141,6 +151,9 @@ class Step:
         return re.sub(r"[^a-z0-9-]", "-", self.func.lower())
 
 
+SERVE_FUNCTION = "predict"
+
+
 @dataclass(frozen=True)
 class Edge:
     src: str
@@ -164,6 +177,9 @@ class StepGraph:
     codes: dict[int, CellCode]  # cell index -> analysed code
     problems: list[Problem]
     parameters_cells: list[Cell] = field(default_factory=list)
+    # the `serve` cells, analysed like a step that runs after the pipeline (not one of
+    # its steps): what it reads from which step, the imports/functions it needs
+    serve: Step | None = None
 
     @property
     def errors(self) -> list[Problem]:
@@ -260,7 +276,11 @@ def build_graph(nb: Notebook) -> StepGraph:
         a.problem(ERROR, "no-steps", "the notebook has no step code to run (only "
                   "parameters, imports, functions, metrics or skip cells)", where[0],
                   hint="tag the cells that do the work with step:NAME, or remove the tags")
+    if special[SERVE]:
+        graph.serve = Step(name="serve", cells=special[SERVE],
+                           code=[a.codes[c.index] for c in special[SERVE]])
     _dataflow(a, graph, special[SKIP])
+    _check_serve(a, graph)
     _metrics(a, graph, metric_names, special[METRICS])
     _order_edges(a, graph)
     _mutation_warnings(a, graph)
@@ -277,7 +297,7 @@ def build_graph(nb: Notebook) -> StepGraph:
 # grouping ------------------------------------------------------------------
 def _group(a: _Analysis, nb: Notebook) -> tuple[list[Step], dict[str, list[Cell]]]:
     special: dict[str, list[Cell]] = {IMPORTS: [], FUNCTIONS: [], PARAMETERS: [], METRICS: [],
-                                      SKIP: []}
+                                      SKIP: [], SERVE: []}
     has_step_tags = any(c.step for c in nb.cells)
     steps: list[Step] = []
     leading: list[Cell] = []
@@ -600,16 +620,23 @@ def _dataflow(a: _Analysis, graph: StepGraph, skip_cells: list[Cell]) -> None:
                 skip_defs.setdefault(e.name, cell)
 
     edges: dict[tuple[str, str], list[str]] = {}
-    for i, step in enumerate(steps):
+    serving = [graph.serve] if graph.serve is not None else []
+    if graph.serve is not None:
+        _scan_step(graph.serve)
+    for i, step in enumerate([*steps, *serving]):
+        # the serve cells run after the pipeline, with what the steps above them produced
+        upstream = steps[:i] if step is not graph.serve else [
+            s for s in steps if s.cells[0].index < step.cells[0].index]
         pending = list(step.reads.items())
         while pending:
             name, (cell, line) = pending.pop(0)
-            producer = next((s for s in reversed(steps[:i]) if name in s.produces), None)
+            producer = next((s for s in reversed(upstream) if name in s.produces), None)
             if producer is not None:
                 if name not in step.inputs:
                     step.inputs[name] = producer.name
                     producer.outputs[name] = producer.produces[name]
-                    edges.setdefault((producer.name, step.name), []).append(name)
+                    if step is not graph.serve:
+                        edges.setdefault((producer.name, step.name), []).append(name)
             elif name in graph.parameters:
                 if name not in step.params:
                     step.params.append(name)
@@ -652,6 +679,24 @@ def _dataflow(a: _Analysis, graph: StepGraph, skip_cells: list[Cell]) -> None:
     graph.edges = [Edge(src, dst, tuple(sorted(vs)))
                    for (src, dst), vs in sorted(edges.items(),
                                                 key=lambda kv: (order[kv[0][1]], order[kv[0][0]]))]
+
+
+def _check_serve(a: _Analysis, graph: StepGraph) -> None:
+    """The serve cells must define predict(), and only once."""
+    serve = graph.serve
+    if serve is None:
+        return
+    defined = [(cell, node.lineno) for cell, code in zip(serve.cells, serve.code)
+               for node in (code.tree.body if code.tree else [])
+               if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+               and node.name == SERVE_FUNCTION]
+    if not defined and not any(code.syntax_error for code in serve.code):
+        a.problem(ERROR, "serve", f"the serve cell defines no `{SERVE_FUNCTION}` function",
+                  serve.cells[0], hint=f"def {SERVE_FUNCTION}(inputs): return the model's "
+                  "predictions for a batch (a numpy array in, an array or list out)")
+    for cell, line in defined[1:]:
+        a.problem(WARNING, "serve", f"`{SERVE_FUNCTION}` is defined again; the server uses "
+                  "the last definition", cell, line)
 
 
 def _metrics(a: _Analysis, graph: StepGraph, names: dict[str, tuple[Cell, int]],

@@ -39,6 +39,8 @@ def _translate(tag: str) -> list[str]:
         if name in ("imports", "functions"):
             return [name]
         return [f"step:{_kale_name(name)}"] if name else []
+    if tag == "serve":  # the model server's cell is not a pipeline step
+        return ["skip"]
     if tag.startswith("prev:"):  # several parents in one tag: one tag each for Kale 2.3
         return [f"prev:{_kale_name(p)}" for p in tag.split(":")[1:] if p]
     return [tag]

@@ -51,6 +51,13 @@ def to_text(graph: StepGraph) -> str:
     for name, step in graph.metrics.items():
         lines.append(f"  {name} (logged by {step})")
     lines.append("")
+    if graph.serve is not None:
+        serve = graph.serve
+        reads = ", ".join(f"{v} (from {src})" for v, src in sorted(serve.inputs.items()))
+        lines.append("serve:")
+        lines.append(f"  cells {_cells(serve.cells)}: predict() reads {reads or 'no step value'}"
+                     + (f"; params {', '.join(serve.params)}" if serve.params else ""))
+        lines.append("")
     n_err, n_warn = len(graph.errors), len(graph.warnings)
     lines.append(f"problems: {n_err} error(s), {n_warn} warning(s)")
     for problem in graph.problems:
@@ -89,6 +96,13 @@ def to_json(graph: StepGraph) -> str:
         "parameters": {p.name: {"type": p.type, "default": p.value, "cell": p.cell.index}
                        for p in graph.parameters.values()},
         "metrics": graph.metrics,
+        "serve": None if graph.serve is None else {
+            "cells": [{"index": c.index, "id": c.id} for c in graph.serve.cells],
+            "inputs": graph.serve.inputs,
+            "parameters": graph.serve.params,
+            "imports_cells": [c.index for c in graph.serve.imports_cells],
+            "functions_cells": [c.index for c in graph.serve.functions_cells],
+        },
         "problems": [p.to_json() for p in graph.problems],
     }
     return json.dumps(doc, indent=2) + "\n"

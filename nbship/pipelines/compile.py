@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from nbship.errors import AnalysisError, CompileError
-from nbship.extract.codegen import Provenance, generate, pipeline_name
+from nbship.extract.codegen import Provenance, generate, pipeline_name, serve_source
 from nbship.extract.graph import StepGraph
 from nbship.extract.report import to_json
 from nbship.files import sha256_file
@@ -24,6 +24,7 @@ from nbship.pipelines.kfp_import import import_kfp
 
 DEFAULT_IMAGE = "nbship-env:latest"
 MODULE_FILE = "pipeline.py"
+SERVE_FILE = "serve.py"
 YAML_FILE = "pipeline.yaml"
 GRAPH_FILE = "step-graph.json"
 STAMP_FILE = ".nbship-build.json"
@@ -38,6 +39,7 @@ class CompiledPipeline:
     yaml: Path
     yaml_sha256: str
     provenance: Provenance
+    serve: Path | None = None  # serve.py: the serve cells as build() -> predict
 
 
 def git_state(path: Path) -> tuple[str | None, bool]:
@@ -150,7 +152,7 @@ def _kfp_version() -> str:
     return version("kfp")
 
 
-def _up_to_date(out: Path, source: str, graph_json: str) -> str | None:
+def _up_to_date(out: Path, source: str, graph_json: str, serve: str | None) -> str | None:
     """The YAML's sha256 when ``out`` already holds exactly what this compile would write."""
     try:
         stamp = json.loads((out / STAMP_FILE).read_text())
@@ -158,7 +160,8 @@ def _up_to_date(out: Path, source: str, graph_json: str) -> str | None:
         same = (stamp == {"module_sha256": _sha(source), "yaml_sha256": yaml_sha,
                           "kfp": _kfp_version()}
                 and (out / MODULE_FILE).read_text() == source
-                and (out / GRAPH_FILE).read_text() == graph_json)
+                and (out / GRAPH_FILE).read_text() == graph_json
+                and (serve is None or (out / SERVE_FILE).read_text() == serve))
     except (OSError, ValueError):
         return None
     return yaml_sha if same else None
@@ -186,13 +189,14 @@ def compile_graph(graph: StepGraph, out_dir: str | Path, *,
     commit, dirty = git_state(nb.path)
     prov = Provenance(notebook=nb.name, sha256=nb.sha256, commit=commit, dirty=dirty)
     source = generate(graph, base_image=base_image, provenance=prov)
+    serve = serve_source(graph) if graph.serve is not None else None
     graph_json = to_json(graph)
 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise CompileError(f"the output folder {out} is a file", where=nb.where(),
                            hint="give -o a folder (it is made if missing)")
-    yaml_sha = _up_to_date(out, source, graph_json)
+    yaml_sha = _up_to_date(out, source, graph_json, serve)
     if yaml_sha is None:
         out.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".nbship-compile-", dir=out))
@@ -211,12 +215,18 @@ def compile_graph(graph: StepGraph, out_dir: str | Path, *,
             check_round_trip(yaml_path)
             yaml_sha = sha256_file(yaml_path)
             (tmp / GRAPH_FILE).write_text(graph_json)
+            if serve is not None:
+                (tmp / SERVE_FILE).write_text(serve)
             (tmp / STAMP_FILE).write_text(json.dumps(
                 {"module_sha256": _sha(source), "yaml_sha256": yaml_sha, "kfp": _kfp_version()}))
-            for name in (MODULE_FILE, GRAPH_FILE, YAML_FILE, STAMP_FILE):
-                (tmp / name).replace(out / name)
+            for name in (MODULE_FILE, SERVE_FILE, GRAPH_FILE, YAML_FILE, STAMP_FILE):
+                if (tmp / name).exists():
+                    (tmp / name).replace(out / name)
+                elif name == SERVE_FILE:
+                    (out / name).unlink(missing_ok=True)  # the notebook no longer serves
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return CompiledPipeline(graph=graph, name=pipeline_name(graph), out_dir=out,
                             module=out / MODULE_FILE, yaml=out / YAML_FILE,
-                            yaml_sha256=yaml_sha, provenance=prov)
+                            yaml_sha256=yaml_sha, provenance=prov,
+                            serve=out / SERVE_FILE if serve is not None else None)

@@ -31,7 +31,7 @@ from nbship.environ import environ
 from nbship.errors import Location, RunError
 from nbship.extract.codegen import METRICS_ARG, OUTPUT_PREFIX
 from nbship.extract.graph import StepGraph
-from nbship.files import write_atomic
+from nbship.files import sha256_file, write_atomic
 from nbship.pipelines import kfp_internals, launcher
 from nbship.pipelines.compile import CompiledPipeline
 from nbship.pipelines.kfp_import import import_kfp
@@ -233,6 +233,8 @@ def run_compiled(compiled: CompiledPipeline, arguments: dict[str, Any], *,
 
     prov_path = record_dir / "provenance.json"
     try:
+        if compiled.serve is not None:  # the run keeps the serving code it was made with
+            write_atomic(record_dir / compiled.serve.name, compiled.serve.read_bytes())
         _write_json(prov_path, provenance(compiled, values, tracker.records, metrics, run_id,
                                           status, seconds))
     except OSError as exc:
@@ -318,6 +320,20 @@ def provenance(compiled: CompiledPipeline, values: dict[str, Any],
             for var, src in sorted(step.inputs.items())
         }
     prov = compiled.provenance
+    serve_entry: dict[str, Any] | None = None
+    if graph.serve is not None and compiled.serve is not None:
+        from nbship.serving.bundle import seal_entry
+
+        serve_entry = {
+            "module": compiled.serve.name,
+            "sha256": sha256_file(compiled.serve),
+            "cells": [{"index": c.index, "id": c.id} for c in graph.serve.cells],
+            "inputs": {var: {"from": src,
+                             "sha256": outputs_of.get(src, {}).get(var, {}).get("sha256")}
+                       for var, src in sorted(graph.serve.inputs.items())},
+            "parameters": list(graph.serve.params),
+        }
+        serve_entry["hmac"] = seal_entry(serve_entry)
     return {
         "run": {"id": run_id, "status": status, "seconds": round(seconds, 3),
                 "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")},
@@ -330,4 +346,5 @@ def provenance(compiled: CompiledPipeline, values: dict[str, Any],
         "versions": {"nbship": __version__, "kfp": kfp.__version__,
                      "python": sys.version.split()[0]},
         "steps": steps,
+        "serve": serve_entry,
     }

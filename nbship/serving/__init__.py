@@ -1,0 +1,1 @@
+"""Serving the notebook's model: its `serve` cell behind KServe's protocols."""

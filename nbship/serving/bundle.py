@@ -1,0 +1,150 @@
+"""A finished run -> the notebook's ``predict``, with the values the serve cell reads.
+
+A run keeps ``serve.py`` (the serve cells as ``build(values...) -> predict``, written
+by compile) beside ``provenance.json``, whose ``serve`` entry names the values and the
+steps that produced them. Each value is loaded with nbship's serializers (checked
+against its sha256; pickles only when this machine wrote them), the module is
+checked against the sha256 and HMAC the run recorded, then run. A run folder that
+another machine or a cloned repository brings is refused, not executed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nbship import signing
+from nbship.errors import ServeError
+from nbship.files import sha256_file
+
+PROVENANCE = "provenance.json"
+
+
+@dataclass(frozen=True)
+class Served:
+    """What a model server needs: a name, the predict function, and where it came from."""
+
+    name: str
+    predict: Callable[[Any], Any]
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+def seal_entry(entry: dict[str, Any]) -> str:
+    """The HMAC a run records over its serve entry (module sha256, inputs)."""
+    return signing.mac(_signed(entry)).hex()
+
+
+def _signed(entry: dict[str, Any]) -> bytes:
+    return json.dumps({k: entry.get(k) for k in ("module", "sha256", "inputs", "parameters")},
+                      sort_keys=True).encode()
+
+
+def newest_run(folder: Path) -> Path:
+    """The newest successful run with something to serve in ``folder`` (.nbship/runs/NAME)."""
+    runs = sorted((p for p in folder.glob("*/" + PROVENANCE)), reverse=True) \
+        if folder.is_dir() else []
+    for prov in runs:
+        try:
+            doc = json.loads(prov.read_text())
+        except (OSError, ValueError):
+            continue
+        if doc.get("run", {}).get("status") == "SUCCESS" and doc.get("serve"):
+            return prov.parent
+    raise ServeError(f"no successful run with a serve cell in {folder}",
+                     hint="nbship run NOTEBOOK first (its notebook needs a cell tagged serve)")
+
+
+def load_run(run_dir: Path) -> Served:
+    """The run's predict function, ready to call; ServeError naming what is missing."""
+    from nbship.runtime import serializers
+
+    prov_path = run_dir / PROVENANCE
+    try:
+        prov = json.loads(prov_path.read_text())
+    except FileNotFoundError:
+        raise ServeError(f"{run_dir} is not a run folder (no {PROVENANCE})",
+                         hint="give a folder under .nbship/runs/NAME/, e.g. the path "
+                         "`nbship run` prints after 'provenance:'") from None
+    except (OSError, ValueError) as exc:
+        raise ServeError(f"{prov_path} cannot be read: {exc}") from None
+    entry = prov.get("serve") if isinstance(prov, dict) else None
+    if not isinstance(entry, dict):
+        raise ServeError(f"the run in {run_dir} has nothing to serve: its notebook has no "
+                         "cell tagged `serve`",
+                         hint="tag a cell `serve` that defines predict(inputs), run again")
+    status = prov.get("run", {}).get("status")
+    if status != "SUCCESS":
+        raise ServeError(f"the run in {run_dir} did not succeed ({status}); its values may "
+                         "be missing or stale", hint="serve a successful run")
+    tag = entry.get("hmac")
+    if not isinstance(tag, str) or not signing.verify(_signed(entry), bytes.fromhex(tag)
+                                                      if _is_hex(tag) else b""):
+        raise ServeError(f"the run in {run_dir} was not recorded by nbship on this machine; "
+                         "its serving code is not run",
+                         hint="serve a run made here, or a model release (nbship model push)")
+    module = run_dir / str(entry.get("module"))
+    if not module.is_file() or sha256_file(module) != entry.get("sha256"):
+        raise ServeError(f"{module} is missing or changed since the run")
+    values: dict[str, Any] = {}
+    for var, info in entry.get("inputs", {}).items():
+        output = prov["steps"].get(info["from"], {}).get("outputs", {}).get(var)
+        if not output:
+            raise ServeError(f"the run recorded no value {var!r} from step {info['from']!r}")
+        try:
+            values[var] = serializers.load(Path(output["uri"]))
+        except serializers.UntrustedArtifact as exc:
+            raise ServeError(f"value {var!r} is refused: {exc}") from None
+        except OSError as exc:
+            raise ServeError(f"value {var!r} cannot be read: {exc}",
+                             hint="the run's artifacts were removed?") from None
+    for name in entry.get("parameters", []):
+        values[name] = prov["parameters"][name]
+    predict = _build(module, values)
+    name = str(prov.get("pipeline", {}).get("name") or "model")
+    return Served(name=name, predict=predict, provenance=_summary(prov))
+
+
+def _is_hex(text: str) -> bool:
+    try:
+        bytes.fromhex(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _build(module_path: Path, values: dict[str, Any]) -> Callable[[Any], Any]:
+    digest = hashlib.sha256(str(module_path).encode()).hexdigest()[:12]
+    name = f"nbship_serve_{digest}"
+    spec = importlib.util.spec_from_file_location(name, module_path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+        predict = module.build(**values)
+    except Exception as exc:
+        raise ServeError(f"the serve cell failed while building predict(): "
+                         f"{type(exc).__name__}: {exc}", hint=f"see {module_path}") from None
+    if not callable(predict):
+        raise ServeError("the serve cell's predict is not a function")
+    return predict  # type: ignore[no-any-return]
+
+
+def _summary(prov: dict[str, Any]) -> dict[str, Any]:
+    """The provenance a server shows: where its model came from."""
+    return {
+        "run": prov.get("run", {}).get("id"),
+        "commit": prov.get("git", {}).get("commit"),
+        "dirty": prov.get("git", {}).get("dirty"),
+        "notebook": prov.get("notebook", {}),
+        "pipeline_yaml_sha256": prov.get("pipeline", {}).get("yaml_sha256"),
+        "parameters": prov.get("parameters", {}),
+        "metrics": prov.get("metrics", {}),
+        "serve": {k: v for k, v in prov.get("serve", {}).items() if k != "hmac"},
+    }

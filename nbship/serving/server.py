@@ -1,0 +1,47 @@
+"""KServe's ModelServer for one notebook model, listening on 127.0.0.1 only.
+
+kserve 0.21's REST server binds 0.0.0.0 on its own. nbship binds the socket itself
+(127.0.0.1:PORT unless ``--host`` says otherwise) and hands it to KServe's
+RESTServer (``run(sockets=...)``, uvicorn's public way), so KServe's endpoints,
+exception handlers and metrics are all there and nothing listens elsewhere.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+
+from nbship.serving.bundle import Served
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8080
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(served: Served, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+          announce: Callable[[str], None] = print) -> None:
+    """Serve ``served`` until SIGINT/SIGTERM (uvicorn's graceful shutdown)."""
+    from kserve import ModelServer
+    from kserve.protocol.rest.server import RESTServer
+
+    from nbship.serving.model import NotebookModel
+
+    sock = bind(host, port)
+    server = ModelServer(http_port=port, enable_grpc=False, workers=1)
+    model = NotebookModel(served)
+    model.load()
+    server.register_model(model)
+    rest = RESTServer("kserve.model_server:app", server.dataplane,
+                      server.model_repository_extension, port)
+    bound_port = sock.getsockname()[1]
+    announce(f"serving {served.name!r} on http://{host}:{bound_port} "
+             f"(v1 /v1/models/{served.name}:predict, v2 /v2/models/{served.name}/infer)")
+    rest.run(sockets=[sock])

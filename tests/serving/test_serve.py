@@ -1,0 +1,211 @@
+"""`nbship serve` on the showcase's run: KServe's protocols on 127.0.0.1, the pipeline's
+numbers, bad requests answered with a 4xx while the server stays up."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from nbship.errors import ServeError
+from nbship.extract.graph import build_graph
+from nbship.notebook import read_notebook
+from nbship.pipelines.compile import compile_graph
+from nbship.pipelines.local import run_compiled
+from nbship.runtime import serializers
+from nbship.serving.bundle import load_run
+from tests.conftest import ROOT, SHOWCASE, write_notebook
+from tests.release.conftest import free_port
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def showcase_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The showcase notebook run once (1 epoch), as `nbship run` leaves it."""
+    tmp = tmp_path_factory.mktemp("served")
+    nb = tmp / "marker_classifier.ipynb"
+    shutil.copy(SHOWCASE, nb)
+    compiled = compile_graph(build_graph(read_notebook(nb)), tmp / "build")
+    result = run_compiled(compiled, {"epochs": 1, "threshold": 0.5}, root=tmp / "runs",
+                          echo=lambda line: None)
+    assert result.status == "SUCCESS"
+    return result.record_dir
+
+
+@pytest.fixture(scope="module")
+def server(showcase_run: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "nbship", "serve", str(showcase_run),
+                             "--port", str(port)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/v2/health/ready", timeout=2) as reply:
+                if reply.status == 200:
+                    break
+        except (urllib.error.URLError, OSError):
+            pass
+        assert proc.poll() is None, proc.communicate()[0]
+        assert time.monotonic() < deadline, "the server did not become ready"
+        time.sleep(0.2)
+    yield base, proc
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def post(url: str, body: bytes | str, content_type: str = "application/json",
+         ) -> tuple[int, Any]:
+    data = body.encode() if isinstance(body, str) else body
+    req = urllib.request.Request(url, data=data, method="POST",
+                                 headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as reply:
+            return reply.status, json.loads(reply.read())
+    except urllib.error.HTTPError as exc:
+        text = exc.read()
+        try:
+            return exc.code, json.loads(text)
+        except ValueError:
+            return exc.code, text.decode(errors="replace")
+
+
+def test_held_out_accuracy_over_v1_is_the_pipelines(server: tuple[str, Any],
+                                                    showcase_run: Path) -> None:
+    base, _ = server
+    prov = json.loads((showcase_run / "provenance.json").read_text())
+    outs = prov["steps"]["preprocess"]["outputs"]
+    x_test = serializers.load(Path(outs["x_test"]["uri"]))
+    y_test = serializers.load(Path(outs["y_test"]["uri"]))
+    images = (x_test[:, 0] * 16.0).round()  # back to the scanned pixel values
+    status, body = post(f"{base}/v1/models/marker-classifier:predict",
+                        json.dumps({"instances": images.tolist()}))
+    assert status == 200, body
+    accuracy = float((np.asarray(body["predictions"]) == y_test).mean())
+    assert accuracy == pytest.approx(prov["metrics"]["accuracy"], abs=1e-9)
+
+
+def test_a_real_v2_client_gets_what_the_run_predicts(server: tuple[str, Any],
+                                                     showcase_run: Path) -> None:
+    from kserve import InferenceRESTClient, RESTConfig
+    from kserve.protocol.infer_type import InferInput, InferRequest
+
+    base, _ = server
+    images = np.random.default_rng(0).integers(0, 17, size=(5, 8, 8)).astype(np.float32)
+    tensor = InferInput(name="images", shape=list(images.shape), datatype="FP32")
+    tensor.set_data_from_numpy(images, binary_data=False)
+
+    async def infer() -> Any:
+        client = InferenceRESTClient(RESTConfig(protocol="v2", timeout=30))
+        try:
+            return await client.infer(base, InferRequest(model_name="marker-classifier",
+                                                         infer_inputs=[tensor]),
+                                      model_name="marker-classifier")
+        finally:
+            await client.close()
+
+    response = asyncio.run(infer())
+    got = response.outputs[0].as_numpy()
+    expected = load_run(showcase_run).predict(images)
+    assert got.tolist() == expected.tolist()
+
+
+def test_it_listens_on_127_0_0_1_only(server: tuple[str, subprocess.Popen[str]]) -> None:
+    import psutil
+
+    _, proc = server
+    listening = [c for c in psutil.Process(proc.pid).connections(kind="inet")
+                 if c.status == psutil.CONN_LISTEN]
+    assert listening and {c.laddr.ip for c in listening} == {"127.0.0.1"}
+
+
+V1 = "/v1/models/marker-classifier:predict"
+V2 = "/v2/models/marker-classifier/infer"
+ONE = np.zeros((1, 8, 8)).tolist()
+BAD: dict[str, tuple[str, bytes | str]] = {
+    "not-json": (V1, "{instances: nope"),
+    "empty-body": (V1, ""),
+    "no-instances": (V1, json.dumps({"inputs": ONE})),
+    "instances-not-a-list": (V1, json.dumps({"instances": 5})),
+    "no-rows": (V1, json.dumps({"instances": []})),
+    "ragged": (V1, json.dumps({"instances": [[1, 2], [3]]})),
+    "strings": (V1, json.dumps({"instances": [["a"] * 64]})),
+    "nan": (V1, '{"instances": [[NaN, 0, 0]]}'),
+    "wrong-shape": (V1, json.dumps({"instances": np.zeros((1, 7, 7)).tolist()})),
+    "nested-objects": (V1, json.dumps({"instances": [{"a": 1}]})),
+    "v2-no-inputs": (V2, json.dumps({"inputs": []})),
+    "v2-shape-mismatch": (V2, json.dumps({"inputs": [{"name": "x", "shape": [1, 8, 8],
+                                                      "datatype": "FP32", "data": [0] * 5}]})),
+    "v2-bytes": (V2, json.dumps({"inputs": [{"name": "x", "shape": [1], "datatype": "BYTES",
+                                             "data": ["x"]}]})),
+    "v2-nan": (V2, json.dumps({"inputs": [{"name": "x", "shape": [1, 8, 8], "datatype": "FP32",
+                                           "data": ["NaN"] + [0] * 63}]})),
+    "v2-missing-fields": (V2, json.dumps({"inputs": [{"name": "x"}]})),
+    "unknown-model": ("/v1/models/nope:predict", json.dumps({"instances": ONE})),
+    "unknown-model-v2": ("/v2/models/nope/infer", json.dumps({"inputs": []})),
+}
+
+
+@pytest.mark.parametrize("path,body", BAD.values(), ids=BAD.keys())
+def test_bad_requests_get_a_4xx_with_a_message(path: str, body: bytes | str,
+                                               server: tuple[str, Any]) -> None:
+    base, proc = server
+    status, reply = post(base + path, body)
+    assert 400 <= status < 500, (status, reply)
+    assert isinstance(reply, dict) and (reply.get("error") or reply.get("detail")), reply
+    assert proc.poll() is None
+    status, _ = post(base + V1, json.dumps({"instances": ONE}))
+    assert status == 200  # still serving
+
+
+def test_a_run_without_a_serve_cell_is_a_message(tmp_path: Path) -> None:
+    nb = write_notebook(tmp_path / "n.ipynb", [(["step:a"], "a = 1")])
+    compiled = compile_graph(build_graph(read_notebook(nb)), tmp_path / "build")
+    run = run_compiled(compiled, {}, root=tmp_path / "runs", echo=lambda line: None)
+    with pytest.raises(ServeError, match="no cell tagged `serve`"):
+        load_run(run.record_dir)
+    done = subprocess.run([sys.executable, "-m", "nbship", "serve", str(run.record_dir)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "serve" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_run_folder_from_elsewhere_is_not_executed(showcase_run: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from nbship import signing
+
+    copy = tmp_path / "run"
+    shutil.copytree(showcase_run, copy)
+    marker = tmp_path / "PWNED"
+    serve_py = copy / "serve.py"
+    serve_py.write_text(serve_py.read_text().replace(
+        "def build(", f"__import__('pathlib').Path({str(marker)!r}).touch()\n\n\ndef build(", 1))
+    prov = json.loads((copy / "provenance.json").read_text())
+    prov["serve"]["sha256"] = serializers.sha256_file(serve_py)
+    monkeypatch.setenv(signing.KEY_ENV, "ee" * 32)  # sealed with another machine's key
+    from nbship.serving.bundle import seal_entry
+
+    prov["serve"]["hmac"] = seal_entry(prov["serve"])
+    monkeypatch.delenv(signing.KEY_ENV)
+    (copy / "provenance.json").write_text(json.dumps(prov))
+    with pytest.raises(ServeError, match="not recorded by nbship on this machine"):
+        load_run(copy)
+    assert not marker.exists()
+    assert os.path.exists(serve_py)
