@@ -25,6 +25,7 @@ Tag cells in JupyterLab (View > Cell toolbar or the property inspector):
                         join the step above
   prev:NAME             run after NAME (ordering only; data edges are inferred)
   skip                  not part of the pipeline
+  serve                 defines predict(inputs) for `nbship serve`
   limit:RES:VAL image:REF cache:disabled label:K:V annotation:K:V
   secret:NAME:KEY:ENV   settings of the step's KFP task
 
@@ -185,6 +186,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="address to listen on (default: 127.0.0.1, this machine only)")
     v.add_argument("--root", type=Path, default=Path(".nbship/runs"), metavar="DIR",
                    help="where runs are (default: .nbship/runs)")
+    v.add_argument("--verbose", action="store_true", help="KServe's and uvicorn's own logs")
 
     g = sub.add_parser("registry", help="the embedded OCI registry on 127.0.0.1",
                        description="Start, stop or show the registry nbship runs for a "
@@ -411,7 +413,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     served = load_run(run_dir)
     print(f"model {served.name!r} from run {served.provenance.get('run')} "
           f"(commit {served.provenance.get('commit') or 'none'})", flush=True)
-    serve(served, host=args.host, port=args.port,
+    serve(served, host=args.host, port=args.port, verbose=args.verbose,
           announce=lambda line: print(line, flush=True))
     return 0
 

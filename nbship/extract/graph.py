@@ -281,6 +281,7 @@ def build_graph(nb: Notebook) -> StepGraph:
                            code=[a.codes[c.index] for c in special[SERVE]])
     _dataflow(a, graph, special[SKIP])
     _check_serve(a, graph)
+    _kale_serving(a, graph, special[SKIP])
     _metrics(a, graph, metric_names, special[METRICS])
     _order_edges(a, graph)
     _mutation_warnings(a, graph)
@@ -697,6 +698,27 @@ def _check_serve(a: _Analysis, graph: StepGraph) -> None:
     for cell, line in defined[1:]:
         a.problem(WARNING, "serve", f"`{SERVE_FUNCTION}` is defined again; the server uses "
                   "the last definition", cell, line)
+
+
+def _kale_serving(a: _Analysis, graph: StepGraph, skip_cells: list[Cell]) -> None:
+    """Kale serves with `serve(model)` from kale.common.serveutils: say what nbship does."""
+    if graph.serve is not None:
+        return
+    for cell in skip_cells:
+        tree = a.codes[cell.index].tree
+        if tree is None or "serveutils" not in cell.source:
+            continue
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                    and node.func.id == "serve" and node.args
+                    and isinstance(node.args[0], ast.Name)):
+                model = node.args[0].id
+                a.problem(WARNING, "kale-serve",
+                          f"Kale's serve({model}) is not how nbship serves: this notebook has "
+                          "no model server until a cell is tagged `serve`", cell, node.lineno,
+                          hint=f"add a cell tagged serve: `def {SERVE_FUNCTION}(inputs): "
+                          f"return {model}.predict(inputs)`; then nbship serve RUN_DIR")
+                return
 
 
 def _metrics(a: _Analysis, graph: StepGraph, names: dict[str, tuple[Cell, int]],

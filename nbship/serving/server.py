@@ -26,9 +26,23 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+# KServe's handlers for a client's mistake log it at ERROR with a traceback; the client
+# gets the message in the 4xx reply, so the server's console does not need it.
+_CLIENT_ERROR_HANDLERS = frozenset({"invalid_input_handler", "model_not_found_handler",
+                                    "not_implemented_error_handler",
+                                    "unsupported_protocol_error_handler"})
+
+
+def _no_client_errors(record: object) -> bool:
+    return getattr(record, "funcName", "") not in _CLIENT_ERROR_HANDLERS
+
+
 def serve(served: Served, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-          announce: Callable[[str], None] = print) -> None:
+          announce: Callable[[str], None] = print, verbose: bool = False) -> None:
     """Serve ``served`` until SIGINT/SIGTERM (uvicorn's graceful shutdown)."""
+    import logging
+    import warnings
+
     from kserve import ModelServer
     from kserve.protocol.rest.server import RESTServer
 
@@ -36,6 +50,11 @@ def serve(served: Served, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
 
     sock = bind(host, port)
     server = ModelServer(http_port=port, enable_grpc=False, workers=1)
+    if not verbose:  # KServe logs every start-up step and request at INFO
+        for name in ("kserve", "kserve.trace", "uvicorn", "uvicorn.access", "uvicorn.error"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger("kserve").addFilter(_no_client_errors)
+        warnings.filterwarnings("ignore", message=".*deprecated")  # fastapi, about kserve
     model = NotebookModel(served)
     model.load()
     server.register_model(model)

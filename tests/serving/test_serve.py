@@ -209,3 +209,34 @@ def test_a_run_folder_from_elsewhere_is_not_executed(showcase_run: Path, tmp_pat
         load_run(copy)
     assert not marker.exists()
     assert os.path.exists(serve_py)
+
+
+@pytest.mark.parametrize("name", ["serving_sklearn_iris", "serving_xgboost_iris"])
+def test_kales_serving_notebooks_are_told_how_nbship_serves(name: str, corpus: Path) -> None:
+    graph = build_graph(read_notebook(corpus / "kale" / f"{name}.ipynb"))
+    found = [p for p in graph.warnings if p.kind == "kale-serve"]
+    assert found and "tagged `serve`" in found[0].message
+    assert "return model.predict(inputs)" in str(found[0].hint)
+
+
+def test_kales_sklearn_notebook_serves_with_a_serve_cell(corpus: Path, tmp_path: Path) -> None:
+    import nbformat
+    from nbformat.v4 import new_code_cell
+
+    nb_path = tmp_path / "iris.ipynb"
+    doc = nbformat.read(corpus / "kale" / "serving_sklearn_iris.ipynb", as_version=4)
+    cell = new_code_cell("def predict(inputs):\n    return model.predict(inputs)")
+    cell.metadata["tags"] = ["serve"]
+    if doc.nbformat_minor < 5:  # an nbformat 4.4 notebook: cells have no ids
+        del cell["id"]
+    doc.cells.append(cell)
+    nbformat.write(doc, nb_path)
+    graph = build_graph(read_notebook(nb_path))
+    assert not graph.errors and graph.serve is not None
+    assert graph.serve.inputs == {"model": "train_model"}
+    compiled = compile_graph(graph, tmp_path / "build")
+    run = run_compiled(compiled, {"N_ESTIMATORS": 20}, root=tmp_path / "runs",
+                       echo=lambda line: None)
+    served = load_run(run.record_dir)
+    assert served.predict(np.array([[6.8, 2.8, 4.8, 1.4], [5.1, 3.5, 1.4, 0.2]])).tolist() \
+        == [1, 0]
