@@ -419,6 +419,9 @@ def verify_shape(source: str, graph: StepGraph) -> None:
 
 
 SERVE_INDENT = " " * 4
+# A serve cell may bind this to inputs like the ones the model learned from (e.g. the
+# training images): the server profiles them and watches drift against that profile.
+REFERENCE = "reference_inputs"
 
 
 def serve_source(graph: StepGraph) -> str:
@@ -443,7 +446,8 @@ def serve_source(graph: StepGraph) -> str:
         "",
         "",
         f"def build({', '.join(args)}):",
-        f"    {_docstring('Run the serve cells with the pipeline values; return predict().')}",
+        "    " + _docstring("Run the serve cells with the pipeline values; return predict() "
+                           "and the reference inputs for drift (None when the cell names none)."),
     ]
     body: list[str] = []
     for cell in serve.imports_cells:
@@ -455,7 +459,7 @@ def serve_source(graph: StepGraph) -> str:
                  *_cell_code(graph, cell, None, SERVE_INDENT)]
     for cell in serve.cells:
         body += [_marker(cell, "serve", SERVE_INDENT), *_cell_code(graph, cell, None, SERVE_INDENT)]
-    body.append(f"{SERVE_INDENT}return {SERVE_FUNCTION}")
+    body.append(f"{SERVE_INDENT}return {SERVE_FUNCTION}, locals().get({REFERENCE!r})")
     source = "\n".join(head + body) + "\n"
     _verify_serve_shape(source, graph)
     return source
@@ -480,6 +484,7 @@ def _verify_serve_shape(source: str, graph: StepGraph) -> None:
             build.args.kw_defaults or build.returns is not None:
         raise fail("build() is not as generated")
     last = build.body[-1]
-    if not (isinstance(last, ast.Return) and isinstance(last.value, ast.Name)
-            and last.value.id == SERVE_FUNCTION):
+    value = last.value if isinstance(last, ast.Return) else None
+    if not (isinstance(value, ast.Tuple) and len(value.elts) == 2
+            and isinstance(value.elts[0], ast.Name) and value.elts[0].id == SERVE_FUNCTION):
         raise fail(f"build() does not end returning {SERVE_FUNCTION}")

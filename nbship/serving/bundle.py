@@ -33,6 +33,7 @@ class Served:
     name: str
     predict: Callable[[Any], Any]
     provenance: dict[str, Any] = field(default_factory=dict)
+    reference: Any = None  # the serve cell's reference_inputs: what drift is measured against
 
 
 def seal_entry(entry: dict[str, Any]) -> str:
@@ -105,9 +106,9 @@ def load_run(run_dir: Path) -> Served:
                              hint="the run's artifacts were removed?") from None
     for name in entry.get("parameters", []):
         values[name] = prov["parameters"][name]
-    predict = _build(module, values)
+    predict, reference = _build(module, values)
     name = str(prov.get("pipeline", {}).get("name") or "model")
-    return Served(name=name, predict=predict, provenance=_summary(prov))
+    return Served(name=name, predict=predict, provenance=_summary(prov), reference=reference)
 
 
 def _is_hex(text: str) -> bool:
@@ -118,7 +119,7 @@ def _is_hex(text: str) -> bool:
     return True
 
 
-def _build(module_path: Path, values: dict[str, Any]) -> Callable[[Any], Any]:
+def _build(module_path: Path, values: dict[str, Any]) -> tuple[Callable[[Any], Any], Any]:
     digest = hashlib.sha256(str(module_path).encode()).hexdigest()[:12]
     name = f"nbship_serve_{digest}"
     spec = importlib.util.spec_from_file_location(name, module_path)
@@ -127,13 +128,13 @@ def _build(module_path: Path, values: dict[str, Any]) -> Callable[[Any], Any]:
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
-        predict = module.build(**values)
+        predict, reference = module.build(**values)
     except Exception as exc:
         raise ServeError(f"the serve cell failed while building predict(): "
                          f"{type(exc).__name__}: {exc}", hint=f"see {module_path}") from None
     if not callable(predict):
         raise ServeError("the serve cell's predict is not a function")
-    return predict  # type: ignore[no-any-return]
+    return predict, reference
 
 
 def _summary(prov: dict[str, Any]) -> dict[str, Any]:

@@ -18,6 +18,8 @@ from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from kserve.utils.numpy_codec import from_np_dtype
 
+from nbship.monitoring.drift import Window
+from nbship.monitoring.metrics import observe_predictions
 from nbship.serving.bundle import Served
 
 OUTPUT = "predictions"
@@ -26,9 +28,10 @@ OUTPUT = "predictions"
 class NotebookModel(Model):  # type: ignore[misc]
     """One served notebook model; ``served.predict`` does the work."""
 
-    def __init__(self, served: Served) -> None:
+    def __init__(self, served: Served, window: Window | None = None) -> None:
         super().__init__(served.name)
         self.served = served
+        self.window = window  # drift against the reference profile, when there is one
 
     def load(self) -> bool:
         self.ready = True
@@ -63,6 +66,9 @@ class NotebookModel(Model):  # type: ignore[misc]
         result = np.asarray(out)
         if result.dtype == object:
             raise InvalidInput("predict() returned values that are not numbers or strings")
+        observe_predictions(self.name, result)
+        if self.window is not None:
+            self.window.observe(array, result)
         return result
 
 

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from nbship.serving.bundle import Served
+
+if TYPE_CHECKING:
+    from nbship.monitoring.drift import Window
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -37,6 +41,26 @@ def _no_client_errors(record: object) -> bool:
     return getattr(record, "funcName", "") not in _CLIENT_ERROR_HANDLERS
 
 
+def monitor(served: Served) -> Window | None:
+    """The drift window of ``served``, registered with /metrics; None without a reference."""
+    from nbship.errors import ServeError
+    from nbship.monitoring.drift import Profile, Window
+    from nbship.monitoring.metrics import watch_drift
+
+    if served.reference is None:
+        return None
+    try:
+        profile = Profile.build(served.reference, served.predict(served.reference))
+    except Exception as exc:
+        raise ServeError(f"the serve cell's reference_inputs cannot be profiled: "
+                         f"{type(exc).__name__}: {exc}",
+                         hint="reference_inputs must be inputs predict() takes, e.g. the "
+                         "training inputs") from None
+    window = Window(profile)
+    watch_drift(served.name, window)
+    return window
+
+
 def serve(served: Served, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
           announce: Callable[[str], None] = print, verbose: bool = False) -> None:
     """Serve ``served`` until SIGINT/SIGTERM (uvicorn's graceful shutdown)."""
@@ -46,6 +70,7 @@ def serve(served: Served, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
     from kserve import ModelServer
     from kserve.protocol.rest.server import RESTServer
 
+    from nbship.monitoring.metrics import GoldenSignals
     from nbship.serving.model import NotebookModel
 
     sock = bind(host, port)
@@ -55,8 +80,12 @@ def serve(served: Served, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
             logging.getLogger(name).setLevel(logging.WARNING)
         logging.getLogger("kserve").addFilter(_no_client_errors)
         warnings.filterwarnings("ignore", message=".*deprecated")  # fastapi, about kserve
-    model = NotebookModel(served)
+    window = monitor(served)
+    model = NotebookModel(served, window)
     model.load()
+    from kserve.model_server import app
+
+    app.add_middleware(GoldenSignals, model=served.name)
     server.register_model(model)
     rest = RESTServer("kserve.model_server:app", server.dataplane,
                       server.model_repository_extension, port)

@@ -240,3 +240,45 @@ def test_kales_sklearn_notebook_serves_with_a_serve_cell(corpus: Path, tmp_path:
     served = load_run(run.record_dir)
     assert served.predict(np.array([[6.8, 2.8, 4.8, 1.4], [5.1, 3.5, 1.4, 0.2]])).tolist() \
         == [1, 0]
+
+
+def _metric(base: str, name: str) -> dict[str, float]:
+    text = urllib.request.urlopen(f"{base}/metrics", timeout=10).read().decode()
+    found = {}
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            key, _, value = line.rpartition(" ")
+            found[key] = float(value)
+    return found
+
+
+def test_metrics_show_golden_signals_and_drift(server: tuple[str, Any]) -> None:
+    from sklearn.datasets import load_digits
+
+    base, _ = server
+    digits = load_digits().images
+    rng = np.random.default_rng(3)
+    held = digits[rng.choice(len(digits), 1000, replace=False)]
+    for start in range(0, 1000, 100):
+        assert post(base + V1, json.dumps({"instances": held[start:start + 100].tolist()}))[0] \
+            == 200
+    quiet = _metric(base, "nbship_input_drift_psi")
+    assert quiet and max(quiet.values()) < 0.25, quiet
+    assert max(_metric(base, "nbship_prediction_drift_psi").values()) < 0.25
+    shifted = np.clip(np.rot90(held, 1, axes=(1, 2)) + rng.normal(0, 3, held.shape), 0, 16)
+    for start in range(0, 1000, 100):
+        post(base + V1, json.dumps({"instances": shifted[start:start + 100].tolist()}))
+    loud = _metric(base, "nbship_input_drift_psi")
+    assert max(loud.values()) > 0.5, loud
+    assert max(_metric(base, "nbship_prediction_drift_psi").values()) > 0.25
+    assert _metric(base, "nbship_drift_window_rows") == {
+        'nbship_drift_window_rows{model="marker-classifier"}': 1000.0}
+    requests = _metric(base, "nbship_requests_total")
+    assert requests['nbship_requests_total{code="200",model="marker-classifier",protocol="v1"}'] \
+        >= 20
+    assert any('code="400"' in k for k in requests)  # the bad-request tests' 4xx
+    assert _metric(base, "nbship_request_seconds_count")
+    assert sum(_metric(base, "nbship_predictions_total").values()) >= 2000
+    assert _metric(base, "nbship_requests_in_flight") == {
+        'nbship_requests_in_flight{model="marker-classifier"}': 0.0}
+    assert _metric(base, "request_predict_seconds_count")  # KServe's own histogram

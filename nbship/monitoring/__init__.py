@@ -1,0 +1,1 @@
+"""Watching a served model: golden signals, prediction distribution, input and prediction drift."""

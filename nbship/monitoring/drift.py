@@ -1,0 +1,174 @@
+"""Drift of a served model's inputs and predictions against a reference profile.
+
+The profile is made once from reference inputs (the data the model learned from)
+and the model's predictions on them: each input row is flattened to F features;
+up to 16 features are watched one by one, more are watched as 8 groups of
+contiguous features (the group's mean per row: pixel blocks of an image, say).
+Per feature group it keeps 10 quantile bins (their proportions) and a sample of
+up to 1,000 values; for predictions, the class frequencies (integer outputs) or
+quantile bins (real-valued outputs).
+
+Serving adds each request's rows to a sliding window (the last 1,000 rows: a few
+array operations per request). PSI (population stability index) and the
+two-sample Kolmogorov-Smirnov statistic (scipy's ``ks_2samp``) are computed from
+the window when /metrics is read, not per request.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import numpy as np
+
+BINS = 10
+MAX_FEATURES = 16
+GROUPS = 8
+SAMPLE = 1000
+WINDOW = 1000
+EPSILON = 1e-4  # floor for empty bins in PSI
+
+
+def feature_groups(inputs: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """(group names, rows x groups) for a batch of inputs."""
+    rows = np.asarray(inputs, dtype=np.float64).reshape(len(inputs), -1)
+    n = rows.shape[1]
+    if n <= MAX_FEATURES:
+        return [f"f{i}" for i in range(n)], rows
+    parts = np.array_split(np.arange(n), GROUPS)
+    names = [f"f{p[0]}-f{p[-1]}" for p in parts]
+    return names, np.stack([rows[:, p].mean(axis=1) for p in parts], axis=1)
+
+
+def _edges(values: np.ndarray) -> np.ndarray:
+    inner = np.quantile(values, np.linspace(0, 1, BINS + 1)[1:-1])
+    return np.unique(inner)
+
+
+def _proportions(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    counts = np.bincount(np.searchsorted(edges, values, side="right"),
+                         minlength=len(edges) + 1).astype(np.float64)
+    return cast(np.ndarray, counts / max(float(counts.sum()), 1.0))
+
+
+def psi(expected: np.ndarray, actual: np.ndarray) -> float:
+    """Population stability index of two distributions over the same bins."""
+    e = np.clip(expected, EPSILON, None)
+    a = np.clip(actual, EPSILON, None)
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def _is_classes(predictions: np.ndarray) -> bool:
+    return predictions.dtype.kind in "biu" or (
+        predictions.dtype.kind == "f" and bool(np.all(np.mod(predictions, 1) == 0))
+        and len(np.unique(predictions)) <= 100)
+
+
+@dataclass
+class Profile:
+    """What normal looks like: per feature group bins and a sample; prediction frequencies."""
+
+    groups: list[str]
+    edges: list[list[float]]
+    proportions: list[list[float]]
+    sample: list[list[float]]
+    classes: dict[str, float] | None = None  # prediction -> frequency (integer outputs)
+    prediction_edges: list[float] | None = None
+    prediction_proportions: list[float] | None = None
+    rows: int = 0
+
+    @classmethod
+    def build(cls, inputs: Any, predictions: Any) -> Profile:
+        names, values = feature_groups(np.asarray(inputs))
+        rng = np.random.default_rng(0)
+        edges, props, sample = [], [], []
+        for g in range(values.shape[1]):
+            column = values[:, g]
+            e = _edges(column)
+            edges.append(e.tolist())
+            props.append(_proportions(column, e).tolist())
+            pick = rng.choice(len(column), size=min(SAMPLE, len(column)), replace=False)
+            sample.append(column[pick].tolist())
+        preds = np.asarray(predictions).reshape(len(values), -1)[:, 0]
+        profile = cls(groups=names, edges=edges, proportions=props, sample=sample,
+                      rows=len(values))
+        if _is_classes(preds):
+            keys, counts = np.unique(preds.astype(np.int64), return_counts=True)
+            profile.classes = {str(k): float(c) / len(preds) for k, c in zip(keys, counts)}
+        else:
+            e = _edges(preds.astype(np.float64))
+            profile.prediction_edges = e.tolist()
+            profile.prediction_proportions = _proportions(preds, e).tolist()
+        return profile
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Profile:
+        return cls(**json.loads(text))
+
+
+@dataclass
+class Window:
+    """The last WINDOW rows a server saw (feature groups and predictions), thread-safe."""
+
+    profile: Profile
+    size: int = WINDOW
+    _values: np.ndarray = field(init=False)
+    _predictions: np.ndarray = field(init=False)
+    _next: int = 0
+    _filled: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self._values = np.zeros((self.size, len(self.profile.groups)))
+        self._predictions = np.zeros(self.size)
+
+    def observe(self, inputs: np.ndarray, predictions: np.ndarray) -> None:
+        names, values = feature_groups(inputs)
+        if len(names) != len(self.profile.groups):
+            return  # not the reference's shape (predict() accepted it anyway): not compared
+        preds = np.asarray(predictions, dtype=np.float64).reshape(len(values), -1)[:, 0]
+        with self._lock:
+            for start in range(0, len(values), self.size):
+                chunk, pchunk = values[start:start + self.size], preds[start:start + self.size]
+                idx = (self._next + np.arange(len(chunk))) % self.size
+                self._values[idx] = chunk
+                self._predictions[idx] = pchunk
+                self._next = int((self._next + len(chunk)) % self.size)
+                self._filled = min(self.size, self._filled + len(chunk))
+
+    def snapshot(self) -> tuple[np.ndarray, np.ndarray]:
+        with self._lock:
+            return self._values[: self._filled].copy(), self._predictions[: self._filled].copy()
+
+    def drift(self) -> dict[str, Any]:
+        """PSI and KS per feature group, prediction PSI; empty until the window has rows."""
+        from scipy.stats import ks_2samp
+
+        values, preds = self.snapshot()
+        if len(values) == 0:
+            return {"rows": 0, "input_psi": {}, "input_ks": {}, "prediction_psi": None}
+        p = self.profile
+        input_psi, input_ks = {}, {}
+        for g, name in enumerate(p.groups):
+            edges = np.asarray(p.edges[g])
+            input_psi[name] = psi(np.asarray(p.proportions[g]), _proportions(values[:, g], edges))
+            input_ks[name] = float(ks_2samp(values[:, g], np.asarray(p.sample[g])).statistic)
+        if p.classes is not None:
+            keys = sorted(set(p.classes) | {str(int(v)) for v in preds})
+            ref = np.array([p.classes.get(k, 0.0) for k in keys])
+            live_counts = {k: 0 for k in keys}
+            for v in preds:
+                live_counts[str(int(v))] += 1
+            live = np.array([live_counts[k] for k in keys], dtype=np.float64) / len(preds)
+            prediction_psi = psi(ref, live)
+        else:
+            edges = np.asarray(p.prediction_edges or [])
+            prediction_psi = psi(np.asarray(p.prediction_proportions or [1.0]),
+                                 _proportions(preds, edges))
+        return {"rows": len(values), "input_psi": input_psi, "input_ks": input_ks,
+                "prediction_psi": prediction_psi}

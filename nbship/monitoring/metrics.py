@@ -1,0 +1,120 @@
+"""What a model server reports on /metrics, beside KServe's own histograms.
+
+The four golden signals per model and protocol (v1/v2): latency
+(``nbship_request_seconds``), traffic and errors (``nbship_requests_total`` by
+status code; client errors are 4xx, server errors 5xx), saturation
+(``nbship_requests_in_flight``); the distribution of predictions
+(``nbship_predictions_total`` by class for classifiers); and drift against the
+reference profile over the sliding window (``nbship_input_drift_psi`` and
+``nbship_input_drift_ks`` per feature group, ``nbship_prediction_drift_psi``,
+``nbship_drift_window_rows``), computed when Prometheus scrapes.
+
+Everything goes into prometheus_client's default registry, which KServe's
+/metrics handler exposes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import numpy as np
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from nbship.monitoring.drift import Window
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+REQUESTS = Counter("nbship_requests", "Inference requests by model, protocol and HTTP status",
+                   ["model", "protocol", "code"])
+LATENCY = Histogram("nbship_request_seconds", "Inference request latency (seconds)",
+                    ["model", "protocol"], buckets=LATENCY_BUCKETS)
+IN_FLIGHT = Gauge("nbship_requests_in_flight", "Inference requests being served",
+                  ["model"])
+PREDICTIONS = Counter("nbship_predictions", "Predictions by class (classifiers)",
+                      ["model", "class"])
+
+
+def observe_predictions(model: str, predictions: np.ndarray) -> None:
+    """Count a classifier's predicted classes (integer outputs, one per row)."""
+    flat = np.asarray(predictions)
+    if flat.ndim != 1 or flat.dtype.kind not in "biu":
+        return
+    classes, counts = np.unique(flat, return_counts=True)
+    for cls, n in zip(classes, counts):
+        PREDICTIONS.labels(model, str(int(cls))).inc(int(n))
+
+
+class DriftCollector(Collector):
+    """PSI and KS from a model's sliding window, when /metrics is read."""
+
+    def __init__(self, model: str, window: Window) -> None:
+        self.model = model
+        self.window = window
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        drift = self.window.drift()
+        rows = GaugeMetricFamily("nbship_drift_window_rows",
+                                 "Rows in the drift window", labels=["model"])
+        rows.add_metric([self.model], drift["rows"])
+        yield rows
+        psi = GaugeMetricFamily("nbship_input_drift_psi", "Input drift: population stability "
+                                "index per feature group", labels=["model", "feature_group"])
+        ks = GaugeMetricFamily("nbship_input_drift_ks", "Input drift: two-sample KS statistic "
+                               "per feature group", labels=["model", "feature_group"])
+        for group, value in drift["input_psi"].items():
+            psi.add_metric([self.model, group], value)
+            ks.add_metric([self.model, group], drift["input_ks"][group])
+        yield psi
+        yield ks
+        pred = GaugeMetricFamily("nbship_prediction_drift_psi", "Prediction drift: population "
+                                 "stability index of the predictions", labels=["model"])
+        if drift["prediction_psi"] is not None:
+            pred.add_metric([self.model], drift["prediction_psi"])
+        yield pred
+
+
+def watch_drift(model: str, window: Window) -> None:
+    REGISTRY.register(DriftCollector(model, window))
+
+
+def _protocol(path: str) -> str | None:
+    if path.startswith("/v1/models/") and path.endswith(":predict"):
+        return "v1"
+    if path.startswith("/v2/models/") and path.endswith("/infer"):
+        return "v2"
+    return None
+
+
+class GoldenSignals:
+    """ASGI middleware: latency, traffic, errors and saturation of inference requests."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], model: str) -> None:
+        self.app = app
+        self.model = model
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any],
+                       send: Callable[..., Any]) -> None:
+        protocol = _protocol(scope.get("path", "")) if scope.get("type") == "http" else None
+        if protocol is None:
+            await self.app(scope, receive, send)
+            return
+        status = {"code": 500}
+
+        async def sending(message: dict[str, Any]) -> None:
+            if message.get("type") == "http.response.start":
+                status["code"] = int(message.get("status", 500))
+            await send(message)
+
+        gauge = IN_FLIGHT.labels(self.model)
+        gauge.inc()
+        started = time.perf_counter()
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            gauge.dec()
+            LATENCY.labels(self.model, protocol).observe(time.perf_counter() - started)
+            REQUESTS.labels(self.model, protocol, str(status["code"])).inc()
