@@ -42,13 +42,14 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/notebook_tests.py
 	$(BIN)/python benchmarks/build.py
 
-# The programs `nbship build/publish` and the image tests use (Debian's packages).
-# Without them those tests are skipped, with the reason shown; .ci/run installs them.
-IMAGE_TOOLS := buildah skopeo docker-registry debootstrap
+# The programs `nbship build/publish`, `nbship monitor` and their tests use (Debian's
+# packages). Without them those tests are skipped, with the reason shown; .ci/run
+# installs them.
+IMAGE_TOOLS := buildah skopeo docker-registry debootstrap prometheus prometheus-alertmanager
 tools:
 	@missing=""; for t in $(IMAGE_TOOLS); do \
 	  command -v $$t >/dev/null || [ -x /usr/sbin/$$t ] || missing="$$missing $$t"; done; \
-	if [ -z "$$missing" ]; then echo "image tools: all installed"; \
+	if [ -z "$$missing" ]; then echo "tools: all installed"; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  echo "installing:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(IMAGE_TOOLS); \
