@@ -187,6 +187,27 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--root", type=Path, default=Path(".nbship/runs"), metavar="DIR",
                    help="where runs are (default: .nbship/runs)")
     v.add_argument("--verbose", action="store_true", help="KServe's and uvicorn's own logs")
+    v.add_argument("--monitor", type=Path, default=Path(".nbship/monitor"), metavar="DIR",
+                   help="where `nbship monitor`'s Prometheus looks for servers to scrape "
+                   "(default: .nbship/monitor)")
+
+    m = sub.add_parser("monitor", help="Prometheus + Alertmanager for the served models",
+                       description="Start, stop or show a real Prometheus (scraping every "
+                       "`nbship serve` on this machine, evaluating nbship's alert rules: error "
+                       "ratio, p99 latency, input drift, prediction drift, server down) and "
+                       "Alertmanager (routing alerts to the retraining trigger's webhook), "
+                       "both on 127.0.0.1, configuration and data under .nbship/monitor.",
+                       epilog="Example:\n  nbship monitor up\n  nbship serve marker-classifier"
+                       "\n  open http://127.0.0.1:9090/alerts",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    m.add_argument("action", choices=["up", "down", "status"])
+    m.add_argument("--root", type=Path, default=Path(".nbship/monitor"), metavar="DIR")
+    m.add_argument("--prometheus-port", type=_port, default=9090)
+    m.add_argument("--alertmanager-port", type=_port, default=9093)
+    m.add_argument("--webhook", default="http://127.0.0.1:9095/alerts", metavar="URL",
+                   help="where Alertmanager sends alerts (default: the retraining trigger)")
+    m.add_argument("--for", dest="for_", default="1m", metavar="DURATION",
+                   help="how long a condition holds before its alert fires (default: 1m)")
 
     g = sub.add_parser("registry", help="the embedded OCI registry on 127.0.0.1",
                        description="Start, stop or show the registry nbship runs for a "
@@ -414,7 +435,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"model {served.name!r} from run {served.provenance.get('run')} "
           f"(commit {served.provenance.get('commit') or 'none'})", flush=True)
     serve(served, host=args.host, port=args.port, verbose=args.verbose,
-          announce=lambda line: print(line, flush=True))
+          announce=lambda line: print(line, flush=True), monitor_root=args.monitor)
+    return 0
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    from nbship.monitoring import stack
+    from nbship.monitoring.rules import Thresholds
+
+    if args.action == "up":
+        mon = stack.up(args.root, prometheus_port=args.prometheus_port,
+                       alertmanager_port=args.alertmanager_port, webhook=args.webhook,
+                       thresholds=Thresholds(for_=args.for_))
+        print(f"prometheus:   http://{mon.prometheus} (rules {mon.root / 'rules.yml'})")
+        print(f"alertmanager: http://{mon.alertmanager} -> {args.webhook}")
+        print(f"targets:      {stack.targets_dir(mon.root)} (nbship serve adds itself)")
+    elif args.action == "down":
+        print("monitor: stopped" if stack.down(args.root) else "monitor: not running")
+    else:
+        current = stack.status(args.root)
+        if current is None:
+            print("monitor: not running")
+            return 1
+        print(f"prometheus:   http://{current.prometheus}")
+        print(f"alertmanager: http://{current.alertmanager}")
     return 0
 
 
@@ -449,7 +493,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     verbs = {"check": cmd_check, "compile": cmd_compile, "run": cmd_run, "test": cmd_test,
              "build": cmd_build, "publish": cmd_publish, "release": cmd_release,
-             "serve": cmd_serve, "registry": cmd_registry}
+             "serve": cmd_serve, "monitor": cmd_monitor, "registry": cmd_registry}
     stopped = _stop_on_sigterm()
     try:
         return verbs[args.verb](args)

@@ -25,7 +25,10 @@ class Thresholds:
     for_: str = "1m"  # how long a condition must hold before the alert fires
 
 
-def rules(t: Thresholds = Thresholds()) -> dict[str, Any]:
+DEFAULT = Thresholds()
+
+
+def rules(t: Thresholds = DEFAULT) -> dict[str, Any]:
     def alert(name: str, expr: str, summary: str, severity: str = "warning") -> dict[str, Any]:
         return {"alert": name, "expr": expr, "for": t.for_,
                 "labels": {"severity": severity, "source": "nbship"},
@@ -55,5 +58,5 @@ def rules(t: Thresholds = Thresholds()) -> dict[str, Any]:
     ]}]}
 
 
-def rules_yaml(t: Thresholds = Thresholds()) -> str:
-    return yaml.safe_dump(rules(t), sort_keys=False, width=100)
+def rules_yaml(t: Thresholds = DEFAULT) -> str:
+    return str(yaml.safe_dump(rules(t), sort_keys=False, width=100))

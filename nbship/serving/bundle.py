@@ -128,7 +128,9 @@ def _build(module_path: Path, values: dict[str, Any]) -> tuple[Callable[[Any], A
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
-        predict, reference = module.build(**values)
+        built = module.build(**values)
+        # serve.py of nbship before drift returned predict alone
+        predict, reference = (built, None) if callable(built) else built
     except Exception as exc:
         raise ServeError(f"the serve cell failed while building predict(): "
                          f"{type(exc).__name__}: {exc}", hint=f"see {module_path}") from None

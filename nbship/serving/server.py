@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nbship.serving.bundle import Served
@@ -62,7 +63,8 @@ def monitor(served: Served) -> Window | None:
 
 
 def serve(served: Served, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-          announce: Callable[[str], None] = print, verbose: bool = False) -> None:
+          announce: Callable[[str], None] = print, verbose: bool = False,
+          monitor_root: Path | None = None) -> None:
     """Serve ``served`` until SIGINT/SIGTERM (uvicorn's graceful shutdown)."""
     import logging
     import warnings
@@ -92,4 +94,14 @@ def serve(served: Served, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
     bound_port = sock.getsockname()[1]
     announce(f"serving {served.name!r} on http://{host}:{bound_port} "
              f"(v1 /v1/models/{served.name}:predict, v2 /v2/models/{served.name}/infer)")
-    rest.run(sockets=[sock])
+    entry = None
+    if monitor_root is not None:  # nbship monitor's Prometheus finds it here
+        from nbship.monitoring.stack import register_target
+
+        entry = register_target(monitor_root, served.name, f"{host}:{bound_port}",
+                                {"run": str(served.provenance.get("run") or "")})
+    try:
+        rest.run(sockets=[sock])
+    finally:
+        if entry is not None:
+            entry.unlink(missing_ok=True)
