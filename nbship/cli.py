@@ -191,6 +191,25 @@ def _parser() -> argparse.ArgumentParser:
                    help="where `nbship monitor`'s Prometheus looks for servers to scrape "
                    "(default: .nbship/monitor)")
 
+    tr = sub.add_parser("trigger", help="retrain when Alertmanager reports drift (webhook)",
+                        description="Listen on 127.0.0.1 for Alertmanager's webhook (POST "
+                        "/alerts; `nbship monitor up` routes there). A firing drift alert "
+                        "(NbshipInputDrift, NbshipPredictionDrift) starts a run of the "
+                        "notebook's pipeline on kfp.local; its provenance says which alert "
+                        "started it. One run at a time, at most one per cooldown. GET /runs "
+                        "lists what it started.",
+                        epilog="Example:\n  nbship monitor up\n  nbship serve "
+                        "marker-classifier &\n  nbship trigger "
+                        "notebooks/marker_classifier.ipynb --cooldown 600",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    tr.add_argument("notebook", type=Path)
+    tr.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
+                    help="parameters of the retraining runs (repeatable)")
+    tr.add_argument("--port", type=_port, default=9095, help="default: 9095")
+    tr.add_argument("--cooldown", type=float, default=600.0, metavar="SECONDS",
+                    help="at most one run per this many seconds (default: 600)")
+    tr.add_argument("--root", type=Path, default=Path(".nbship/runs"), metavar="DIR")
+
     m = sub.add_parser("monitor", help="Prometheus + Alertmanager for the served models",
                        description="Start, stop or show a real Prometheus (scraping every "
                        "`nbship serve` on this machine, evaluating nbship's alert rules: error "
@@ -439,6 +458,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_trigger(args: argparse.Namespace) -> int:
+    from nbship.extract.cache import analyse
+    from nbship.pipelines.params import parse_assignments
+    from nbship.pipelines.trigger import Trigger, server
+
+    graph = analyse(args.notebook)  # the notebook and -p values are checked before listening
+    values = parse_assignments(args.param, graph.parameters)
+    trigger = Trigger(args.notebook, args.root, values, cooldown=args.cooldown,
+                      echo=lambda line: print(line, flush=True))
+    httpd = server(trigger, port=args.port)
+    print(f"trigger: listening on http://127.0.0.1:{args.port}/alerts for "
+          f"{', '.join(sorted(trigger.alerts))}; cooldown {args.cooldown:g} s", flush=True)
+    try:
+        httpd.serve_forever()
+    finally:
+        httpd.server_close()
+        trigger.wait(timeout=600)
+    return 0
+
+
 def cmd_monitor(args: argparse.Namespace) -> int:
     from nbship.monitoring import stack
     from nbship.monitoring.rules import Thresholds
@@ -493,7 +532,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     verbs = {"check": cmd_check, "compile": cmd_compile, "run": cmd_run, "test": cmd_test,
              "build": cmd_build, "publish": cmd_publish, "release": cmd_release,
-             "serve": cmd_serve, "monitor": cmd_monitor, "registry": cmd_registry}
+             "serve": cmd_serve, "monitor": cmd_monitor, "trigger": cmd_trigger,
+             "registry": cmd_registry}
     stopped = _stop_on_sigterm()
     try:
         return verbs[args.verb](args)

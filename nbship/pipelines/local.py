@@ -179,8 +179,11 @@ def warm_up(graph: StepGraph) -> None:
 
 def run_compiled(compiled: CompiledPipeline, arguments: dict[str, Any], *,
                  root: Path = DEFAULT_ROOT, echo: Callable[[str], None] | None = None,
-                 ) -> RunResult:
-    """Run ``compiled.yaml`` on kfp.local; raise RunError naming the notebook cell on failure."""
+                 trigger: dict[str, Any] | None = None) -> RunResult:
+    """Run ``compiled.yaml`` on kfp.local; raise RunError naming the notebook cell on failure.
+
+    ``trigger`` says why the run started (an alert, a schedule); provenance keeps it.
+    """
     import_kfp()
     from kfp import local
     from kfp.components import load_component_from_file
@@ -235,8 +238,9 @@ def run_compiled(compiled: CompiledPipeline, arguments: dict[str, Any], *,
     try:
         if compiled.serve is not None:  # the run keeps the serving code it was made with
             write_atomic(record_dir / compiled.serve.name, compiled.serve.read_bytes())
-        _write_json(prov_path, provenance(compiled, values, tracker.records, metrics, run_id,
-                                          status, seconds))
+        doc = provenance(compiled, values, tracker.records, metrics, run_id, status, seconds)
+        doc["trigger"] = trigger or {"kind": "manual"}
+        _write_json(prov_path, doc)
     except OSError as exc:
         if error is None:
             raise

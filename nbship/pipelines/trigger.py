@@ -1,0 +1,141 @@
+"""Training that starts by itself: Alertmanager's webhook starts a run of the notebook's
+pipeline (stage 5 of the path, its drift trigger).
+
+``nbship trigger NOTEBOOK`` listens on 127.0.0.1:9095 for Alertmanager's webhook
+(version 4 payloads, ``POST /alerts``). A firing alert whose name is one of the
+drift alerts starts a run of the notebook's pipeline on kfp.local, with the
+parameters given; the run's provenance says why (``trigger``: kind, alert name,
+labels, when it was received). One run at a time, and at most one per cooldown:
+Alertmanager repeats alerts, a drifted model needs one retraining, not twenty.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import http.server
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_PORT = 9095
+DRIFT_ALERTS = frozenset({"NbshipInputDrift", "NbshipPredictionDrift"})
+MAX_BODY = 1 << 20
+
+
+@dataclass
+class Trigger:
+    """Decides which alerts start a run, and starts it (in a thread of its own)."""
+
+    notebook: Path
+    root: Path
+    parameters: dict[str, Any] = field(default_factory=dict)
+    cooldown: float = 600.0
+    alerts: frozenset[str] = DRIFT_ALERTS
+    echo: Callable[[str], None] = print
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    _last_start: float | None = None
+    _running: threading.Thread | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def handle(self, payload: Any) -> tuple[int, dict[str, Any]]:
+        """(HTTP status, reply) for one webhook payload."""
+        if not isinstance(payload, dict) or not isinstance(payload.get("alerts"), list):
+            return 400, {"error": "not an Alertmanager webhook payload (no 'alerts' list)"}
+        firing = [a for a in payload["alerts"] if isinstance(a, dict)
+                  and a.get("status") == "firing"
+                  and isinstance(a.get("labels"), dict)
+                  and a["labels"].get("alertname") in self.alerts]
+        if not firing:
+            return 200, {"started": False, "reason": "no firing alert that retrains"}
+        alert = firing[0]
+        with self._lock:
+            now = time.monotonic()
+            if self._running is not None and self._running.is_alive():
+                return 200, {"started": False, "reason": "a retraining run is under way"}
+            if self._last_start is not None and now - self._last_start < self.cooldown:
+                left = self.cooldown - (now - self._last_start)
+                return 200, {"started": False, "reason": f"cooldown ({left:.0f} s left)"}
+            self._last_start = now
+            why = {"kind": "alert", "alert": alert["labels"].get("alertname"),
+                   "labels": {str(k): str(v) for k, v in alert["labels"].items()},
+                   "starts_at": str(alert.get("startsAt", "")),
+                   "received": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+            self._running = threading.Thread(target=self._run, args=(why,), daemon=True)
+            self._running.start()
+        self.echo(f"trigger: {why['alert']} {why['labels'].get('model', '')}: retraining "
+                  f"{self.notebook}")
+        return 202, {"started": True, "trigger": why}
+
+    def _run(self, why: dict[str, Any]) -> None:
+        from nbship.errors import NbshipError
+        from nbship.extract.cache import analyse
+        from nbship.extract.codegen import pipeline_name
+        from nbship.pipelines.compile import compile_graph
+        from nbship.pipelines.local import run_compiled
+
+        try:
+            graph = analyse(self.notebook)
+            compiled = compile_graph(graph, self.root.parent / "build" / pipeline_name(graph))
+            result = run_compiled(compiled, self.parameters, root=self.root, trigger=why,
+                                  echo=lambda line: None)
+            record: dict[str, Any] = {"run": str(result.record_dir), "status": result.status,
+                      "metrics": result.metrics, "trigger": why}
+        except NbshipError as exc:
+            record = {"run": None, "status": "FAILURE", "error": str(exc), "trigger": why}
+        self.runs.append(record)
+        self.echo(f"trigger: retraining {record['status']}"
+                  + (f": {record['run']}" if record.get("run") else f": {record.get('error')}"))
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Wait for the run under way, if any (tests, a clean stop)."""
+        thread = self._running
+        if thread is not None:
+            thread.join(timeout)
+
+
+def server(trigger: Trigger, host: str = "127.0.0.1",
+           port: int = DEFAULT_PORT) -> http.server.ThreadingHTTPServer:
+    """An HTTP server for Alertmanager's webhook (``POST /alerts``) and ``GET /runs``."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _reply(self, status: int, doc: Any) -> None:
+            body = json.dumps(doc).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            if self.path.rstrip("/") != "/alerts":
+                self._reply(404, {"error": "POST alerts to /alerts"})
+                return
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                length = -1
+            if not 0 < length <= MAX_BODY:
+                self._reply(413 if length > MAX_BODY else 400,
+                            {"error": f"a JSON body of at most {MAX_BODY} bytes is expected"})
+                return
+            try:
+                payload = json.loads(self.rfile.read(length))
+            except (ValueError, RecursionError):
+                self._reply(400, {"error": "the body is not JSON"})
+                return
+            self._reply(*trigger.handle(payload))
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            if self.path.rstrip("/") == "/runs":
+                self._reply(200, {"runs": trigger.runs})
+            else:
+                self._reply(404, {"error": "GET /runs, or POST /alerts"})
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    return http.server.ThreadingHTTPServer((host, port), Handler)

@@ -1,0 +1,119 @@
+"""The loop closes, on 127.0.0.1 with the real parts: the showcase's model served by KServe,
+scraped by Prometheus; held-out digits keep it quiet, rotated and noised ones fire the drift
+alert; Alertmanager delivers it to nbship's trigger, which retrains; the new run says why."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from nbship.extract.graph import build_graph
+from nbship.monitoring import stack
+from nbship.monitoring.rules import Thresholds
+from nbship.notebook import read_notebook
+from nbship.pipelines.compile import compile_graph
+from nbship.pipelines.local import run_compiled
+from nbship.pipelines.trigger import Trigger, server
+from tests.conftest import ROOT, SHOWCASE
+from tests.release.conftest import free_port
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
+    shutil.which("prometheus") is None or shutil.which("prometheus-alertmanager") is None,
+    reason="not installed: prometheus, prometheus-alertmanager (make tools; .ci/run does)")]
+
+
+def wait_for(what: str, check: Any, timeout: float = 120) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def predict(base: str, images: np.ndarray) -> None:
+    for start in range(0, len(images), 100):
+        req = urllib.request.Request(
+            f"{base}/v1/models/marker-classifier:predict", method="POST",
+            data=json.dumps({"instances": images[start:start + 100].tolist()}).encode(),
+            headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as reply:
+            assert reply.status == 200
+
+
+def firing(prometheus: str) -> set[str]:
+    with urllib.request.urlopen(f"http://{prometheus}/api/v1/alerts", timeout=10) as reply:
+        alerts = json.loads(reply.read())["data"]["alerts"]
+    return {a["labels"]["alertname"] for a in alerts if a["state"] == "firing"}
+
+
+def test_drift_alert_retrains(tmp_path: Path) -> None:
+    from sklearn.datasets import load_digits
+
+    nb = tmp_path / "marker_classifier.ipynb"
+    shutil.copy(SHOWCASE, nb)
+    runs = tmp_path / ".nbship" / "runs"
+    compiled = compile_graph(build_graph(read_notebook(nb)), tmp_path / ".nbship" / "build")
+    first = run_compiled(compiled, {"epochs": 1, "threshold": 0.5}, root=runs,
+                         echo=lambda line: None)
+    trigger = Trigger(nb, runs, {"epochs": 1, "threshold": 0.5}, cooldown=600,
+                      echo=lambda line: None)
+    hook = server(trigger, port=0)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    monitor_root = tmp_path / ".nbship" / "monitor"
+    mon = stack.up(monitor_root, prometheus_port=free_port(), alertmanager_port=free_port(),
+                   webhook=f"http://127.0.0.1:{hook.server_address[1]}/alerts",
+                   thresholds=Thresholds(for_="5s"), scrape_interval="1s")
+    port = free_port()
+    serving = subprocess.Popen(
+        [sys.executable, "-m", "nbship", "serve", str(first.record_dir), "--port", str(port),
+         "--monitor", str(monitor_root)], cwd=ROOT, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for("Prometheus scraping the model server", lambda: [
+            r for r in stack.query(mon.prometheus, 'up{job="nbship-serve"}')
+            if r["value"][1] == "1"])
+        digits = load_digits().images
+        rng = np.random.default_rng(0)
+        held = digits[rng.choice(len(digits), 1000, replace=False)]
+        predict(base, held)
+        time.sleep(8)  # longer than the rules' `for` and a few evaluations
+        assert not firing(mon.prometheus) & {"NbshipInputDrift", "NbshipPredictionDrift"}
+        assert not trigger.runs
+        shifted = np.clip(np.rot90(held, 1, axes=(1, 2)) + rng.normal(0, 3, held.shape), 0, 16)
+        predict(base, shifted)
+        wait_for("the drift alert", lambda: firing(mon.prometheus) & {
+            "NbshipInputDrift", "NbshipPredictionDrift"})
+        wait_for("Alertmanager delivering it and the retraining run", lambda: trigger.runs,
+                 timeout=180)
+        trigger.wait(timeout=300)
+        record = trigger.runs[0]
+        assert record["status"] == "SUCCESS", record
+        prov = json.loads((Path(record["run"]) / "provenance.json").read_text())
+        assert prov["trigger"]["alert"] in ("NbshipInputDrift", "NbshipPredictionDrift")
+        assert prov["trigger"]["labels"]["model"] == "marker-classifier"
+        assert prov["serve"] and Path(record["run"]) != first.record_dir  # the next model
+        assert len(trigger.runs) == 1  # repeated alerts within the cooldown: one run
+    finally:
+        serving.send_signal(signal.SIGTERM)
+        try:
+            serving.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            serving.kill()
+        stack.down(monitor_root)
+        hook.shutdown()
+        hook.server_close()
+    assert not list((monitor_root / "targets").glob("*.json"))  # the server removed itself
