@@ -219,7 +219,15 @@ def _parser() -> argparse.ArgumentParser:
                        epilog="Example:\n  nbship monitor up\n  nbship serve marker-classifier"
                        "\n  open http://127.0.0.1:9090/alerts",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    m.add_argument("action", choices=["up", "down", "status"])
+    m.add_argument("action", nargs="?", choices=["up", "down", "status"],
+                   help="without one: a live view of the served models (Ctrl-C ends it)")
+    m.add_argument("--check", action="store_true",
+                   help="exit 1 when an nbship alert fires (CI, a canary judge, cron)")
+    m.add_argument("--html", type=Path, default=None, metavar="FILE",
+                   help="write the last --minutes as plots to FILE")
+    m.add_argument("--minutes", type=int, default=30)
+    m.add_argument("--prometheus", default=None, metavar="HOST:PORT",
+                   help="read this Prometheus (default: the one `nbship monitor up` runs)")
     m.add_argument("--root", type=Path, default=Path(".nbship/monitor"), metavar="DIR")
     m.add_argument("--prometheus-port", type=_port, default=9090)
     m.add_argument("--alertmanager-port", type=_port, default=9093)
@@ -478,10 +486,36 @@ def cmd_trigger(args: argparse.Namespace) -> int:
     return 0
 
 
+def _running_prometheus(root: Path) -> str:
+    from nbship.monitoring import stack
+
+    current = stack.status(root)
+    if current is None:
+        raise stack.MonitorError("no Prometheus is running here",
+                                 hint="nbship monitor up, or --prometheus HOST:PORT")
+    return current.prometheus
+
+
 def cmd_monitor(args: argparse.Namespace) -> int:
     from nbship.monitoring import stack
     from nbship.monitoring.rules import Thresholds
 
+    if args.action is None:
+        from nbship.monitoring import view
+
+        prometheus = args.prometheus or _running_prometheus(args.root)
+        if args.html:
+            plots = view.report(prometheus, args.html, args.minutes)
+            print(f"wrote {args.html} ({plots} plots, the last {args.minutes} minutes)")
+        if args.check:
+            alerts = view.firing(prometheus)
+            for alert in alerts:
+                print(f"FIRING {alert['alertname']} model={alert.get('model', '?')}")
+            print("check: " + ("alerts firing" if alerts else "no alert firing"))
+            return 1 if alerts else 0
+        if not args.html:
+            view.live(prometheus)
+        return 0
     if args.action == "up":
         mon = stack.up(args.root, prometheus_port=args.prometheus_port,
                        alertmanager_port=args.alertmanager_port, webhook=args.webhook,

@@ -53,6 +53,12 @@ def predict(base: str, images: np.ndarray) -> None:
             assert reply.status == 200
 
 
+def monitor_cli(prometheus: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "nbship", "monitor", "--prometheus",
+                           prometheus, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+
+
 def firing(prometheus: str) -> set[str]:
     with urllib.request.urlopen(f"http://{prometheus}/api/v1/alerts", timeout=10) as reply:
         alerts = json.loads(reply.read())["data"]["alerts"]
@@ -93,10 +99,28 @@ def test_drift_alert_retrains(tmp_path: Path) -> None:
         time.sleep(8)  # longer than the rules' `for` and a few evaluations
         assert not firing(mon.prometheus) & {"NbshipInputDrift", "NbshipPredictionDrift"}
         assert not trigger.runs
+        quiet = monitor_cli(mon.prometheus, "--check")
+        assert quiet.returncode == 0 and "no alert firing" in quiet.stdout, quiet.stderr
         shifted = np.clip(np.rot90(held, 1, axes=(1, 2)) + rng.normal(0, 3, held.shape), 0, 16)
         predict(base, shifted)
         wait_for("the drift alert", lambda: firing(mon.prometheus) & {
             "NbshipInputDrift", "NbshipPredictionDrift"})
+        loud = monitor_cli(mon.prometheus, "--check")
+        assert loud.returncode == 1 and "FIRING NbshipInputDrift model=marker-classifier" \
+            in loud.stdout, loud.stdout + loud.stderr
+        page = tmp_path / "monitor.html"
+        wrote = monitor_cli(mon.prometheus, "--html", str(page), "--minutes", "5")
+        assert wrote.returncode == 0 and "5 plots" in wrote.stdout, wrote.stderr
+        text = page.read_text()
+        assert text.count("data:image/png;base64,") == 5 and "NbshipInputDrift" in text
+        from rich.console import Console
+
+        from nbship.monitoring.view import render
+
+        console = Console(record=True, width=200)
+        console.print(render(mon.prometheus))
+        shown = console.export_text()
+        assert "marker-classifier" in shown and "alerts firing: Nbship" in shown
         wait_for("Alertmanager delivering it and the retraining run", lambda: trigger.runs,
                  timeout=180)
         trigger.wait(timeout=300)

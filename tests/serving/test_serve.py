@@ -282,3 +282,38 @@ def test_metrics_show_golden_signals_and_drift(server: tuple[str, Any]) -> None:
     assert _metric(base, "nbship_requests_in_flight") == {
         'nbship_requests_in_flight{model="marker-classifier"}': 0.0}
     assert _metric(base, "request_predict_seconds_count")  # KServe's own histogram
+
+
+def test_32_clients_for_30_seconds_no_5xx_no_crash_memory_flat(
+        server: tuple[str, subprocess.Popen[str]]) -> None:
+    import httpx
+    import psutil
+
+    base, proc = server
+    bodies = [json.dumps({"instances": ONE}).encode()] * 3 + [
+        body.encode() if isinstance(body, str) else body for _path, body in BAD.values()
+        if _path == V1]
+    codes: dict[int, int] = {}
+
+    async def hammer(seconds: float) -> None:
+        stop = time.perf_counter() + seconds
+        limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
+        async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+            async def worker(n: int) -> None:
+                i = n
+                while time.perf_counter() < stop:
+                    reply = await client.post(base + V1, content=bodies[i % len(bodies)],
+                                              headers={"Content-Type": "application/json"})
+                    codes[reply.status_code] = codes.get(reply.status_code, 0) + 1
+                    i += 1
+
+            await asyncio.gather(*(worker(n) for n in range(32)))
+
+    asyncio.run(hammer(5))  # warm: allocator pools, caches
+    before = psutil.Process(proc.pid).memory_info().rss
+    asyncio.run(hammer(30))
+    after = psutil.Process(proc.pid).memory_info().rss
+    assert proc.poll() is None
+    assert not [c for c in codes if c >= 500], codes
+    assert codes.get(200, 0) > 100 and codes.get(400, 0) > 100, codes
+    assert after - before < 50 * 2**20, f"RSS grew {(after - before) / 2**20:.1f} MiB"
