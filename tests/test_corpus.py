@@ -3,7 +3,6 @@ the runnable ones run, and one that needs a missing library fails naming the cel
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -63,16 +62,19 @@ def test_runnable_kale_notebook_runs(corpus: Path, name: str, metrics: set[str],
 
 
 @pytest.mark.slow
-def test_step_needing_a_missing_library_fails_naming_the_cell(corpus: Path,
-                                                              tmp_path: Path) -> None:
-    if importlib.util.find_spec("matplotlib") is not None:
-        pytest.skip("matplotlib is installed here, so v2_iris_example.ipynb can run")
-    compiled = compile_graph(build_graph(read_notebook(
-        corpus / "kale-history/v2_iris_example.ipynb")), tmp_path / "b")
+def test_step_needing_a_missing_library_fails_naming_the_cell(tmp_path: Path) -> None:
+    from tests.conftest import write_notebook
+
+    nb = write_notebook(tmp_path / "n.ipynb", [
+        (["step:load"], "x = 1"),
+        (["step:plot"], "import nbship_no_such_plotting_library as plt\nplt.plot(x)")])
+    graph = build_graph(read_notebook(nb))
+    assert [p.kind for p in graph.warnings] == ["missing-module"]
+    compiled = compile_graph(graph, tmp_path / "b")
     with pytest.raises(RunError) as info:
         run_compiled(compiled, {}, root=tmp_path / "runs", echo=lambda line: None)
-    assert info.value.where is not None and info.value.where.cell == 4
-    assert "No module named 'matplotlib'" in info.value.message
+    assert info.value.where is not None and info.value.where.cell == 1
+    assert "No module named 'nbship_no_such_plotting_library'" in info.value.message
 
 
 def test_statements_that_are_not_parameters_or_metrics_are_one_warning_per_cell(
