@@ -38,7 +38,12 @@ SERVER_IMAGE = "nbship-server"
 SERVER_EXTRA = ["kserve", "prometheus-client"]
 SERVER_MODULES = ["kserve", "prometheus_client"]  # what the server's smoke run imports too
 # the environment only: the serving stage gives it its entry point (a kserve ModelServer)
-SERVER_DOCKERFILE_EXTRA = "EXPOSE 8080\n"
+# The model server: `nbship serve` on a run folder mounted at /mnt/models (where KServe's
+# storage initializer puts a model); inside a pod it must listen on every address.
+SERVER_DOCKERFILE_EXTRA = (
+    "EXPOSE 8080\n"
+    'ENTRYPOINT ["python", "-m", "nbship", "serve"]\n'
+    'CMD ["/mnt/models", "--host", "0.0.0.0", "--port", "8080"]\n')
 
 
 @dataclass
@@ -114,6 +119,16 @@ def build_images(graph: StepGraph, *, base: str | None = None, backend_name: str
             echo(f"  smoke run: the step code and its libraries import in {context.tag}")
             smoke_run(graph, builder, context.reference,
                       extra=SERVER_MODULES if name == SERVER_IMAGE else [])
+            if name == SERVER_IMAGE:
+                echo(f"  smoke run: the model server answers inside {context.tag}")
+                answer = builder.run(context.reference, [
+                    "python", "-c", "from nbship.serving.server import smoke; smoke()"],
+                    mounts={})
+                if "serve smoke ok" not in answer:
+                    raise ReleaseError(f"the model server's smoke run failed in "
+                                       f"{context.reference}: {answer.strip()[-1500:]}")
+                echo("    " + next(line for line in answer.splitlines()
+                                   if "serve smoke ok" in line))
         images.append(BuiltImage(context, context.reference, built,
                                  time.perf_counter() - started, labels))
     return images

@@ -98,10 +98,59 @@ def serve(served: Served, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
     if monitor_root is not None:  # nbship monitor's Prometheus finds it here
         from nbship.monitoring.stack import register_target
 
-        entry = register_target(monitor_root, served.name, f"{host}:{bound_port}",
-                                {"run": str(served.provenance.get("run") or "")})
+        try:
+            entry = register_target(monitor_root, served.name, f"{host}:{bound_port}",
+                                    {"run": str(served.provenance.get("run") or "")})
+        except OSError as exc:  # a read-only file system in a container: serve anyway
+            announce(f"(not registered with nbship monitor: {exc})")
     try:
         rest.run(sockets=[sock])
     finally:
         if entry is not None:
             entry.unlink(missing_ok=True)
+
+
+def smoke(timeout: float = 60) -> None:
+    """Inside the model server's image: start the server (a stand-in model), check
+    /v2/health/ready, one v2 /infer and /metrics, print the result, exit."""
+    import json
+    import os
+    import threading
+    import time
+    import urllib.request
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    served = Served(name="smoke", predict=lambda x: np.asarray(x).reshape(len(x), -1).argmax(1),
+                    reference=rng.random((200, 4)))
+    sock = bind(DEFAULT_HOST, 0)
+    port = sock.getsockname()[1]
+    sock.close()
+    threading.Thread(target=serve, args=(served,), daemon=True,
+                     kwargs={"port": port, "announce": lambda line: None}).start()
+    base = f"http://{DEFAULT_HOST}:{port}"
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{base}/v2/health/ready", timeout=1) as reply:
+                if reply.status == 200:
+                    break
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            print("serve smoke FAILED: not ready", flush=True)
+            os._exit(1)
+        time.sleep(0.1)
+    body = json.dumps({"inputs": [{"name": "x", "shape": [2, 4], "datatype": "FP32",
+                                   "data": [0, 1, 0, 0, 0, 0, 0, 1]}]}).encode()
+    req = urllib.request.Request(f"{base}/v2/models/smoke/infer", data=body, method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as reply:
+        outputs = json.loads(reply.read())["outputs"][0]["data"]
+    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as reply:
+        metrics = reply.read().decode()
+    ok = outputs == [1, 3] and "nbship_requests_total" in metrics
+    print(f"serve smoke {'ok' if ok else 'FAILED'}: ready, /infer -> {outputs}, /metrics "
+          f"{'has' if 'nbship_input_drift_psi' in metrics else 'lacks'} drift", flush=True)
+    os._exit(0 if ok else 1)

@@ -127,6 +127,20 @@ def test_build_ran_the_smoke_run(published: Published) -> None:
     assert "smoke run: the step code and its libraries import" in published.build_output
 
 
+def test_the_model_server_image_serves(published: Published) -> None:
+    done = nbship(published.project, "build", NB, "--only", "server", "-o",
+                  str(published.out))
+    assert "serve smoke ok: ready, /infer -> [1, 3], /metrics has drift" in done.stdout, \
+        done.stdout + done.stderr
+    ref = next(line.split()[0] for line in done.stdout.splitlines()
+               if line.startswith("localhost/nbship-server:"))
+    inspect = subprocess.run(["buildah", "inspect", "--type", "image", ref],
+                             capture_output=True, text=True, check=True)
+    config = json.loads(inspect.stdout)["OCIv1"]["config"]
+    assert config["Entrypoint"] == ["python", "-m", "nbship", "serve"]
+    assert config["Cmd"] == ["/mnt/models", "--host", "0.0.0.0", "--port", "8080"]
+
+
 def test_rebuild_without_change_does_no_work(published: Published) -> None:
     started = time.perf_counter()
     done = nbship(published.project, "build", NB, "--only", "steps", "-o", str(published.out))
