@@ -38,6 +38,9 @@ Examples:
   nbship registry up              # an OCI registry on 127.0.0.1:5000
   nbship publish notebooks/marker_classifier.ipynb   # images + pipeline + release
   nbship release show marker-classifier
+  nbship serve marker-classifier  # the newest run's serve cell behind KServe
+  nbship monitor up               # Prometheus + Alertmanager on 127.0.0.1
+  nbship trigger notebooks/marker_classifier.ipynb   # retrain on drift alerts
 
 Exit status: 0 success, 1 problems in the notebook or a failed run,
 2 unusable input (not a notebook, bad parameter value).
