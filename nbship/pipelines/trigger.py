@@ -24,6 +24,7 @@ from typing import Any
 DEFAULT_PORT = 9095
 DRIFT_ALERTS = frozenset({"NbshipInputDrift", "NbshipPredictionDrift"})
 MAX_BODY = 1 << 20
+DRAIN_LIMIT = 16 << 20  # a larger body is not read at all: the connection just closes
 
 
 @dataclass
@@ -119,8 +120,15 @@ def server(trigger: Trigger, host: str = "127.0.0.1",
             except ValueError:
                 length = -1
             if not 0 < length <= MAX_BODY:
+                left = length if MAX_BODY < length <= DRAIN_LIMIT else 0
+                while left > 0:  # read it away, so that the client hears the answer
+                    chunk = self.rfile.read(min(1 << 16, left))
+                    if not chunk:
+                        break
+                    left -= len(chunk)
                 self._reply(413 if length > MAX_BODY else 400,
                             {"error": f"a JSON body of at most {MAX_BODY} bytes is expected"})
+                self.close_connection = True
                 return
             try:
                 payload = json.loads(self.rfile.read(length))
