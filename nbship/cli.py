@@ -190,6 +190,8 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--root", type=Path, default=Path(".nbship/runs"), metavar="DIR",
                    help="where runs are (default: .nbship/runs)")
     v.add_argument("--verbose", action="store_true", help="KServe's and uvicorn's own logs")
+    v.add_argument("--max-body", type=int, default=64 << 20, metavar="BYTES",
+                   help="larger request bodies get a 413 (default: 64 MiB)")
     v.add_argument("--monitor", type=Path, default=Path(".nbship/monitor"), metavar="DIR",
                    help="where `nbship monitor`'s Prometheus looks for servers to scrape "
                    "(default: .nbship/monitor)")
@@ -465,7 +467,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"model {served.name!r} from run {served.provenance.get('run')} "
           f"(commit {served.provenance.get('commit') or 'none'})", flush=True)
     serve(served, host=args.host, port=args.port, verbose=args.verbose,
-          announce=lambda line: print(line, flush=True), monitor_root=args.monitor)
+          announce=lambda line: print(line, flush=True), monitor_root=args.monitor,
+          max_body=args.max_body)
     return 0
 
 

@@ -15,6 +15,7 @@ Everything goes into prometheus_client's default registry, which KServe's
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -87,6 +88,72 @@ def _protocol(path: str) -> str | None:
     if path.startswith("/v2/models/") and path.endswith("/infer"):
         return "v2"
     return None
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``limit`` bytes gets a 413 before it is read.
+
+    Judged by Content-Length, and by counting for chunked bodies (the app then gets
+    no more than ``limit`` bytes and the client a 413).
+    """
+
+    def __init__(self, app: Callable[..., Awaitable[None]], limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def _refuse(self, send: Callable[..., Any]) -> None:
+        body = json.dumps({"error": f"the request body is larger than {self.limit} bytes"})
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body.encode()})
+
+    async def _drain(self, receive: Callable[..., Any], declared: int) -> None:
+        """Read a too-large body away (up to 4x the limit), so the client hears the 413
+        instead of a reset connection; a larger one is not read at all."""
+        if declared > 4 * self.limit:
+            return
+        while True:
+            message = await receive()
+            if message.get("type") != "http.request" or not message.get("more_body"):
+                return
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any],
+                       send: Callable[..., Any]) -> None:
+        if scope.get("type") != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._drain(receive, int(declared))
+            await self._refuse(send)
+            return
+        seen = 0
+        started = False
+
+        async def sending(message: dict[str, Any]) -> None:
+            nonlocal started
+            started = started or message.get("type") == "http.response.start"
+            await send(message)
+
+        async def receiving() -> dict[str, Any]:
+            nonlocal seen
+            message: dict[str, Any] = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, receiving, sending)
+        except _TooLarge:
+            if not started:
+                await self._refuse(send)
+
+
+class _TooLarge(Exception):
+    pass
 
 
 class GoldenSignals:

@@ -112,6 +112,12 @@ def _range(prometheus: str, promql: str, minutes: int) -> list[dict[str, Any]]:
         raise MonitorError(f"Prometheus at {prometheus} did not answer: {exc}") from None
 
 
+def _natural(name: str) -> tuple[int, str]:
+    """f8-f15 before f16-f23: feature groups in their order, not the alphabet's."""
+    digits = "".join(ch for ch in name.split("-")[0] if ch.isdigit())
+    return (int(digits) if digits else -1, name)
+
+
 PLOTS = [
     ("Latency (ms)", {"p50": SIGNALS["p50 ms"], "p99": SIGNALS["p99 ms"]}),
     ("Traffic (requests/s)", {"requests": SIGNALS["req/s"]}),
@@ -134,7 +140,8 @@ def report(prometheus: str, path: Path, minutes: int = 30) -> int:
         fig, ax = plt.subplots(figsize=(9, 3))
         drawn = 0
         for label, promql in queries.items():
-            for series in _range(prometheus, promql, minutes):
+            for series in sorted(_range(prometheus, promql, minutes),
+                                 key=lambda s: _natural(s["metric"].get("feature_group", ""))):
                 points = [(dt.datetime.fromtimestamp(float(t)), float(v))
                           for t, v in series["values"] if v not in ("NaN", "+Inf", "-Inf")]
                 if not points:

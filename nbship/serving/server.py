@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
+MAX_BODY = 64 << 20  # bytes: a batch of inputs, not a data set
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -64,7 +65,7 @@ def monitor(served: Served) -> Window | None:
 
 def serve(served: Served, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
           announce: Callable[[str], None] = print, verbose: bool = False,
-          monitor_root: Path | None = None) -> None:
+          monitor_root: Path | None = None, max_body: int = MAX_BODY) -> None:
     """Serve ``served`` until SIGINT/SIGTERM (uvicorn's graceful shutdown)."""
     import logging
     import warnings
@@ -72,7 +73,7 @@ def serve(served: Served, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
     from kserve import ModelServer
     from kserve.protocol.rest.server import RESTServer
 
-    from nbship.monitoring.metrics import GoldenSignals
+    from nbship.monitoring.metrics import BodyLimit, GoldenSignals
     from nbship.serving.model import NotebookModel
 
     sock = bind(host, port)
@@ -88,6 +89,7 @@ def serve(served: Served, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
     from kserve.model_server import app
 
     app.add_middleware(GoldenSignals, model=served.name)
+    app.add_middleware(BodyLimit, limit=max_body)  # outermost: before anything reads it
     server.register_model(model)
     rest = RESTServer("kserve.model_server:app", server.dataplane,
                       server.model_repository_extension, port)

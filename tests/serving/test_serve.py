@@ -50,7 +50,7 @@ def showcase_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server(showcase_run: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "nbship", "serve", str(showcase_run),
-                             "--port", str(port)], cwd=ROOT, stdout=subprocess.PIPE,
+                             "--port", str(port), "--max-body", str(1 << 20)], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
@@ -160,6 +160,9 @@ BAD: dict[str, tuple[str, bytes | str]] = {
                                            "data": ["NaN"] + [0] * 63}]})),
     "v2-missing-fields": (V2, json.dumps({"inputs": [{"name": "x"}]})),
     "unknown-model": ("/v1/models/nope:predict", json.dumps({"instances": ONE})),
+    "huge-body": (V1, '{"instances": [' + "0," * 600_000 + "0]}"),
+    "huge-body-v2": (V2, '{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", '
+                         '"data": [' + "0," * 600_000 + "0]}]}"),
     "unknown-model-v2": ("/v2/models/nope/infer", json.dumps({"inputs": []})),
 }
 
@@ -238,8 +241,12 @@ def test_kales_sklearn_notebook_serves_with_a_serve_cell(corpus: Path, tmp_path:
     run = run_compiled(compiled, {"N_ESTIMATORS": 20}, root=tmp_path / "runs",
                        echo=lambda line: None)
     served = load_run(run.record_dir)
-    assert served.predict(np.array([[6.8, 2.8, 4.8, 1.4], [5.1, 3.5, 1.4, 0.2]])).tolist() \
-        == [1, 0]
+    flowers = np.array([[6.8, 2.8, 4.8, 1.4], [5.1, 3.5, 1.4, 0.2]])
+    prov = json.loads((run.record_dir / "provenance.json").read_text())
+    model = serializers.load(Path(prov["steps"]["train_model"]["outputs"]["model"]["uri"]))
+    # the notebook splits and fits without a seed: compare with the run's own model
+    assert served.predict(flowers).tolist() == model.predict(flowers).tolist()
+    assert served.predict(flowers)[1] == 0  # setosa, whatever the split
 
 
 def _metric(base: str, name: str) -> dict[str, float]:
