@@ -50,8 +50,8 @@ def showcase_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server(showcase_run: Path) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "nbship", "serve", str(showcase_run),
-                             "--port", str(port), "--max-body", str(1 << 20)], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                             "--port", str(port), "--max-body", str(1 << 20)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     while True:
