@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import os
 import secrets
 from pathlib import Path
+from typing import Any
 
 KEY_ENV = "NBSHIP_ARTIFACT_KEY"
 KEY_FILE_ENV = "NBSHIP_KEY_FILE"
@@ -73,6 +75,28 @@ def verify(data: bytes, tag: bytes) -> bool:
     try:
         return hmac.compare_digest(mac(data), tag)
     except (OSError, ValueError):
+        return False
+
+
+SIGNATURE = "hmac"  # the field of a signed JSON document that holds its MAC (hex)
+
+
+def _canonical(doc: dict[str, Any]) -> bytes:
+    return json.dumps({k: v for k, v in doc.items() if k != SIGNATURE},
+                      sort_keys=True).encode()
+
+
+def sign(doc: dict[str, Any]) -> str:
+    """The MAC (hex) of a JSON document's fields: what ``doc[SIGNATURE]`` should hold."""
+    return mac(_canonical(doc)).hex()
+
+
+def signed(doc: dict[str, Any]) -> bool:
+    """True when ``doc[SIGNATURE]`` is this machine's MAC of the document's other fields."""
+    tag = doc.get(SIGNATURE)
+    try:
+        return isinstance(tag, str) and verify(_canonical(doc), bytes.fromhex(tag))
+    except ValueError:  # not hex
         return False
 
 

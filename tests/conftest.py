@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -39,6 +43,17 @@ def write_notebook(path: Path, cells: list[tuple[list[str], str]]) -> Path:
         nb.cells.append(cell)
     nbformat.write(nb, str(path))
     return path
+
+
+@contextlib.contextmanager
+def serving(server: Any) -> Iterator[Any]:
+    """An http.server answering from a thread of its own for the block, then shut down."""
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 class Planted:

@@ -214,7 +214,7 @@ def step_source(graph: StepGraph, step: Step) -> list[str]:
     body: list[str] = []
     folder = graph.notebook.path.resolve().parent
     for module in step.local_modules:  # their text is part of the step's cache key
-        body.append(f"{INDENT}# imports the notebook's own {_comment(module)}, sha256 "
+        body.append(f"{INDENT}# imports the notebook's own {printable(module)}, sha256 "
                     f"{_module_digest(folder / module)}")
     json_params = [p for p in step.params if graph.parameters[p].type in JSON_KINDS]
     if json_params:
@@ -325,8 +325,9 @@ def generate(graph: StepGraph, *, base_image: str, provenance: Provenance) -> st
     return source
 
 
-def _comment(text: str) -> str:
-    """Text for a comment line: line breaks and control characters escaped."""
+def printable(text: str) -> str:
+    """``text`` with every control or line-break character escaped as Python would (for a
+    comment line, or a YAML comment)."""
     return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -16,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from nbship.errors import AnalysisError, CompileError
-from nbship.extract.codegen import Provenance, generate, pipeline_name, serve_source
+from nbship.extract.codegen import Provenance, generate, pipeline_name, printable, serve_source
 from nbship.extract.graph import StepGraph
 from nbship.extract.report import to_json
 from nbship.files import sha256_file
+from nbship.modules import imported
 from nbship.pipelines.kfp_import import import_kfp
 
 DEFAULT_IMAGE = "nbship-env:latest"
@@ -61,28 +60,15 @@ def _compile_module(module_path: Path, yaml_path: Path) -> None:
     import_kfp()
     from kfp import compiler
 
-    name = f"nbship_generated_{hashlib.sha256(str(module_path).encode()).hexdigest()[:12]}"
-    spec = importlib.util.spec_from_file_location(name, module_path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            spec.loader.exec_module(module)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with imported(module_path, "nbship_generated") as module:
             compiler.Compiler().compile(module.pipeline, str(yaml_path))
-        _rewrite_yaml(module.pipeline, yaml_path)
-    finally:
-        sys.modules.pop(name, None)
+            _rewrite_yaml(module.pipeline, yaml_path)
 
 
 # What YAML (1.1, PyYAML) takes as a line break: a comment ends at any of them.
 _YAML_BREAKS = re.compile("\r\n|[\n\r\x85\u2028\u2029]")
-
-
-def _escaped(text: str) -> str:
-    """``text`` with every control or line-break character escaped as Python would."""
-    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
 
 
 def _header(spec: dict[str, Any], description: str | None) -> str:
@@ -100,10 +86,10 @@ def _header(spec: dict[str, Any], description: str | None) -> str:
     params = shown.get("root", {}).get("inputDefinitions", {}).get("parameters", {})
     for body in params.values():
         if isinstance(body.get("defaultValue"), str):
-            body["defaultValue"] = _escaped(body["defaultValue"])
-    name = _escaped(str(shown.get("pipelineInfo", {}).get("name", "")))
+            body["defaultValue"] = printable(body["defaultValue"])
+    name = printable(str(shown.get("pipelineInfo", {}).get("name", "")))
     shown.setdefault("pipelineInfo", {})["name"] = name
-    desc = _escaped(description) if description else None
+    desc = printable(description) if description else None
     extract = getattr(pipeline_spec_builder, "extract_comments_from_pipeline_spec", None)
     text = extract(shown, desc) if extract else f"# PIPELINE DEFINITION\n# Name: {name}\n"
     lines = _YAML_BREAKS.split(text.rstrip("\n"))

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from nbship import __version__
+from nbship import __version__, signing
 from nbship.environ import environ
 from nbship.errors import Location, RunError
 from nbship.extract.codegen import METRICS_ARG, OUTPUT_PREFIX
@@ -326,8 +326,6 @@ def provenance(compiled: CompiledPipeline, values: dict[str, Any],
     prov = compiled.provenance
     serve_entry: dict[str, Any] | None = None
     if graph.serve is not None and compiled.serve is not None:
-        from nbship.serving.bundle import seal_entry
-
         serve_entry = {
             "module": compiled.serve.name,
             "sha256": sha256_file(compiled.serve),
@@ -337,7 +335,7 @@ def provenance(compiled: CompiledPipeline, values: dict[str, Any],
                        for var, src in sorted(graph.serve.inputs.items())},
             "parameters": list(graph.serve.params),
         }
-        serve_entry["hmac"] = seal_entry(serve_entry)
+        serve_entry[signing.SIGNATURE] = signing.sign(serve_entry)  # nbship serve checks it
     return {
         "run": {"id": run_id, "status": status, "seconds": round(seconds, 3),
                 "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")},

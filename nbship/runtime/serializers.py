@@ -285,14 +285,9 @@ def save(value: Any, directory: str | os.PathLike[str]) -> dict[str, Any]:
         "sha256": digest(target),
     }
     if not s.safe:
-        meta["hmac"] = signing.mac(_signed_part(meta)).hex()
+        meta[signing.SIGNATURE] = signing.sign(meta)
     (d / META).write_text(json.dumps(meta, indent=2))
     return meta
-
-
-def _signed_part(meta: dict[str, Any]) -> bytes:
-    return json.dumps({k: meta.get(k) for k in ("serializer", "type", "file", "sha256")},
-                      sort_keys=True).encode()
 
 
 class UntrustedArtifact(Exception):
@@ -318,17 +313,11 @@ def load(directory: str | os.PathLike[str]) -> Any:
     if not target.exists() or digest(target) != meta.get("sha256"):
         raise UntrustedArtifact(f"{d}: the value's bytes do not match the sha256 recorded "
                                 "when it was saved")
-    if not s.safe:
-        tag = meta.get("hmac")
-        try:
-            ok = isinstance(tag, str) and signing.verify(_signed_part(meta), bytes.fromhex(tag))
-        except ValueError:
-            ok = False
-        if not ok:
-            raise UntrustedArtifact(
-                f"{d}: a {s.name} value that this machine's nbship did not write; it is not "
-                f"opened, since loading it could run code (set {signing.KEY_ENV} to the same "
-                "key for every step when steps run on several machines)")
+    if not s.safe and not signing.signed(meta):
+        raise UntrustedArtifact(
+            f"{d}: a {s.name} value that this machine's nbship did not write; it is not "
+            f"opened, since loading it could run code (set {signing.KEY_ENV} to the same "
+            "key for every step when steps run on several machines)")
     return s.load(target)
 
 

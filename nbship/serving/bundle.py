@@ -10,10 +10,7 @@ another machine or a cloned repository brings is refused, not executed.
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import json
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +19,7 @@ from typing import Any
 from nbship import signing
 from nbship.errors import ServeError
 from nbship.files import sha256_file
+from nbship.modules import imported
 
 PROVENANCE = "provenance.json"
 
@@ -34,16 +32,6 @@ class Served:
     predict: Callable[[Any], Any]
     provenance: dict[str, Any] = field(default_factory=dict)
     reference: Any = None  # the serve cell's reference_inputs: what drift is measured against
-
-
-def seal_entry(entry: dict[str, Any]) -> str:
-    """The HMAC a run records over its serve entry (module sha256, inputs)."""
-    return signing.mac(_signed(entry)).hex()
-
-
-def _signed(entry: dict[str, Any]) -> bytes:
-    return json.dumps({k: entry.get(k) for k in ("module", "sha256", "inputs", "parameters")},
-                      sort_keys=True).encode()
 
 
 def newest_run(folder: Path) -> Path:
@@ -83,9 +71,7 @@ def load_run(run_dir: Path) -> Served:
     if status != "SUCCESS":
         raise ServeError(f"the run in {run_dir} did not succeed ({status}); its values may "
                          "be missing or stale", hint="serve a successful run")
-    tag = entry.get("hmac")
-    if not isinstance(tag, str) or not signing.verify(_signed(entry), bytes.fromhex(tag)
-                                                      if _is_hex(tag) else b""):
+    if not signing.signed(entry):
         raise ServeError(f"the run in {run_dir} was not recorded by nbship on this machine; "
                          "its serving code is not run",
                          hint="serve a run made here, or a model release (nbship model push)")
@@ -111,26 +97,10 @@ def load_run(run_dir: Path) -> Served:
     return Served(name=name, predict=predict, provenance=_summary(prov), reference=reference)
 
 
-def _is_hex(text: str) -> bool:
-    try:
-        bytes.fromhex(text)
-    except ValueError:
-        return False
-    return True
-
-
 def _build(module_path: Path, values: dict[str, Any]) -> tuple[Callable[[Any], Any], Any]:
-    digest = hashlib.sha256(str(module_path).encode()).hexdigest()[:12]
-    name = f"nbship_serve_{digest}"
-    spec = importlib.util.spec_from_file_location(name, module_path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
     try:
-        spec.loader.exec_module(module)
-        built = module.build(**values)
-        # serve.py of nbship before drift returned predict alone
-        predict, reference = (built, None) if callable(built) else built
+        with imported(module_path, "nbship_serve") as module:
+            predict, reference = module.build(**values)
     except Exception as exc:
         raise ServeError(f"the serve cell failed while building predict(): "
                          f"{type(exc).__name__}: {exc}", hint=f"see {module_path}") from None
@@ -149,5 +119,5 @@ def _summary(prov: dict[str, Any]) -> dict[str, Any]:
         "pipeline_yaml_sha256": prov.get("pipeline", {}).get("yaml_sha256"),
         "parameters": prov.get("parameters", {}),
         "metrics": prov.get("metrics", {}),
-        "serve": {k: v for k, v in prov.get("serve", {}).items() if k != "hmac"},
+        "serve": {k: v for k, v in prov.get("serve", {}).items() if k != signing.SIGNATURE},
     }

@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -25,7 +24,7 @@ from nbship.notebook import read_notebook
 from nbship.pipelines.compile import compile_graph
 from nbship.pipelines.local import run_compiled
 from nbship.pipelines.trigger import Trigger, server
-from tests.conftest import ROOT, SHOWCASE
+from tests.conftest import ROOT, SHOWCASE, serving
 from tests.release.conftest import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(
@@ -76,68 +75,65 @@ def test_drift_alert_retrains(tmp_path: Path) -> None:
                          echo=lambda line: None)
     trigger = Trigger(nb, runs, {"epochs": 1, "threshold": 0.5}, cooldown=600,
                       echo=lambda line: None)
-    hook = server(trigger, port=0)
-    threading.Thread(target=hook.serve_forever, daemon=True).start()
     monitor_root = tmp_path / ".nbship" / "monitor"
-    mon = stack.up(monitor_root, prometheus_port=free_port(), alertmanager_port=free_port(),
-                   webhook=f"http://127.0.0.1:{hook.server_address[1]}/alerts",
-                   thresholds=Thresholds(for_="5s"), scrape_interval="1s")
-    port = free_port()
-    serving = subprocess.Popen(
-        [sys.executable, "-m", "nbship", "serve", str(first.record_dir), "--port", str(port),
-         "--monitor", str(monitor_root)], cwd=ROOT, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_for("Prometheus scraping the model server", lambda: [
-            r for r in stack.query(mon.prometheus, 'up{job="nbship-serve"}')
-            if r["value"][1] == "1"])
-        digits = load_digits().images
-        rng = np.random.default_rng(0)
-        held = digits[rng.choice(len(digits), 1000, replace=False)]
-        predict(base, held)
-        time.sleep(8)  # longer than the rules' `for` and a few evaluations
-        assert not firing(mon.prometheus) & {"NbshipInputDrift", "NbshipPredictionDrift"}
-        assert not trigger.runs
-        quiet = monitor_cli(mon.prometheus, "--check")
-        assert quiet.returncode == 0 and "no alert firing" in quiet.stdout, quiet.stderr
-        shifted = np.clip(np.rot90(held, 1, axes=(1, 2)) + rng.normal(0, 3, held.shape), 0, 16)
-        predict(base, shifted)
-        wait_for("the drift alert", lambda: firing(mon.prometheus) & {
-            "NbshipInputDrift", "NbshipPredictionDrift"})
-        loud = monitor_cli(mon.prometheus, "--check")
-        assert loud.returncode == 1 and "FIRING NbshipInputDrift model=marker-classifier" \
-            in loud.stdout, loud.stdout + loud.stderr
-        page = tmp_path / "monitor.html"
-        wrote = monitor_cli(mon.prometheus, "--html", str(page), "--minutes", "5")
-        assert wrote.returncode == 0 and "5 plots" in wrote.stdout, wrote.stderr
-        text = page.read_text()
-        assert text.count("data:image/png;base64,") == 5 and "NbshipInputDrift" in text
-        from rich.console import Console
-
-        from nbship.monitoring.view import render
-
-        console = Console(record=True, width=200)
-        console.print(render(mon.prometheus))
-        shown = console.export_text()
-        assert "marker-classifier" in shown and "alerts firing: Nbship" in shown
-        wait_for("Alertmanager delivering it and the retraining run", lambda: trigger.runs,
-                 timeout=180)
-        trigger.wait(timeout=300)
-        record = trigger.runs[0]
-        assert record["status"] == "SUCCESS", record
-        prov = json.loads((Path(record["run"]) / "provenance.json").read_text())
-        assert prov["trigger"]["alert"] in ("NbshipInputDrift", "NbshipPredictionDrift")
-        assert prov["trigger"]["labels"]["model"] == "marker-classifier"
-        assert prov["serve"] and Path(record["run"]) != first.record_dir  # the next model
-        assert len(trigger.runs) == 1  # repeated alerts within the cooldown: one run
-    finally:
-        serving.send_signal(signal.SIGTERM)
+    with serving(server(trigger, port=0)) as hook:
+        mon = stack.up(monitor_root, prometheus_port=free_port(), alertmanager_port=free_port(),
+                       webhook=f"http://127.0.0.1:{hook.server_address[1]}/alerts",
+                       thresholds=Thresholds(for_="5s"), scrape_interval="1s")
+        port = free_port()
+        model_server = subprocess.Popen(
+            [sys.executable, "-m", "nbship", "serve", str(first.record_dir), "--port", str(port),
+             "--monitor", str(monitor_root)], cwd=ROOT, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True)
+        base = f"http://127.0.0.1:{port}"
         try:
-            serving.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            serving.kill()
-        stack.down(monitor_root)
-        hook.shutdown()
-        hook.server_close()
+            wait_for("Prometheus scraping the model server", lambda: [
+                r for r in stack.query(mon.prometheus, 'up{job="nbship-serve"}')
+                if r["value"][1] == "1"])
+            digits = load_digits().images
+            rng = np.random.default_rng(0)
+            held = digits[rng.choice(len(digits), 1000, replace=False)]
+            predict(base, held)
+            time.sleep(8)  # longer than the rules' `for` and a few evaluations
+            assert not firing(mon.prometheus) & {"NbshipInputDrift", "NbshipPredictionDrift"}
+            assert not trigger.runs
+            quiet = monitor_cli(mon.prometheus, "--check")
+            assert quiet.returncode == 0 and "no alert firing" in quiet.stdout, quiet.stderr
+            shifted = np.clip(np.rot90(held, 1, axes=(1, 2)) + rng.normal(0, 3, held.shape), 0, 16)
+            predict(base, shifted)
+            wait_for("the drift alert", lambda: firing(mon.prometheus) & {
+                "NbshipInputDrift", "NbshipPredictionDrift"})
+            loud = monitor_cli(mon.prometheus, "--check")
+            assert loud.returncode == 1 and "FIRING NbshipInputDrift model=marker-classifier" \
+                in loud.stdout, loud.stdout + loud.stderr
+            page = tmp_path / "monitor.html"
+            wrote = monitor_cli(mon.prometheus, "--html", str(page), "--minutes", "5")
+            assert wrote.returncode == 0 and "5 plots" in wrote.stdout, wrote.stderr
+            text = page.read_text()
+            assert text.count("data:image/png;base64,") == 5 and "NbshipInputDrift" in text
+            from rich.console import Console
+
+            from nbship.monitoring.view import render
+
+            console = Console(record=True, width=200)
+            console.print(render(mon.prometheus))
+            shown = console.export_text()
+            assert "marker-classifier" in shown and "alerts firing: Nbship" in shown
+            wait_for("Alertmanager delivering it and the retraining run", lambda: trigger.runs,
+                     timeout=180)
+            trigger.wait(timeout=300)
+            record = trigger.runs[0]
+            assert record["status"] == "SUCCESS", record
+            prov = json.loads((Path(record["run"]) / "provenance.json").read_text())
+            assert prov["trigger"]["alert"] in ("NbshipInputDrift", "NbshipPredictionDrift")
+            assert prov["trigger"]["labels"]["model"] == "marker-classifier"
+            assert prov["serve"] and Path(record["run"]) != first.record_dir  # the next model
+            assert len(trigger.runs) == 1  # repeated alerts within the cooldown: one run
+        finally:
+            model_server.send_signal(signal.SIGTERM)
+            try:
+                model_server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                model_server.kill()
+            stack.down(monitor_root)
     assert not list((monitor_root / "targets").glob("*.json"))  # the server removed itself

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -13,7 +12,7 @@ from typing import Any
 import pytest
 
 from nbship.pipelines.trigger import Trigger, server
-from tests.conftest import write_notebook
+from tests.conftest import serving, write_notebook
 
 pytestmark = pytest.mark.slow
 
@@ -31,15 +30,9 @@ def listening(tmp_path: Path) -> Iterator[tuple[str, Trigger]]:
         (["step:check"], "assert w == 2 * n")])
     trigger = Trigger(nb, tmp_path / ".nbship" / "runs", {"n": 5}, cooldown=600,
                       echo=lambda line: None)
-    httpd = server(trigger, port=0)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(server(trigger, port=0)) as httpd:
         yield f"http://127.0.0.1:{httpd.server_address[1]}", trigger
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        trigger.wait(timeout=120)
+    trigger.wait(timeout=120)
 
 
 def post(url: str, body: bytes) -> tuple[int, dict[str, Any]]:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import http.server
-import threading
 from collections.abc import Iterator
 
 import pytest
 
 from nbship.errors import ReleaseError
 from nbship.release import oci
+from tests.conftest import serving
 from tests.release.conftest import free_port
 
 
@@ -26,13 +26,8 @@ def answering() -> Iterator[tuple[str, list[int]]]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(http.server.HTTPServer(("127.0.0.1", 0), Handler)) as server:
         yield f"127.0.0.1:{server.server_address[1]}", statuses
-    finally:
-        server.shutdown()
 
 
 def test_404_is_not_there(answering: tuple[str, list[int]]) -> None:

@@ -203,9 +203,7 @@ def test_a_run_folder_from_elsewhere_is_not_executed(showcase_run: Path, tmp_pat
     prov = json.loads((copy / "provenance.json").read_text())
     prov["serve"]["sha256"] = serializers.sha256_file(serve_py)
     monkeypatch.setenv(signing.KEY_ENV, "ee" * 32)  # sealed with another machine's key
-    from nbship.serving.bundle import seal_entry
-
-    prov["serve"]["hmac"] = seal_entry(prov["serve"])
+    prov["serve"]["hmac"] = signing.sign(prov["serve"])
     monkeypatch.delenv(signing.KEY_ENV)
     (copy / "provenance.json").write_text(json.dumps(prov))
     with pytest.raises(ServeError, match="not recorded by nbship on this machine"):
