@@ -13,6 +13,8 @@ import os
 import signal
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,15 @@ class Started:
     pid: int
     argv: list[str]
     started: int  # the process's start time (clock ticks since boot, /proc/PID/stat)
+
+
+def answers(url: str, timeout: float = 1.0) -> bool:
+    """True when ``url`` answers 200: the readiness probe of a helper server."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as reply:
+            return bool(reply.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 def start_time(pid: int) -> int | None:

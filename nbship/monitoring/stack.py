@@ -54,11 +54,7 @@ def targets_dir(root: Path = DEFAULT_ROOT) -> Path:
 
 
 def _ready(address: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://{address}/-/ready", timeout=1) as reply:
-            return bool(reply.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
+    return processes.answers(f"http://{address}/-/ready")
 
 
 def prometheus_config(root: Path, alertmanager: str, scrape_interval: str = "5s") -> str:
@@ -160,14 +156,21 @@ def register_target(root: Path, model: str, address: str, labels: dict[str, str]
     return entry
 
 
-def query(prometheus: str, promql: str) -> list[dict[str, Any]]:
-    """Prometheus's HTTP API: an instant query's result vector."""
-    url = f"http://{prometheus}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+def api(prometheus: str, endpoint: str, params: dict[str, Any] | None = None,
+        timeout: float = 10) -> dict[str, Any]:
+    """The ``data`` of Prometheus's HTTP API answer at ``/api/v1/<endpoint>``."""
+    url = f"http://{prometheus}/api/v1/{endpoint}"
+    if params:
+        url += "?" + urllib.parse.urlencode(params)
     try:
-        with urllib.request.urlopen(url, timeout=10) as reply:
-            doc = json.loads(reply.read())
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+        with urllib.request.urlopen(url, timeout=timeout) as reply:
+            return dict(json.loads(reply.read())["data"])
+    except (urllib.error.URLError, OSError, ValueError, KeyError, TypeError) as exc:
         raise MonitorError(f"Prometheus at {prometheus} did not answer: {exc}",
                            hint="nbship monitor up") from None
-    return list(doc.get("data", {}).get("result", []))
+
+
+def query(prometheus: str, promql: str) -> list[dict[str, Any]]:
+    """An instant query's result vector."""
+    return list(api(prometheus, "query", {"query": promql}).get("result", []))
 

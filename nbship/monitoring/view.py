@@ -15,16 +15,12 @@ import base64
 import datetime as dt
 import html
 import io
-import json
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from nbship.files import write_atomic
-from nbship.monitoring.stack import MonitorError, query
+from nbship.monitoring.stack import api, query
 
 SIGNALS = {
     "req/s": "sum by (model) (rate(nbship_requests_total[1m]))",
@@ -45,12 +41,7 @@ SIGNALS = {
 
 def firing(prometheus: str) -> list[dict[str, str]]:
     """nbship's alerts firing now (labels of each)."""
-    try:
-        with urllib.request.urlopen(f"http://{prometheus}/api/v1/alerts", timeout=10) as reply:
-            alerts = json.loads(reply.read())["data"]["alerts"]
-    except (urllib.error.URLError, OSError, ValueError, KeyError) as exc:
-        raise MonitorError(f"Prometheus at {prometheus} did not answer: {exc}",
-                           hint="nbship monitor up") from None
+    alerts = api(prometheus, "alerts").get("alerts", [])
     return [a["labels"] for a in alerts
             if a.get("state") == "firing" and a["labels"].get("source") == "nbship"]
 
@@ -102,14 +93,9 @@ def live(prometheus: str, interval: float = 2.0) -> None:
 
 def _range(prometheus: str, promql: str, minutes: int) -> list[dict[str, Any]]:
     end = time.time()
-    params = urllib.parse.urlencode({"query": promql, "start": end - 60 * minutes,
-                                     "end": end, "step": max(1, minutes * 60 // 300)})
-    try:
-        with urllib.request.urlopen(f"http://{prometheus}/api/v1/query_range?{params}",
-                                    timeout=30) as reply:
-            return list(json.loads(reply.read())["data"]["result"])
-    except (urllib.error.URLError, OSError, ValueError, KeyError) as exc:
-        raise MonitorError(f"Prometheus at {prometheus} did not answer: {exc}") from None
+    return list(api(prometheus, "query_range", {
+        "query": promql, "start": end - 60 * minutes, "end": end,
+        "step": max(1, minutes * 60 // 300)}, timeout=30).get("result", []))
 
 
 def _natural(name: str) -> tuple[int, str]:

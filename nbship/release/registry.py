@@ -8,8 +8,6 @@ registry at scale (``--registry HOST[/PREFIX]``); only this one is started by nb
 
 from __future__ import annotations
 
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,11 +52,7 @@ def _read_state(root: Path) -> processes.Started | None:
 
 
 def is_up(address: str, timeout: float = 1.0) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://{address}/v2/", timeout=timeout) as reply:
-            return bool(reply.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
+    return processes.answers(f"http://{address}/v2/", timeout)
 
 
 def status(root: Path = DEFAULT_ROOT) -> RegistryState | None:
