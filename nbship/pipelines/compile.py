@@ -56,7 +56,8 @@ def git_state(path: Path) -> tuple[str | None, bool]:
         return None, False
 
 
-def _compile_module(module_path: Path, yaml_path: Path) -> None:
+def _compile_module(module_path: Path, yaml_path: Path) -> list[Any]:
+    """Import the module, compile it with KFP into ``yaml_path``; the YAML as read back."""
     import_kfp()
     from kfp import compiler
 
@@ -64,7 +65,7 @@ def _compile_module(module_path: Path, yaml_path: Path) -> None:
         warnings.simplefilter("ignore")
         with imported(module_path, "nbship_generated") as module:
             compiler.Compiler().compile(module.pipeline, str(yaml_path))
-            _rewrite_yaml(module.pipeline, yaml_path)
+            return _rewrite_yaml(module.pipeline, yaml_path)
 
 
 # What YAML (1.1, PyYAML) takes as a line break: a comment ends at any of them.
@@ -98,7 +99,7 @@ def _header(spec: dict[str, Any], description: str | None) -> str:
     return text
 
 
-def _rewrite_yaml(pipeline: Any, yaml_path: Path) -> None:
+def _rewrite_yaml(pipeline: Any, yaml_path: Path) -> list[Any]:
     """Write the IR as KFP does, under a header with notebook text escaped; check it reads back.
 
     The documents are KFP's in-memory PipelineSpec (and PlatformSpec); the file must load
@@ -111,18 +112,31 @@ def _rewrite_yaml(pipeline: Any, yaml_path: Path) -> None:
     if len(pipeline.platform_spec.platforms) > 0:
         docs.append(json_format.MessageToDict(pipeline.platform_spec))
     text = _header(docs[0], pipeline.description) + yaml.dump_all(docs, sort_keys=True)
-    if list(yaml.safe_load_all(text)) != docs:
+    loaded = _load_yaml(text)
+    if loaded != docs:
         raise CompileError("the compiled YAML does not read back as the pipeline KFP built")
     yaml_path.write_text(text)
+    return loaded
+
+
+def _load_yaml(text: str) -> list[Any]:
+    """All documents of ``text``, with libyaml's safe loader where PyYAML has it (the
+    pure-Python one reads a pipeline ten times slower)."""
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return list(yaml.load_all(text, Loader=loader))
 
 
 def check_round_trip(yaml_path: Path) -> None:
     """Parse the IR back into PipelineSpec; raise CompileError if it does not fit."""
-    import yaml
+    _fits_spec(_load_yaml(yaml_path.read_text()))
+
+
+def _fits_spec(docs: list[Any]) -> None:
     from google.protobuf import json_format
     from kfp.pipeline_spec import pipeline_spec_pb2
 
-    docs = list(yaml.safe_load_all(yaml_path.read_text()))
     try:
         json_format.ParseDict(docs[0], pipeline_spec_pb2.PipelineSpec())
         if len(docs) > 1 and docs[1]:
@@ -191,14 +205,14 @@ def compile_graph(graph: StepGraph, out_dir: str | Path, *,
             yaml_path = tmp / YAML_FILE
             module_path.write_text(source)
             try:
-                _compile_module(module_path, yaml_path)
+                docs = _compile_module(module_path, yaml_path)
             except Exception as exc:
                 raise CompileError(
                     f"KFP could not compile the generated pipeline: {exc}",
                     where=nb.where(),
                     hint="`nbship check` lists the notebook's problems; if it shows none, "
                     "this is a bug in nbship: please report it with the notebook") from None
-            check_round_trip(yaml_path)
+            _fits_spec(docs)  # the YAML as written, parsed back into PipelineSpec
             yaml_sha = sha256_file(yaml_path)
             (tmp / GRAPH_FILE).write_text(graph_json)
             if serve is not None:
