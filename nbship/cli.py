@@ -39,6 +39,8 @@ Examples:
   nbship publish notebooks/marker_classifier.ipynb   # images + pipeline + release
   nbship release show marker-classifier
   nbship serve marker-classifier  # the newest run's serve cell behind KServe
+  nbship model push marker-classifier   # the newest run's model -> models/NAME
+  nbship serve 127.0.0.1:5000/models/marker-classifier:latest
   nbship monitor up               # Prometheus + Alertmanager on 127.0.0.1
   nbship trigger notebooks/marker_classifier.ipynb   # retrain on drift alerts
 
@@ -182,8 +184,9 @@ def _parser() -> argparse.ArgumentParser:
                        "  curl -d '{\"instances\": [[[0, 0, 5, 13, 9, 1, 0, 0], ...]]}' "
                        "http://127.0.0.1:8080/v1/models/marker-classifier:predict",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    v.add_argument("run", type=Path, metavar="RUN_DIR",
-                   help="a run folder (.nbship/runs/NAME/RUN_ID), or NAME for its newest run")
+    v.add_argument("run", metavar="MODEL_REF|RUN_DIR",
+                   help="a model release (HOST:PORT/models/NAME[:TAG|@DIGEST]), a run folder "
+                   "(.nbship/runs/NAME/RUN_ID), or NAME for its newest run")
     v.add_argument("--port", type=_port, default=8080, help="default: 8080")
     v.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default: 127.0.0.1, this machine only)")
@@ -196,13 +199,43 @@ def _parser() -> argparse.ArgumentParser:
                    help="where `nbship monitor`'s Prometheus looks for servers to scrape "
                    "(default: .nbship/monitor)")
 
+    md = sub.add_parser("model", help="model releases: push a run's model, show one",
+                        description="A model release is an OCI artifact models/NAME tagged "
+                        "run-<id> (latest moved last): the values the serve cell reads in safe "
+                        "formats where one exists (JSON, .npy, safetensors, skops), the serve "
+                        "cell's code, the drift profile the pipeline recorded, the run's "
+                        "metrics and provenance (commit, notebook sha256, cells, parameters, "
+                        "data hash, pipeline release), signed with this machine's key.",
+                        epilog="Examples:\n  nbship registry up\n"
+                        "  nbship model push                      # the newest successful run\n"
+                        "  nbship model push .nbship/runs/marker-classifier/<run-id>\n"
+                        "  nbship model show marker-classifier    # models/NAME:latest\n"
+                        "  nbship model show marker-classifier --manifest > isvc.yaml\n"
+                        "  nbship serve 127.0.0.1:5000/models/marker-classifier:latest",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    md.add_argument("action", choices=["push", "show"])
+    md.add_argument("what", nargs="?", default=None, metavar="RUN|REF",
+                    help="push: a run folder or NAME (default: the newest successful run, "
+                    "when .nbship/runs holds one pipeline); show: HOST:PORT/models/NAME"
+                    "[:TAG|@DIGEST] or NAME on the registry (tag latest)")
+    md.add_argument("--registry", default=None, metavar="HOST[:PORT][/PATH]",
+                    help="default: the embedded registry (nbship registry up)")
+    md.add_argument("--root", type=Path, default=Path(".nbship/runs"), metavar="DIR",
+                    help="where runs are (default: .nbship/runs)")
+    md.add_argument("--json", action="store_true", help="show: print model.json as it is")
+    md.add_argument("--manifest", action="store_true",
+                    help="show: print the KServe InferenceService serving this model by "
+                    "digest (the server image from the notebook's pipeline release)")
+
     tr = sub.add_parser("trigger", help="retrain when Alertmanager reports drift (webhook)",
                         description="Listen on 127.0.0.1 for Alertmanager's webhook (POST "
                         "/alerts; `nbship monitor up` routes there). A firing drift alert "
                         "(NbshipInputDrift, NbshipPredictionDrift) starts a run of the "
                         "notebook's pipeline on kfp.local; its provenance says which alert "
-                        "started it. One run at a time, at most one per cooldown. GET /runs "
-                        "lists what it started.",
+                        "started it and on which data (hash). When the run succeeds (the "
+                        "notebook's own gate steps passed), its model is pushed as the next "
+                        "model release (models/NAME:run-<id>, latest moved). One run at a "
+                        "time, at most one per cooldown. GET /runs lists what it started.",
                         epilog="Example:\n  nbship monitor up\n  nbship serve "
                         "marker-classifier &\n  nbship trigger "
                         "notebooks/marker_classifier.ipynb --cooldown 600",
@@ -214,6 +247,11 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--cooldown", type=float, default=600.0, metavar="SECONDS",
                     help="at most one run per this many seconds (default: 600)")
     tr.add_argument("--root", type=Path, default=Path(".nbship/runs"), metavar="DIR")
+    tr.add_argument("--registry", default=None, metavar="HOST[:PORT][/PATH]",
+                    help="where the retrained model is pushed (default: the embedded "
+                    "registry, nbship registry up)")
+    tr.add_argument("--no-push", action="store_true",
+                    help="retrain only; push no model release")
 
     m = sub.add_parser("monitor", help="Prometheus + Alertmanager for the served models",
                        description="Start, stop or show a real Prometheus (scraping every "
@@ -418,6 +456,65 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_model(args: argparse.Namespace) -> int:
+    import json
+
+    from nbship.release import model
+
+    if args.action == "push":
+        run_dir = _run_dir(args.what, args.root)
+        registry = args.registry or _embedded_registry()
+        print(f"nbship model push {run_dir} -> {registry}", flush=True)
+        pushed = model.push(run_dir, registry, echo=lambda line: print(line, flush=True))
+        rec = pushed.record
+        print(f"model:    {pushed.reference}@{pushed.digest}")
+        print("values:   " + ", ".join(f"{var} ({v['serializer']}"
+                                        f"{'' if v['safe'] else ', signed pickle'})"
+                                        for var, v in rec["serve"]["values"].items()))
+        release = rec["pipeline"]["release"]
+        print(f"pipeline: {release['reference'] if release else 'no release of this notebook'}")
+        return 0
+    if not args.what:
+        from nbship.errors import UnusableInputError
+
+        raise UnusableInputError("nbship model show needs REF: HOST:PORT/models/NAME[:TAG] "
+                                 "or NAME")
+    ref = args.what if "/" in args.what else \
+        f"{args.registry or _embedded_registry()}/models/{args.what}"
+    record, digest, layers = model.show(ref)
+    if args.json:
+        print(json.dumps(record, indent=2, sort_keys=True))
+        return 0
+    if args.manifest:
+        sys.stdout.write(model.inference_service(record, ref, digest))
+        return 0
+    run = record["run"]
+    trigger = run.get("trigger") or {}
+    print(f"model {ref}  ({digest})")
+    print(f"  name      {record['name']}")
+    print(f"  run       {run['id']}  (trigger: {trigger.get('kind')}"
+          + (f" {trigger['alert']}" if trigger.get("alert") else "") + ")")
+    print(f"  commit    {record.get('commit')}" + ("  (dirty)" if record.get("dirty") else ""))
+    nb = record["notebook"]
+    print(f"  notebook  {nb['path']}  sha256 {nb['sha256'][:16]}...")
+    data = record.get("data") or {}
+    print(f"  data      sha256 {str(data.get('sha256'))[:16]}...")
+    print("  metrics   " + ", ".join(f"{k}={v:.4g}" for k, v in record["metrics"].items()))
+    print("  params    " + ", ".join(f"{k}={v!r}" for k, v in record["parameters"].items()))
+    serve_cells = ", ".join(str(c["index"]) for c in record["cells"]["serve"])
+    print(f"  serve     cells {serve_cells}, serve.py sha256 {record['serve']['sha256'][:16]}...")
+    for var, v in record["serve"]["values"].items():
+        print(f"    {var:<12} from {v['from']:<12} {v['serializer']}"
+              + ("" if v["safe"] else " (signed pickle)"))
+    print("  profile   " + ("recorded by the pipeline" if record.get("profile") else "none"))
+    release = record["pipeline"]["release"]
+    print(f"  pipeline  {release['reference'] if release else 'no release'}")
+    print("  files     " + ", ".join(
+        f"{layer.get('annotations', {}).get('org.opencontainers.image.title', '?')} "
+        f"({layer['size']} B)" for layer in layers))
+    return 0
+
+
 def cmd_release(args: argparse.Namespace) -> int:
     import json
 
@@ -457,14 +554,42 @@ def cmd_release(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_dir(what: str | None, root: Path) -> Path:
+    """A run folder from RUN_DIR, NAME (its newest run) or nothing (the only NAME's)."""
+    from nbship.errors import ServeError
+    from nbship.serving.bundle import newest_run
+
+    if what is None:
+        names = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+        if len(names) != 1:
+            raise ServeError(f"{root} holds runs of {len(names)} pipelines "
+                             f"({', '.join(names) or 'none'}): name one",
+                             hint="nbship model push NAME, or a run folder")
+        what = names[0]
+    path = Path(what)
+    if path.is_dir() and (path / "provenance.json").exists():
+        return path
+    return newest_run(root / what)
+
+
+def _is_reference(text: str) -> bool:
+    return "/" in text and not Path(text).exists() and ":" in text.split("/", 1)[0]
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    from nbship.serving.bundle import load_run, newest_run
+    from nbship.serving.bundle import load_run
     from nbship.serving.server import serve
 
-    run_dir = args.run if args.run.is_dir() and (args.run / "provenance.json").exists() \
-        else newest_run(args.root / args.run)
-    served = load_run(run_dir)
-    print(f"model {served.name!r} from run {served.provenance.get('run')} "
+    if _is_reference(args.run):
+        from nbship.release.model import load_model
+
+        served = load_model(args.run)
+        origin = f"release {served.provenance['model']}, run " \
+                 f"{(served.provenance.get('run') or {}).get('id')}"
+    else:
+        served = load_run(_run_dir(args.run, args.root))
+        origin = f"run {served.provenance.get('run')}"
+    print(f"model {served.name!r} from {origin} "
           f"(commit {served.provenance.get('commit') or 'none'})", flush=True)
     serve(served, host=args.host, port=args.port, verbose=args.verbose,
           announce=lambda line: print(line, flush=True), monitor_root=args.monitor,
@@ -479,11 +604,13 @@ def cmd_trigger(args: argparse.Namespace) -> int:
 
     graph = analyse(args.notebook)  # the notebook and -p values are checked before listening
     values = parse_assignments(args.param, graph.parameters)
+    registry = None if args.no_push else (args.registry or _embedded_registry())
     trigger = Trigger(args.notebook, args.root, values, cooldown=args.cooldown,
-                      echo=lambda line: print(line, flush=True))
+                      registry=registry, echo=lambda line: print(line, flush=True))
     httpd = server(trigger, port=args.port)
     print(f"trigger: listening on http://127.0.0.1:{args.port}/alerts for "
-          f"{', '.join(sorted(trigger.alerts))}; cooldown {args.cooldown:g} s", flush=True)
+          f"{', '.join(sorted(trigger.alerts))}; cooldown {args.cooldown:g} s; models "
+          f"pushed to {registry or 'nowhere (--no-push)'}", flush=True)
     try:
         httpd.serve_forever()
     finally:
@@ -572,7 +699,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     verbs = {"check": cmd_check, "compile": cmd_compile, "run": cmd_run, "test": cmd_test,
              "build": cmd_build, "publish": cmd_publish, "release": cmd_release,
-             "serve": cmd_serve, "monitor": cmd_monitor, "trigger": cmd_trigger,
+             "model": cmd_model, "serve": cmd_serve, "monitor": cmd_monitor,
+             "trigger": cmd_trigger,
              "registry": cmd_registry}
     stopped = _stop_on_sigterm()
     try:

@@ -11,6 +11,7 @@ notebook cell and line.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import hashlib
 import io
 import json
@@ -182,7 +183,24 @@ def _default(param: Parameter) -> str:
     return repr(param.value)
 
 
+# A serve cell may bind this to inputs like the ones the model learned from (e.g. the
+# training images): the pipeline profiles them, the server watches drift against that.
+REFERENCE = "reference_inputs"
+# The pipeline's serving check: a component after the steps that runs the serve cells on
+# the run's values (predict() must build) and records the reference profile for drift.
+SERVE_STEP = "nbship-serve"
+PROFILE_ARG = "nbship_profile"
+
+
+def serve_step(graph: StepGraph) -> Step | None:
+    """The serve cells as the pipeline's last component (task ``nbship-serve``), if any."""
+    if graph.serve is None:
+        return None
+    return dataclasses.replace(graph.serve, name=SERVE_STEP, outputs={}, metrics=[])
+
+
 def step_source(graph: StepGraph, step: Step) -> list[str]:
+    serving = step.name == SERVE_STEP
     args: list[str] = []
     for p in step.params:
         args.append(f"{p}: {_annotation(graph.parameters[p].type)}")
@@ -192,14 +210,19 @@ def step_source(graph: StepGraph, step: Step) -> list[str]:
         args.append(f"{output_arg(var)}: Output[Artifact]")
     if step.metrics:
         args.append(f"{METRICS_ARG}: Output[Metrics]")
+    if serving:
+        args.append(f"{PROFILE_ARG}: Output[Artifact]")
     image = repr(step.image) if step.image else "BASE_IMAGE"
     cells = ", ".join(str(c.index) for c in step.cells)
+    doc = (f"Serving check: serve cells {cells} of {graph.notebook.name} build predict(); "
+           "the reference profile for drift." if serving
+           else f"Step {step.name!r}: cells {cells} of {graph.notebook.name}.")
     out = [
         f"@dsl.component(base_image={image}, install_kfp_package=False)",
         f"def {step.func}(",
         *[f"    {a}," for a in args],
         "):",
-        f"    {_docstring(f'Step {step.name!r}: cells {cells} of {graph.notebook.name}.')}",
+        f"    {_docstring(doc)}",
     ]
     uses_ipython = any(graph.codes[c.index].magics and not all(
         m.install for m in graph.codes[c.index].magics)
@@ -243,6 +266,10 @@ def step_source(graph: StepGraph, step: Step) -> list[str]:
                     f"cell={cell.index}{cid})")
     for metric in step.metrics:
         body.append(f"{INDENT}{RUNTIME}.log_metric({METRICS_ARG}, {metric!r}, {metric})")
+    if serving:
+        body.append(f"{INDENT}# --- predict() and the reference profile for the model release ---")
+        body.append(f"{INDENT}{RUNTIME}.profile({PROFILE_ARG}, {SERVE_FUNCTION}, "
+                    f"locals().get({REFERENCE!r}))")
     if not any(line.strip() and not line.strip().startswith("#") for line in body):
         body.append(f"{INDENT}pass")
     return out + body
@@ -298,7 +325,9 @@ def generate(graph: StepGraph, *, base_image: str, provenance: Provenance) -> st
         "",
     ]
     parts = ["\n".join(head)]
-    for step in graph.steps:
+    serving = serve_step(graph)
+    components = [*graph.steps, *([serving] if serving else [])]
+    for step in components:
         parts.append("\n".join(step_source(graph, step)))
     params = [f"    {p.name}: {_annotation(p.type)} = {_default(p)}," for p in
               graph.parameters.values()]
@@ -306,9 +335,9 @@ def generate(graph: StepGraph, *, base_image: str, provenance: Provenance) -> st
     pipe += params
     pipe.append("):")
     # `_` + the step's function: step names and parameters never start with `_`
-    task_var = {s.name: f"_{s.func}" for s in graph.steps}
+    task_var = {s.name: f"_{s.func}" for s in components}
     data_pairs = {(e.src, e.dst) for e in graph.edges if e.variables}
-    for step in graph.topological():
+    for step in [*graph.topological(), *([serving] if serving else [])]:
         kwargs = [f"{p}={p}" for p in step.params]
         kwargs += [f"{input_arg(v)}={task_var[step.inputs[v]]}.outputs[{output_arg(v)!r}]"
                    for v in sorted(step.inputs)]
@@ -389,10 +418,12 @@ def verify_shape(source: str, graph: StepGraph) -> None:
                 and isinstance(stmt.targets[0], ast.Name) and stmt.targets[0].id == const
                 and isinstance(stmt.value, ast.Constant)):
             raise fail(f"{const} is not a constant")
-    funcs = [s.func for s in graph.steps] + ["pipeline"]
+    serving = serve_step(graph)
+    components = [*graph.steps, *([serving] if serving else [])]
+    funcs = [s.func for s in components] + ["pipeline"]
     if len(body) != len(funcs) or not all(isinstance(n, ast.FunctionDef) for n in body):
         raise fail("top-level statements other than the step and pipeline functions")
-    for node, step in zip(body, [*graph.steps, None]):
+    for node, step in zip(body, [*components, None]):
         assert isinstance(node, ast.FunctionDef)
         expected = step.func if step else "pipeline"
         if node.name != expected or len(node.decorator_list) != 1:
@@ -420,9 +451,6 @@ def verify_shape(source: str, graph: StepGraph) -> None:
 
 
 SERVE_INDENT = " " * 4
-# A serve cell may bind this to inputs like the ones the model learned from (e.g. the
-# training images): the server profiles them and watches drift against that profile.
-REFERENCE = "reference_inputs"
 
 
 def serve_source(graph: StepGraph) -> str:

@@ -92,23 +92,54 @@ class Profile:
             pick = rng.choice(len(column), size=min(SAMPLE, len(column)), replace=False)
             sample.append(column[pick].tolist())
         preds = np.asarray(predictions).reshape(len(values), -1)[:, 0]
-        profile = cls(groups=names, edges=edges, proportions=props, sample=sample,
-                      rows=len(values))
+        classes = prediction_edges = prediction_proportions = None
         if _is_classes(preds):
             keys, counts = np.unique(preds.astype(np.int64), return_counts=True)
-            profile.classes = {str(k): float(c) / len(preds) for k, c in zip(keys, counts)}
+            classes = {str(k): float(c) / len(preds) for k, c in zip(keys, counts)}
         else:
             e = _edges(preds.astype(np.float64))
-            profile.prediction_edges = e.tolist()
-            profile.prediction_proportions = _proportions(preds, e).tolist()
-        return profile
+            prediction_edges = e.tolist()
+            prediction_proportions = _proportions(preds, e).tolist()
+        return cls(groups=names, edges=edges, proportions=props, sample=sample,
+                   classes=classes, prediction_edges=prediction_edges,
+                   prediction_proportions=prediction_proportions, rows=len(values))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
 
     def to_json(self) -> str:
-        return json.dumps(self.__dict__, sort_keys=True)
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, doc: Any) -> Profile:
+        """A profile from JSON data; ValueError when it is not one (a file may bring anything)."""
+        def numbers(value: Any, depth: int) -> bool:
+            if depth == 0:
+                return isinstance(value, (int, float)) and not isinstance(value, bool)
+            return isinstance(value, list) and all(numbers(v, depth - 1) for v in value)
+
+        if not isinstance(doc, dict) or set(doc) != set(cls.__dataclass_fields__):
+            raise ValueError("not a drift profile (its fields differ)")
+        groups = doc["groups"]
+        ok = (isinstance(groups, list) and groups and all(isinstance(g, str) for g in groups)
+              and all(numbers(doc[k], 2) and len(doc[k]) == len(groups)
+                      for k in ("edges", "proportions", "sample"))
+              and all(len(p) == len(e) + 1 for e, p in zip(doc["edges"], doc["proportions"]))
+              and isinstance(doc["rows"], int) and not isinstance(doc["rows"], bool))
+        classes = doc["classes"]
+        if classes is not None:
+            ok = ok and isinstance(classes, dict) and all(
+                isinstance(k, str) and numbers(v, 0) for k, v in classes.items())
+        else:
+            pe, pp = doc["prediction_edges"], doc["prediction_proportions"]
+            ok = ok and numbers(pe, 1) and numbers(pp, 1) and len(pp) == len(pe) + 1
+        if not ok:
+            raise ValueError("not a drift profile (a field has the wrong shape)")
+        return cls(**doc)
 
     @classmethod
     def from_json(cls, text: str) -> Profile:
-        return cls(**json.loads(text))
+        return cls.from_dict(json.loads(text))
 
 
 @dataclass

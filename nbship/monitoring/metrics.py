@@ -3,7 +3,8 @@
 The four golden signals per model and protocol (v1/v2): latency
 (``nbship_request_seconds``), traffic and errors (``nbship_requests_total`` by
 status code; client errors are 4xx, server errors 5xx), saturation
-(``nbship_requests_in_flight``); the distribution of predictions
+(``nbship_requests_in_flight``); where the model comes from (``nbship_model_info``);
+the distribution of predictions
 (``nbship_predictions_total`` by class for classifiers); and drift against the
 reference profile over the sliding window (``nbship_input_drift_psi`` and
 ``nbship_input_drift_ks`` per feature group, ``nbship_prediction_drift_psi``,
@@ -21,7 +22,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import numpy as np
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, Info
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -37,6 +38,19 @@ IN_FLIGHT = Gauge("nbship_requests_in_flight", "Inference requests being served"
                   ["model"])
 PREDICTIONS = Counter("nbship_predictions", "Predictions by class (classifiers)",
                       ["model", "class"])
+MODEL = Info("nbship_model", "Where the served model comes from: run, commit, model release",
+             ["model"])
+
+
+def describe_model(model: str, provenance: dict[str, Any]) -> None:
+    """``nbship_model_info{model, run, commit, release}``: alerts and dashboards can name
+    the run and commit of the model that drifted."""
+    run = provenance.get("run")
+    MODEL.labels(model=model).info({
+        "run": str(run.get("id") if isinstance(run, dict) else run or ""),
+        "commit": str(provenance.get("commit") or ""),
+        "release": str(provenance.get("model") or ""),
+    })
 
 
 def observe_predictions(model: str, predictions: np.ndarray) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import json
 import sys
 import threading
@@ -29,7 +30,7 @@ from typing import Any, TextIO
 from nbship import __version__, signing
 from nbship.environ import environ
 from nbship.errors import Location, RunError
-from nbship.extract.codegen import METRICS_ARG, OUTPUT_PREFIX
+from nbship.extract.codegen import METRICS_ARG, OUTPUT_PREFIX, PROFILE_ARG, SERVE_STEP, serve_step
 from nbship.extract.graph import StepGraph
 from nbship.files import sha256_file, write_atomic
 from nbship.pipelines import kfp_internals, launcher
@@ -202,8 +203,9 @@ def run_compiled(compiled: CompiledPipeline, arguments: dict[str, Any], *,
     defaults = {p.name: p.value for p in graph.parameters.values()}
     values = {**defaults, **arguments}
 
-    width = max((len(s.task) for s in graph.steps), default=4)
-    tracker = _Tracker(say, width, failures, {s.task: s.name for s in graph.steps})
+    components = [*graph.steps, *([serving] if (serving := serve_step(graph)) else [])]
+    width = max((len(s.task) for s in components), default=4)
+    tracker = _Tracker(say, width, failures, {s.task: s.name for s in components})
     started = time.perf_counter()
     status = "SUCCESS"
     error: BaseException | None = None
@@ -289,6 +291,17 @@ def _run_error(compiled: CompiledPipeline, failures: Path, log_path: Path,
                     where=Location(str(nb.path)), hint=f"full log: {log_path}")
 
 
+def _serve_check(rec: TaskRecord | None) -> dict[str, Any]:
+    """The pipeline's serving check: did predict() build, and where is the drift profile."""
+    if rec is None:
+        return {"task": SERVE_STEP, "status": "NOT_RUN"}
+    profile = rec.outputs.get(PROFILE_ARG)
+    return {"task": SERVE_STEP, "status": rec.status, "cached": rec.cached,
+            "seconds": round(rec.seconds, 3),
+            "profile": {"uri": profile["uri"], "sha256": profile["metadata"].get("sha256")}
+            if profile else None}
+
+
 def provenance(compiled: CompiledPipeline, values: dict[str, Any],
                records: dict[str, TaskRecord], metrics: dict[str, float], run_id: str,
                status: str, seconds: float) -> dict[str, Any]:
@@ -324,6 +337,11 @@ def provenance(compiled: CompiledPipeline, values: dict[str, Any],
             for var, src in sorted(step.inputs.items())
         }
     prov = compiled.provenance
+    # the data the pipeline started from: what the steps without upstream inputs produced
+    entering = {step.name: {var: out.get("sha256") for var, out in sorted(
+        outputs_of.get(step.name, {}).items())} for step in graph.steps if not step.inputs}
+    data = {"sha256": hashlib.sha256(json.dumps(entering, sort_keys=True).encode()).hexdigest(),
+            "from": entering}
     serve_entry: dict[str, Any] | None = None
     if graph.serve is not None and compiled.serve is not None:
         serve_entry = {
@@ -334,6 +352,7 @@ def provenance(compiled: CompiledPipeline, values: dict[str, Any],
                              "sha256": outputs_of.get(src, {}).get(var, {}).get("sha256")}
                        for var, src in sorted(graph.serve.inputs.items())},
             "parameters": list(graph.serve.params),
+            "check": _serve_check(records.get(SERVE_STEP)),
         }
         serve_entry[signing.SIGNATURE] = signing.sign(serve_entry)  # nbship serve checks it
     return {
@@ -345,6 +364,7 @@ def provenance(compiled: CompiledPipeline, values: dict[str, Any],
                      "yaml_sha256": compiled.yaml_sha256, "module": str(compiled.module)},
         "parameters": values,
         "metrics": metrics,
+        "data": data,
         "versions": {"nbship": __version__, "kfp": kfp.__version__,
                      "python": sys.version.split()[0]},
         "steps": steps,

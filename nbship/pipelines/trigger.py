@@ -5,7 +5,9 @@ pipeline (stage 5 of the path, its drift trigger).
 (version 4 payloads, ``POST /alerts``). A firing alert whose name is one of the
 drift alerts starts a run of the notebook's pipeline on kfp.local, with the
 parameters given; the run's provenance says why (``trigger``: kind, alert name,
-labels, when it was received). One run at a time, and at most one per cooldown:
+labels, when it was received) and on which data (``data.sha256``). A run that
+succeeds — the notebook's own gate steps passed — is pushed as the next model
+release. One run at a time, and at most one per cooldown:
 Alertmanager repeats alerts, a drifted model needs one retraining, not twenty.
 """
 
@@ -36,6 +38,7 @@ class Trigger:
     parameters: dict[str, Any] = field(default_factory=dict)
     cooldown: float = 600.0
     alerts: frozenset[str] = DRIFT_ALERTS
+    registry: str | None = None  # where a passing run's model is pushed (None: not pushed)
     echo: Callable[[str], None] = print
     runs: list[dict[str, Any]] = field(default_factory=list)
     _last_start: float | None = None
@@ -83,13 +86,32 @@ class Trigger:
             compiled = compile_graph(graph, self.root.parent / "build" / pipeline_name(graph))
             result = run_compiled(compiled, self.parameters, root=self.root, trigger=why,
                                   echo=lambda line: None)
+            prov = json.loads(result.provenance.read_text())
             record: dict[str, Any] = {"run": str(result.record_dir), "status": result.status,
-                      "metrics": result.metrics, "trigger": why}
+                                      "metrics": result.metrics, "trigger": why,
+                                      "data": prov.get("data")}
         except NbshipError as exc:
             record = {"run": None, "status": "FAILURE", "error": str(exc), "trigger": why}
+        if record["status"] == "SUCCESS" and self.registry and graph.serve is not None:
+            record["model"] = self._push(Path(record["run"]))
         self.runs.append(record)
         self.echo(f"trigger: retraining {record['status']}"
                   + (f": {record['run']}" if record.get("run") else f": {record.get('error')}"))
+
+    def _push(self, run_dir: Path) -> str:
+        """The run passed its gate steps: its model becomes the next model release."""
+        from nbship.errors import NbshipError
+        from nbship.release.model import push
+
+        assert self.registry is not None
+        try:
+            pushed = push(run_dir, self.registry, echo=lambda line: None)
+        except NbshipError as exc:
+            self.echo(f"trigger: the model was not pushed: {exc}")
+            return f"not pushed: {exc}"
+        ref = f"{pushed.reference}@{pushed.digest}"
+        self.echo(f"trigger: model release {ref}")
+        return ref
 
     def wait(self, timeout: float | None = None) -> None:
         """Wait for the run under way, if any (tests, a clean stop)."""

@@ -103,10 +103,29 @@ def push_image(image: BuiltImage, registry: str, builder: Any,
     return oci.Reference(target.registry, target.repository, None, digest)
 
 
-def inference_service(name: str, server: oci.Reference, record: dict[str, Any]) -> str:
-    """A KServe InferenceService running the server image (delivered in the next stages)."""
+KEY_SECRET = "nbship-key"  # Kubernetes secret holding NBSHIP_ARTIFACT_KEY (key: key)
+
+
+def inference_service(name: str, server: str, record: dict[str, Any],
+                      model: str | None = None) -> str:
+    """A KServe InferenceService running the server image; with ``model`` (a model release
+    by digest) the server pulls that model at start, with the artifact key from a secret."""
     import yaml
 
+    container: dict[str, Any] = {
+        "name": "kserve-container",
+        "image": server,
+        "ports": [{"containerPort": 8080, "protocol": "TCP"}],
+    }
+    annotations = {"nbship.dev/commit": str(record["commit"]),
+                   "nbship.dev/notebook": record["notebook"]["path"],
+                   "nbship.dev/notebook-sha256": record["notebook"]["sha256"]}
+    if model is not None:
+        container["args"] = [model, "--host", "0.0.0.0", "--port", "8080"]
+        container["env"] = [{"name": "NBSHIP_ARTIFACT_KEY", "valueFrom": {"secretKeyRef": {
+            "name": KEY_SECRET, "key": "key"}}}]
+        annotations["nbship.dev/model"] = model
+        annotations["nbship.dev/run"] = str(record.get("run", {}).get("id"))
     doc = {
         "apiVersion": "serving.kserve.io/v1beta1",
         "kind": "InferenceService",
@@ -114,16 +133,10 @@ def inference_service(name: str, server: oci.Reference, record: dict[str, Any]) 
             "name": name,
             "labels": {"app.kubernetes.io/name": name,
                        "app.kubernetes.io/managed-by": "nbship",
-                       "app.kubernetes.io/version": record["commit"][:12]},
-            "annotations": {"nbship.dev/commit": record["commit"],
-                            "nbship.dev/notebook": record["notebook"]["path"],
-                            "nbship.dev/notebook-sha256": record["notebook"]["sha256"]},
+                       "app.kubernetes.io/version": str(record["commit"])[:12]},
+            "annotations": annotations,
         },
-        "spec": {"predictor": {"containers": [{
-            "name": "kserve-container",
-            "image": str(server),
-            "ports": [{"containerPort": 8080, "protocol": "TCP"}],
-        }]}},
+        "spec": {"predictor": {"containers": [container]}},
     }
     return str(yaml.safe_dump(doc, sort_keys=False))
 
@@ -221,7 +234,8 @@ def publish(graph: StepGraph, images: list[BuiltImage], *, registry: str, builde
         files = [(pipeline_file, PIPELINE_MEDIA_TYPE)]
         if SERVER_IMAGE in pushed:
             manifest = stage / "inferenceservice.yaml"
-            manifest.write_text(inference_service(compiled.name, pushed[SERVER_IMAGE], record))
+            manifest.write_text(inference_service(compiled.name, str(pushed[SERVER_IMAGE]),
+                                                    record))
             record["manifests"].append({"file": manifest.name, "kind": "InferenceService",
                                         "sha256": sha256_file(manifest)})
             files.append((manifest, MANIFEST_MEDIA_TYPE))

@@ -167,6 +167,28 @@ def _joblib_load(path: Path) -> Any:
     return joblib.load(path)
 
 
+# skops refuses, unless trusted, every type outside its own list; nbship trusts what the
+# scientific stack defines (estimators built from these), never code a file names
+SKOPS_TRUSTED_MODULES = frozenset({"sklearn", "numpy", "scipy"})
+
+
+def _skops_save(value: Any, path: Path) -> None:
+    import skops.io
+
+    skops.io.dump(value, path)
+
+
+def _skops_load(path: Path) -> Any:
+    import skops.io
+
+    untrusted = skops.io.get_untrusted_types(file=path)
+    foreign = [t for t in untrusted if t.split(".", 1)[0] not in SKOPS_TRUSTED_MODULES]
+    if foreign:
+        raise UntrustedArtifact(f"{path}: types outside scikit-learn, numpy and scipy: "
+                                f"{', '.join(sorted(foreign))}")
+    return skops.io.load(path, trusted=untrusted)
+
+
 def _sklearn_accepts(value: Any) -> bool:
     return _module_of(value) == "sklearn" and hasattr(value, "get_params")
 
@@ -209,6 +231,9 @@ BUILTIN: list[Serializer] = [
         _pandas_load,
     ),
     Serializer("sklearn", "value.joblib", _sklearn_accepts, _joblib_save, _joblib_load),
+    # model releases convert scikit-learn values to skops (no pickle); steps keep joblib,
+    # which takes any estimator
+    Serializer("skops", "value.skops", lambda v: False, _skops_save, _skops_load, safe=True),
 ]
 FALLBACK = Serializer("cloudpickle", "value.pkl", lambda v: True, _cloudpickle_save,
                       _cloudpickle_load)
@@ -271,11 +296,13 @@ def digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def save(value: Any, directory: str | os.PathLike[str]) -> dict[str, Any]:
-    """Write ``value`` into ``directory``; return its metadata (serializer, type, sha256)."""
+def save(value: Any, directory: str | os.PathLike[str],
+         using: Serializer | None = None) -> dict[str, Any]:
+    """Write ``value`` into ``directory`` (with ``using``, or the serializer that accepts it
+    first); return its metadata (serializer, type, sha256)."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    s = choose(value)
+    s = using or choose(value)
     target = d / s.filename
     s.save(value, target)
     meta = {

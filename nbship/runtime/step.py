@@ -111,6 +111,30 @@ class StepRun:
         artifact.metadata.update({"sha256": meta["sha256"], "serializer": meta["serializer"],
                                   "type": meta["type"], "variable": name, "cell": cell})
 
+    def profile(self, artifact: Any, predict: Any, reference: Any) -> None:
+        """The serving check: predict() exists and answers the reference inputs; their
+        profile (inputs and predictions) is written for drift monitoring."""
+        from nbship.files import sha256_file
+        from nbship.monitoring.drift import Profile
+
+        if not callable(predict):
+            raise StepFailure("the serve cell's `predict` is not a function")
+        doc: dict[str, Any] = {"schema": "nbship.profile/v1", "profile": None}
+        if reference is not None:
+            predictions = predict(reference)  # a failure here names the serve cell's line
+            try:
+                doc["profile"] = Profile.build(reference, predictions).to_dict()
+            except Exception as exc:
+                raise StepFailure(f"the serve cell's reference_inputs cannot be profiled "
+                                  f"({type(exc).__name__}: {exc}): they must be a batch of "
+                                  "inputs predict() takes, e.g. the training inputs") from None
+            doc["rows"] = doc["profile"]["rows"]
+        path = Path(artifact.path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(doc, sort_keys=True))
+        artifact.metadata.update({"sha256": sha256_file(path), "serializer": "profile",
+                                  "type": "nbship.profile/v1"})
+
     def log_metric(self, artifact: Any, name: str, value: Any) -> None:
         try:
             number = float(value)

@@ -14,12 +14,15 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nbship import signing
 from nbship.errors import ServeError
 from nbship.files import sha256_file
 from nbship.modules import imported
+
+if TYPE_CHECKING:
+    from nbship.monitoring.drift import Profile
 
 PROVENANCE = "provenance.json"
 
@@ -31,7 +34,7 @@ class Served:
     name: str
     predict: Callable[[Any], Any]
     provenance: dict[str, Any] = field(default_factory=dict)
-    reference: Any = None  # the serve cell's reference_inputs: what drift is measured against
+    profile: Profile | None = None  # the reference profile drift is measured against
 
 
 def newest_run(folder: Path) -> Path:
@@ -49,19 +52,9 @@ def newest_run(folder: Path) -> Path:
                      hint="nbship run NOTEBOOK first (its notebook needs a cell tagged serve)")
 
 
-def load_run(run_dir: Path) -> Served:
-    """The run's predict function, ready to call; ServeError naming what is missing."""
-    from nbship.runtime import serializers
-
-    prov_path = run_dir / PROVENANCE
-    try:
-        prov = json.loads(prov_path.read_text())
-    except FileNotFoundError:
-        raise ServeError(f"{run_dir} is not a run folder (no {PROVENANCE})",
-                         hint="give a folder under .nbship/runs/NAME/, e.g. the path "
-                         "`nbship run` prints after 'provenance:'") from None
-    except (OSError, ValueError) as exc:
-        raise ServeError(f"{prov_path} cannot be read: {exc}") from None
+def check_run(run_dir: Path, prov: Any) -> dict[str, Any]:
+    """The run's signed ``serve`` entry, after checking the run succeeded and its serve.py
+    is the one recorded; ServeError naming what is wrong."""
     entry = prov.get("serve") if isinstance(prov, dict) else None
     if not isinstance(entry, dict):
         raise ServeError(f"the run in {run_dir} has nothing to serve: its notebook has no "
@@ -78,6 +71,31 @@ def load_run(run_dir: Path) -> Served:
     module = run_dir / str(entry.get("module"))
     if not module.is_file() or sha256_file(module) != entry.get("sha256"):
         raise ServeError(f"{module} is missing or changed since the run")
+    return entry
+
+
+def read_provenance(run_dir: Path) -> dict[str, Any]:
+    prov_path = run_dir / PROVENANCE
+    try:
+        prov = json.loads(prov_path.read_text())
+    except FileNotFoundError:
+        raise ServeError(f"{run_dir} is not a run folder (no {PROVENANCE})",
+                         hint="give a folder under .nbship/runs/NAME/, e.g. the path "
+                         "`nbship run` prints after 'provenance:'") from None
+    except (OSError, ValueError) as exc:
+        raise ServeError(f"{prov_path} cannot be read: {exc}") from None
+    if not isinstance(prov, dict):
+        raise ServeError(f"{prov_path} is not a run's provenance")
+    return prov
+
+
+def load_run(run_dir: Path) -> Served:
+    """The run's predict function, ready to call; ServeError naming what is missing."""
+    from nbship.runtime import serializers
+
+    prov = read_provenance(run_dir)
+    entry = check_run(run_dir, prov)
+    module = run_dir / str(entry["module"])
     values: dict[str, Any] = {}
     for var, info in entry.get("inputs", {}).items():
         output = prov["steps"].get(info["from"], {}).get("outputs", {}).get(var)
@@ -92,21 +110,40 @@ def load_run(run_dir: Path) -> Served:
                              hint="the run's artifacts were removed?") from None
     for name in entry.get("parameters", []):
         values[name] = prov["parameters"][name]
-    predict, reference = _build(module, values)
+    check = entry.get("check") or {}
+    recorded = check.get("profile") if isinstance(check, dict) else None
+    profile = None
+    if isinstance(recorded, dict):
+        profile = read_profile(Path(str(recorded.get("uri"))), recorded.get("sha256"))
     name = str(prov.get("pipeline", {}).get("name") or "model")
-    return Served(name=name, predict=predict, provenance=_summary(prov), reference=reference)
+    return Served(name=name, predict=build_predict(module, values),
+                  provenance=_summary(prov), profile=profile)
 
 
-def _build(module_path: Path, values: dict[str, Any]) -> tuple[Callable[[Any], Any], Any]:
+def read_profile(path: Path, sha256: Any) -> Profile | None:
+    """The drift profile the pipeline's serving check wrote (None: no reference inputs)."""
+    from nbship.monitoring.drift import Profile
+
+    try:
+        if sha256_file(path) != sha256:
+            raise ServeError(f"the drift profile {path} changed since it was recorded")
+        doc = json.loads(path.read_text())
+        return None if doc.get("profile") is None else Profile.from_dict(doc["profile"])
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ServeError(f"the drift profile {path} cannot be read: {exc}") from None
+
+
+def build_predict(module_path: Path, values: dict[str, Any]) -> Callable[[Any], Any]:
+    """Run the serve module's build() with the values; its predict()."""
     try:
         with imported(module_path, "nbship_serve") as module:
-            predict, reference = module.build(**values)
+            predict, _reference = module.build(**values)
     except Exception as exc:
         raise ServeError(f"the serve cell failed while building predict(): "
                          f"{type(exc).__name__}: {exc}", hint=f"see {module_path}") from None
     if not callable(predict):
         raise ServeError("the serve cell's predict is not a function")
-    return predict, reference
+    return predict  # type: ignore[no-any-return]
 
 
 def _summary(prov: dict[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from nbship.serving.bundle import Served
 
@@ -44,21 +44,13 @@ def _no_client_errors(record: object) -> bool:
 
 
 def monitor(served: Served) -> Window | None:
-    """The drift window of ``served``, registered with /metrics; None without a reference."""
-    from nbship.errors import ServeError
-    from nbship.monitoring.drift import Profile, Window
+    """The drift window of ``served``, registered with /metrics; None without a profile."""
+    from nbship.monitoring.drift import Window
     from nbship.monitoring.metrics import watch_drift
 
-    if served.reference is None:
+    if served.profile is None:
         return None
-    try:
-        profile = Profile.build(served.reference, served.predict(served.reference))
-    except Exception as exc:
-        raise ServeError(f"the serve cell's reference_inputs cannot be profiled: "
-                         f"{type(exc).__name__}: {exc}",
-                         hint="reference_inputs must be inputs predict() takes, e.g. the "
-                         "training inputs") from None
-    window = Window(profile)
+    window = Window(served.profile)
     watch_drift(served.name, window)
     return window
 
@@ -73,7 +65,7 @@ def serve(served: Served, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
     from kserve import ModelServer
     from kserve.protocol.rest.server import RESTServer
 
-    from nbship.monitoring.metrics import BodyLimit, GoldenSignals
+    from nbship.monitoring.metrics import BodyLimit, GoldenSignals, describe_model
     from nbship.serving.model import NotebookModel
 
     sock = bind(host, port)
@@ -88,6 +80,9 @@ def serve(served: Served, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
     model.load()
     from kserve.model_server import app
 
+    app.add_api_route(f"/v2/models/{served.name}/provenance", lambda: served.provenance,
+                      methods=["GET"], summary="where the served model comes from")
+    describe_model(served.name, served.provenance)
     app.add_middleware(GoldenSignals, model=served.name)
     app.add_middleware(BodyLimit, limit=max_body)  # outermost: before anything reads it
     server.register_model(model)
@@ -123,9 +118,14 @@ def smoke(timeout: float = 60) -> None:
 
     import numpy as np
 
-    rng = np.random.default_rng(0)
-    served = Served(name="smoke", predict=lambda x: np.asarray(x).reshape(len(x), -1).argmax(1),
-                    reference=rng.random((200, 4)))
+    from nbship.monitoring.drift import Profile
+
+    def predict(x: Any) -> Any:
+        return np.asarray(x).reshape(len(x), -1).argmax(1)
+
+    reference = np.random.default_rng(0).random((200, 4))
+    served = Served(name="smoke", predict=predict, profile=Profile.build(reference,
+                                                                         predict(reference)))
     sock = bind(DEFAULT_HOST, 0)
     port = sock.getsockname()[1]
     sock.close()

@@ -1,0 +1,345 @@
+"""Model releases: a run's servable model as an OCI artifact ``models/NAME``.
+
+``nbship model push`` turns a successful run into one artifact, tagged ``run-<id>``,
+then moves ``latest`` (one manifest PUT, as for pipeline releases):
+
+* ``model.json`` (also the artifact's config): where the model came from — run,
+  trigger, commit, notebook sha256, the cells of the steps and of the serve cell,
+  parameters, metrics, the data hash, the pipeline and its release when one names
+  this notebook — and each file's sha256; signed with this machine's key (HMAC);
+* ``serve.py``: the serve cells (``build(values...) -> predict``);
+* ``profile.json``: the reference profile the pipeline's serving check recorded;
+* ``value-N.tar``: each value the serve cell reads, in the safest format there is —
+  JSON, ``.npy``, safetensors; scikit-learn estimators converted to skops; a torch
+  module as safetensors weights plus its architecture (the notebook's class: code,
+  a signed cloudpickle); anything else as the run saved it (signed).
+
+Nothing in the artifact depends on the time of pushing: the same run pushes the
+same bytes. ``nbship serve REF`` pulls a release by digest into a cache folder,
+checks every file against ``model.json`` and ``model.json`` against its HMAC, and
+only then loads values and runs ``serve.py``. A pod gets the key as
+``NBSHIP_ARTIFACT_KEY`` (a Kubernetes secret), as the pipeline's steps do.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nbship import __version__, signing
+from nbship.errors import ReleaseError, ServeError, ToolMissingError
+from nbship.files import sha256_file, write_atomic
+from nbship.release import oci
+
+MODEL_MEDIA_TYPE = "application/vnd.nbship.model.v1+json"
+SERVE_MEDIA_TYPE = "application/vnd.nbship.serve.v1+python"
+PROFILE_MEDIA_TYPE = "application/vnd.nbship.profile.v1+json"
+VALUE_MEDIA_TYPE = "application/vnd.nbship.value.v1.tar"
+LATEST = "latest"
+RECORD = "model.json"
+SERVE_FILE = "serve.py"
+PROFILE_FILE = "profile.json"
+_FILE_NAME = re.compile(r"^(model\.json|serve\.py|profile\.json|value-[0-9]{1,4}\.tar)$")
+CACHE_ENV = "NBSHIP_MODEL_CACHE"
+
+
+@dataclass(frozen=True)
+class PushedModel:
+    reference: oci.Reference  # models/NAME:run-<id>
+    digest: str
+    record: dict[str, Any]
+    moved: bool  # False: latest already named this model
+
+
+def model_repository(registry: str, name: str) -> oci.Reference:
+    host, _, path = registry.partition("/")
+    return oci.Reference(host, "/".join(filter(None, [path, "models", name])))
+
+
+def _tar(folder: Path) -> bytes:
+    """A tar of ``folder``'s files, the same bytes for the same files (no times, no owners)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            info = tarfile.TarInfo(path.relative_to(folder).as_posix())
+            info.size = path.stat().st_size
+            info.mode = 0o644
+            with open(path, "rb") as f:
+                tar.addfile(info, f)
+    return buf.getvalue()
+
+
+def _untar(data: bytes, folder: Path) -> None:
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+        for member in tar.getmembers():
+            if not member.isfile():
+                raise ServeError(f"a value archive holds {member.name!r}, not a file")
+        tar.extractall(folder, filter="data")  # no absolute paths, no '..', no links
+
+
+def _releasable(src: Path, dst: Path) -> dict[str, Any]:
+    """Copy a run's value folder to ``dst`` in the safest format; its metadata."""
+    from nbship.runtime import serializers
+
+    meta = json.loads((src / serializers.META).read_text())
+    if meta.get("serializer") == "sklearn":  # joblib (pickle) -> skops, when skops can
+        skops = serializers.by_name("skops")
+        value = serializers.load(src)  # checked: sha256 and this machine's HMAC
+        try:
+            assert skops is not None
+            converted = serializers.save(value, dst, using=skops)
+            serializers.load(dst)  # it must come back without trusting anything foreign
+            return converted
+        except Exception:  # noqa: BLE001 - skops cannot take this estimator: keep joblib
+            shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(src, dst)
+    return dict(meta)
+
+
+def _release_digest(registry: str, prov: dict[str, Any]) -> dict[str, Any] | None:
+    """The pipeline release of this notebook (same sha256) at ``releases/NAME:latest``."""
+    name = prov["pipeline"]["name"]
+    host, _, path = registry.partition("/")
+    ref = oci.Reference(host, "/".join(filter(None, [path, "releases", name])), LATEST)
+    try:
+        if oci.exists(ref) is None:
+            return None
+        from nbship.release.publish import show
+
+        record, digest, _ = show(str(ref))
+    except ReleaseError:
+        return None
+    if record.get("notebook", {}).get("sha256") != prov["notebook"]["sha256"]:
+        return None
+    server = record.get("images", {}).get("nbship-server", {}).get("reference")
+    return {"reference": f"{ref.registry}/{ref.repository}@{digest}", "digest": digest,
+            "commit": record.get("commit"), "server_image": server}
+
+
+def build_record(run_dir: Path, stage: Path, registry: str) -> dict[str, Any]:
+    """Write the model's files into ``stage``; return ``model.json``'s content (signed)."""
+    from nbship.serving.bundle import check_run, read_provenance
+
+    prov = read_provenance(run_dir)
+    entry = check_run(run_dir, prov)
+    shutil.copyfile(run_dir / entry["module"], stage / SERVE_FILE)
+    values: dict[str, Any] = {}
+    for n, (var, info) in enumerate(sorted(entry.get("inputs", {}).items())):
+        output = prov["steps"][info["from"]]["outputs"][var]
+        folder = stage / f"v{n}"
+        meta = _releasable(Path(output["uri"]), folder)
+        tar = stage / f"value-{n}.tar"
+        tar.write_bytes(_tar(folder))
+        shutil.rmtree(folder)
+        from nbship.runtime import serializers
+
+        s = serializers.by_name(str(meta["serializer"]))
+        values[var] = {"file": tar.name, "sha256": sha256_file(tar), "from": info["from"],
+                       "serializer": meta["serializer"], "type": meta.get("type"),
+                       "safe": bool(s and s.safe)}
+    check = entry.get("check") or {}
+    profile = None
+    if isinstance(check.get("profile"), dict):
+        src = Path(check["profile"]["uri"])
+        if sha256_file(src) != check["profile"].get("sha256"):
+            raise ReleaseError(f"the run's drift profile {src} changed since the run")
+        shutil.copyfile(src, stage / PROFILE_FILE)
+        profile = {"file": PROFILE_FILE, "sha256": sha256_file(stage / PROFILE_FILE)}
+    run = prov["run"]
+    record: dict[str, Any] = {
+        "schema": "nbship.model/v1",
+        "name": prov["pipeline"]["name"],
+        "nbship": __version__,
+        "run": {"id": run["id"], "finished": run.get("finished"),
+                "trigger": prov.get("trigger") or {"kind": "manual"}},
+        "commit": prov.get("git", {}).get("commit"),
+        "dirty": prov.get("git", {}).get("dirty"),
+        "notebook": prov["notebook"],
+        "cells": {"serve": entry.get("cells", []),
+                  "steps": {name: step.get("cells", []) for name, step in
+                            prov.get("steps", {}).items()}},
+        "parameters": prov.get("parameters", {}),
+        "metrics": prov.get("metrics", {}),
+        "data": prov.get("data"),
+        "pipeline": {"yaml_sha256": prov["pipeline"].get("yaml_sha256"),
+                     "release": _release_digest(registry, prov)},
+        "serve": {"file": SERVE_FILE, "sha256": sha256_file(stage / SERVE_FILE),
+                  "parameters": {p: prov["parameters"][p] for p in entry.get("parameters", [])},
+                  "values": values},
+        "profile": profile,
+    }
+    record[signing.SIGNATURE] = signing.sign(record)
+    write_atomic(stage / RECORD, json.dumps(record, indent=2, sort_keys=True) + "\n")
+    return record
+
+
+def push(run_dir: Path, registry: str, echo: Callable[[str], None] = print) -> PushedModel:
+    """Push the run's model as ``models/NAME:run-<id>``, then move ``latest`` to it."""
+    try:
+        import oras.client
+    except ImportError:
+        raise ToolMissingError("pushing a model needs the oras package, which is not "
+                               "installed here", hint="make venv installs it") from None
+    stage = Path(tempfile.mkdtemp(prefix="nbship-model-"))
+    try:
+        record = build_record(run_dir, stage, registry)
+        repo = model_repository(registry, record["name"])
+        target = repo.with_tag(f"run-{record['run']['id']}")
+        files = [(RECORD, MODEL_MEDIA_TYPE), (SERVE_FILE, SERVE_MEDIA_TYPE)]
+        if record["profile"]:
+            files.append((PROFILE_FILE, PROFILE_MEDIA_TYPE))
+        files += [(v["file"], VALUE_MEDIA_TYPE) for v in record["serve"]["values"].values()]
+        echo(f"  pushing {target} ({', '.join(f for f, _ in files)})")
+        client = oras.client.OrasClient(hostname=repo.registry,
+                                        insecure=oci.insecure(repo.registry))
+        creds = oci.credentials()
+        if creds:
+            client.auth.set_basic_auth(*creds)
+        cwd = os.getcwd()
+        try:
+            os.chdir(stage)  # oras names each layer by its path: keep them bare
+            client.push(target=str(target), files=[f"{f}:{media}" for f, media in files],
+                        manifest_config=f"{RECORD}:{MODEL_MEDIA_TYPE}", quiet=True)
+        except Exception as exc:  # requests' and oras' errors: nothing was tagged
+            raise ReleaseError(f"pushing the model {target} failed: {exc}",
+                               hint="latest did not move; push again") from None
+        finally:
+            os.chdir(cwd)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    body, digest, media = oci.get_manifest(target)
+    tag = repo.with_tag(LATEST)
+    moved = oci.exists(tag) != digest
+    if moved:
+        oci.put_manifest(tag, LATEST, body, media)
+    echo(f"  {tag} -> {digest}" + ("" if moved else " (unchanged)"))
+    return PushedModel(target, digest, record, moved)
+
+
+def show(reference: str) -> tuple[dict[str, Any], str, list[dict[str, Any]]]:
+    """(model.json, manifest digest, layers) of a model release."""
+    ref = oci.Reference.parse(reference)
+    if oci.exists(ref) is None:
+        known = oci.tags(ref)
+        raise ReleaseError(f"no model {ref}" + (f" (tags there: {', '.join(known)})"
+                                                 if known else ""),
+                           hint="nbship model push [RUN] --registry "
+                           f"{ref.registry} pushes one")
+    body, digest, _ = oci.get_manifest(ref)
+    manifest = json.loads(body)
+    config = manifest.get("config", {})
+    if config.get("mediaType") != MODEL_MEDIA_TYPE:
+        raise ReleaseError(f"{ref} is not an nbship model (config {config.get('mediaType')})")
+    record = json.loads(oci.get_blob(ref, config["digest"]))
+    if not isinstance(record, dict) or record.get("schema") != "nbship.model/v1":
+        raise ReleaseError(f"{ref}: its model.json is not nbship.model/v1")
+    return record, digest, list(manifest.get("layers", []))
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "nbship" / "models")
+
+
+def pull(reference: str) -> tuple[Path, dict[str, Any], str]:
+    """The model's files in a cache folder named by its digest: (folder, record, digest).
+
+    Every layer is checked against its digest (``oci.get_blob``) and against the sha256
+    ``model.json`` records; the folder appears whole (built aside, then renamed)."""
+    record, digest, layers = show(reference)
+    ref = oci.Reference.parse(reference)
+    folder = cache_root() / digest.replace(":", "-")
+    if (folder / RECORD).is_file():
+        return folder, record, digest
+    expected = {RECORD: None, SERVE_FILE: record["serve"]["sha256"]}
+    if record.get("profile"):
+        expected[PROFILE_FILE] = record["profile"]["sha256"]
+    for value in record["serve"]["values"].values():
+        expected[str(value["file"])] = value["sha256"]
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=".pull-", dir=folder.parent))
+    try:
+        for layer in layers:
+            title = layer.get("annotations", {}).get("org.opencontainers.image.title", "")
+            if not _FILE_NAME.match(title) or title not in expected:
+                raise ServeError(f"{ref}: unexpected file {title!r} in the model")
+            data = oci.get_blob(ref, layer["digest"])
+            (stage / title).write_bytes(data)
+            want = expected.pop(title)
+            if want is not None and sha256_file(stage / title) != want:
+                raise ServeError(f"{ref}: {title} does not match the sha256 in model.json")
+        missing = sorted(k for k in expected if k != RECORD)
+        if missing:
+            raise ServeError(f"{ref}: the model lacks {', '.join(missing)}")
+        for value in record["serve"]["values"].values():
+            _untar((stage / value["file"]).read_bytes(), stage / "values" / str(value["file"])
+                   .removesuffix(".tar"))
+        write_atomic(stage / RECORD, json.dumps(record, indent=2, sort_keys=True) + "\n")
+        try:
+            os.rename(stage, folder)
+        except OSError:  # another process pulled it first: use theirs
+            if not (folder / RECORD).is_file():
+                raise
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return folder, record, digest
+
+
+def load_model(reference: str) -> Any:
+    """A model release, ready to serve (``serving.bundle.Served``)."""
+    from nbship.runtime import serializers
+    from nbship.serving.bundle import Served, build_predict, read_profile
+
+    try:
+        folder, record, digest = pull(reference)
+    except ReleaseError as exc:
+        raise ServeError(str(exc), hint=exc.hint) from None
+    if not signing.signed(record):
+        raise ServeError(f"{reference} was not pushed with this machine's key: its serving "
+                         "code and values are not run",
+                         hint=f"set {signing.KEY_ENV} to the key of the machine that pushed "
+                         "it (in a cluster: a secret)")
+    values: dict[str, Any] = {}
+    for var, value in record["serve"]["values"].items():
+        try:
+            values[var] = serializers.load(folder / "values" / str(value["file"])
+                                           .removesuffix(".tar"))
+        except serializers.UntrustedArtifact as exc:
+            raise ServeError(f"value {var!r} of {reference} is refused: {exc}") from None
+    values.update(record["serve"].get("parameters", {}))
+    if sha256_file(folder / SERVE_FILE) != record["serve"]["sha256"]:
+        raise ServeError(f"{folder / SERVE_FILE} changed since it was pulled")
+    profile = None
+    if record.get("profile"):
+        profile = read_profile(folder / PROFILE_FILE, record["profile"]["sha256"])
+    ref = oci.Reference.parse(reference)
+    summary = {k: record.get(k) for k in ("run", "commit", "dirty", "notebook", "parameters",
+                                            "metrics", "data", "pipeline")}
+    summary["model"] = f"{ref.registry}/{ref.repository}@{digest}"
+    return Served(name=str(record["name"]), predict=build_predict(folder / SERVE_FILE, values),
+                  provenance=summary, profile=profile)
+
+
+def inference_service(record: dict[str, Any], reference: str, digest: str) -> str:
+    """The InferenceService that serves this model release by digest (``model show
+    --manifest``); the server image is the one the notebook's pipeline release names."""
+    from nbship.release.publish import inference_service as manifest
+
+    release = (record.get("pipeline") or {}).get("release") or {}
+    server = release.get("server_image")
+    if not server:
+        raise ReleaseError(f"no server image for {reference}: the model was pushed when no "
+                           "pipeline release of its notebook (with the model server's image) "
+                           "was in the registry",
+                           hint="nbship publish NOTEBOOK, then nbship model push again")
+    ref = oci.Reference.parse(reference)
+    return manifest(str(record["name"]), server, record,
+                    model=f"{ref.registry}/{ref.repository}@{digest}")
