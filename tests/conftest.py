@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,6 +46,21 @@ def write_notebook(path: Path, cells: list[tuple[list[str], str]]) -> Path:
     return path
 
 
+def run_showcase(folder: Path, epochs: int = 1) -> Path:
+    """The showcase notebook copied into ``folder`` and run once (a gate of 0.5), as
+    `nbship run` leaves it; the run's record folder."""
+    from nbship.pipelines.compile import compile_graph
+    from nbship.pipelines.local import run_compiled
+
+    nb = folder / "marker_classifier.ipynb"
+    shutil.copy(SHOWCASE, nb)
+    compiled = compile_graph(build_graph(read_notebook(nb)), folder / "build")
+    result = run_compiled(compiled, {"epochs": epochs, "threshold": 0.5},
+                          root=folder / "runs", echo=lambda line: None)
+    assert result.status == "SUCCESS"
+    return result.record_dir
+
+
 @contextlib.contextmanager
 def serving(server: Any) -> Iterator[Any]:
     """An http.server answering from a thread of its own for the block, then shut down."""
@@ -77,3 +93,20 @@ def corpus() -> Path:
     if not CORPUS.is_dir():
         pytest.skip(f"the shared corpus is not at {CORPUS} (set NBSHIP_CORPUS)")
     return CORPUS
+
+
+@pytest.fixture(scope="module")
+def local_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The embedded registry (Debian's docker-registry) on a free port: its address."""
+    from nbship.release import registry
+    from nbship.release.tools import which
+    from tests.release.conftest import free_port
+
+    if which("docker-registry") is None:
+        pytest.skip("not installed: docker-registry (make tools; .ci/run installs it)")
+    root = tmp_path_factory.mktemp("registry")
+    state = registry.up(root, free_port())
+    try:
+        yield state.address
+    finally:
+        registry.down(root)

@@ -24,6 +24,7 @@ from nbship.notebook import read_notebook
 from nbship.pipelines.compile import compile_graph
 from nbship.pipelines.local import run_compiled
 from nbship.pipelines.trigger import Trigger, server
+from nbship.release import oci
 from tests.conftest import ROOT, SHOWCASE, serving
 from tests.release.conftest import free_port
 
@@ -64,17 +65,23 @@ def firing(prometheus: str) -> set[str]:
     return {a["labels"]["alertname"] for a in alerts if a["state"] == "firing"}
 
 
-def test_drift_alert_retrains(tmp_path: Path) -> None:
+def test_drift_alert_retrains(tmp_path: Path, local_registry: str,
+                              monkeypatch: pytest.MonkeyPatch) -> None:
     from sklearn.datasets import load_digits
 
+    from nbship.release import model
+
+    monkeypatch.setenv(model.CACHE_ENV, str(tmp_path / "models"))
     nb = tmp_path / "marker_classifier.ipynb"
     shutil.copy(SHOWCASE, nb)
     runs = tmp_path / ".nbship" / "runs"
     compiled = compile_graph(build_graph(read_notebook(nb)), tmp_path / ".nbship" / "build")
     first = run_compiled(compiled, {"epochs": 1, "threshold": 0.5}, root=runs,
                          echo=lambda line: None)
+    first_model = model.push(first.record_dir, local_registry, echo=lambda line: None)
+    served_ref = f"{first_model.reference.registry}/{first_model.reference.repository}:latest"
     trigger = Trigger(nb, runs, {"epochs": 1, "threshold": 0.5}, cooldown=600,
-                      echo=lambda line: None)
+                      registry=local_registry, echo=lambda line: None)
     monitor_root = tmp_path / ".nbship" / "monitor"
     with serving(server(trigger, port=0)) as hook:
         mon = stack.up(monitor_root, prometheus_port=free_port(), alertmanager_port=free_port(),
@@ -82,7 +89,7 @@ def test_drift_alert_retrains(tmp_path: Path) -> None:
                        thresholds=Thresholds(for_="5s"), scrape_interval="1s")
         port = free_port()
         model_server = subprocess.Popen(
-            [sys.executable, "-m", "nbship", "serve", str(first.record_dir), "--port", str(port),
+            [sys.executable, "-m", "nbship", "serve", served_ref, "--port", str(port),
              "--monitor", str(monitor_root)], cwd=ROOT, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, text=True)
         base = f"http://127.0.0.1:{port}"
@@ -90,6 +97,9 @@ def test_drift_alert_retrains(tmp_path: Path) -> None:
             wait_for("Prometheus scraping the model server", lambda: [
                 r for r in stack.query(mon.prometheus, 'up{job="nbship-serve"}')
                 if r["value"][1] == "1"])
+            info = wait_for("the served model's origin", lambda: stack.query(
+                mon.prometheus, "nbship_model_info"))
+            assert info[0]["metric"]["release"].endswith(first_model.digest)  # by digest
             digits = load_digits().images
             rng = np.random.default_rng(0)
             held = digits[rng.choice(len(digits), 1000, replace=False)]
@@ -128,7 +138,15 @@ def test_drift_alert_retrains(tmp_path: Path) -> None:
             assert prov["trigger"]["alert"] in ("NbshipInputDrift", "NbshipPredictionDrift")
             assert prov["trigger"]["labels"]["model"] == "marker-classifier"
             assert prov["serve"] and Path(record["run"]) != first.record_dir  # the next model
+            assert record["data"]["sha256"] == prov["data"]["sha256"]
             assert len(trigger.runs) == 1  # repeated alerts within the cooldown: one run
+            # the retrained model is the next model release, saying why it was made
+            latest = oci.exists(oci.Reference.parse(served_ref))
+            assert latest and record["model"].endswith(latest) and latest != first_model.digest
+            newest, _, _ = model.show(served_ref)
+            assert newest["run"]["id"] == prov["run"]["id"] != first_model.record["run"]["id"]
+            assert newest["run"]["trigger"]["alert"] == prov["trigger"]["alert"]
+            assert newest["data"] == prov["data"]
         finally:
             model_server.send_signal(signal.SIGTERM)
             try:

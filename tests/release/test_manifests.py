@@ -29,7 +29,7 @@ def test_inference_service_names_the_server_by_digest_and_fits_the_crd(
     server = Reference("127.0.0.1:5000", "nbship-server", None, digest)
     record = {"commit": "0123456789abcdef0123", "notebook": {
         "path": "notebooks/marker_classifier.ipynb", "sha256": "b" * 64}}
-    doc = yaml.safe_load(inference_service("marker-classifier", server, record))
+    doc = yaml.safe_load(inference_service("marker-classifier", str(server), record))
     validator = jsonschema.Draft7Validator(v1beta1_schema)
     validator.validate(doc)
     container = doc["spec"]["predictor"]["containers"][0]
@@ -40,3 +40,25 @@ def test_inference_service_names_the_server_by_digest_and_fits_the_crd(
     broken = dict(doc, spec={"predictor": {"containers": [{"image": 5}]}})
     with pytest.raises(jsonschema.ValidationError):
         validator.validate(broken)
+
+
+def test_a_model_releases_inference_service_pulls_the_model_by_digest(
+        v1beta1_schema: dict) -> None:
+    import jsonschema
+
+    from nbship.release.model import inference_service as model_service
+
+    server = "127.0.0.1:5000/nbship-server@sha256:" + "c" * 64
+    digest = "sha256:" + "d" * 64
+    record = {"name": "marker-classifier", "commit": "0123456789abcdef0123",
+              "notebook": {"path": "notebooks/marker_classifier.ipynb", "sha256": "b" * 64},
+              "run": {"id": "20261130-050828-410088"},
+              "pipeline": {"release": {"server_image": server}}}
+    doc = yaml.safe_load(model_service(record, "127.0.0.1:5000/models/marker-classifier:latest",
+                                       digest))
+    jsonschema.Draft7Validator(v1beta1_schema).validate(doc)
+    container = doc["spec"]["predictor"]["containers"][0]
+    model = f"127.0.0.1:5000/models/marker-classifier@{digest}"
+    assert container["image"] == server and container["args"][0] == model
+    assert container["env"][0]["valueFrom"]["secretKeyRef"]["name"] == "nbship-key"
+    assert doc["metadata"]["annotations"]["nbship.dev/model"] == model

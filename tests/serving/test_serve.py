@@ -27,7 +27,7 @@ from nbship.pipelines.compile import compile_graph
 from nbship.pipelines.local import run_compiled
 from nbship.runtime import serializers
 from nbship.serving.bundle import load_run
-from tests.conftest import ROOT, SHOWCASE, write_notebook
+from tests.conftest import ROOT, run_showcase, write_notebook
 from tests.release.conftest import free_port
 
 pytestmark = pytest.mark.slow
@@ -36,14 +36,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def showcase_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The showcase notebook run once (1 epoch), as `nbship run` leaves it."""
-    tmp = tmp_path_factory.mktemp("served")
-    nb = tmp / "marker_classifier.ipynb"
-    shutil.copy(SHOWCASE, nb)
-    compiled = compile_graph(build_graph(read_notebook(nb)), tmp / "build")
-    result = run_compiled(compiled, {"epochs": 1, "threshold": 0.5}, root=tmp / "runs",
-                          echo=lambda line: None)
-    assert result.status == "SUCCESS"
-    return result.record_dir
+    return run_showcase(tmp_path_factory.mktemp("served"))
 
 
 @pytest.fixture(scope="module")
