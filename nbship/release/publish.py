@@ -40,6 +40,7 @@ from nbship.release.build import SERVER_IMAGE, STEPS_IMAGE, BuiltImage, git_comm
 RELEASE_MEDIA_TYPE = "application/vnd.nbship.release.v1+json"
 PIPELINE_MEDIA_TYPE = "application/vnd.nbship.kfp-pipeline.v2+yaml"
 MANIFEST_MEDIA_TYPE = "application/vnd.nbship.kubernetes-manifest+yaml"
+DASHBOARD_MEDIA_TYPE = "application/vnd.grafana.dashboard+json"
 RELEASE_TAG = "latest"
 # seconds to wait between pushes: makes the moment to interrupt a publish visible
 DELAY_ENV = "NBSHIP_PUBLISH_DELAY"
@@ -117,7 +118,9 @@ def inference_service(name: str, server: str, record: dict[str, Any],
         "image": server,
         "ports": [{"containerPort": 8080, "protocol": "TCP"}],
     }
-    annotations = {"nbship.dev/commit": str(record["commit"]),
+    annotations = {"serving.kserve.io/enable-prometheus-scraping": "true",
+                   "prometheus.kserve.io/port": "8080", "prometheus.kserve.io/path": "/metrics",
+                   "nbship.dev/commit": str(record["commit"]),
                    "nbship.dev/notebook": record["notebook"]["path"],
                    "nbship.dev/notebook-sha256": record["notebook"]["sha256"]}
     if model is not None:
@@ -139,6 +142,29 @@ def inference_service(name: str, server: str, record: dict[str, Any],
         "spec": {"predictor": {"containers": [container]}},
     }
     return str(yaml.safe_dump(doc, sort_keys=False))
+
+
+def _monitoring_files(name: str, stage: Path) -> list[tuple[Path, str]]:
+    """The cluster's monitoring (PrometheusRule, PodMonitor, AlertmanagerConfig, Grafana
+    dashboard), checked with promtool when it is installed; (file, kind) each."""
+    from nbship.monitoring import cluster
+    from nbship.release.tools import which
+
+    files = cluster.manifests(name)
+    promtool = which("promtool")
+    problems = cluster.validate(files, promtool) if promtool else []
+    if problems:
+        raise ReleaseError("the release's monitoring manifests do not validate:\n  "
+                           + "\n  ".join(problems),
+                           hint="this is a bug in nbship: please report it")
+    kinds = {"prometheusrule.yaml": "PrometheusRule", "podmonitor.yaml": "PodMonitor",
+             "alertmanagerconfig.yaml": "AlertmanagerConfig",
+             "dashboard.json": "GrafanaDashboard"}
+    out = []
+    for file, text in files.items():
+        (stage / file).write_text(text)
+        out.append((stage / file, kinds[file]))
+    return out
 
 
 def _run_record(run_provenance: Path | None) -> dict[str, Any] | None:
@@ -239,6 +265,11 @@ def publish(graph: StepGraph, images: list[BuiltImage], *, registry: str, builde
             record["manifests"].append({"file": manifest.name, "kind": "InferenceService",
                                         "sha256": sha256_file(manifest)})
             files.append((manifest, MANIFEST_MEDIA_TYPE))
+            for path, kind in _monitoring_files(compiled.name, stage):
+                record["manifests"].append({"file": path.name, "kind": kind,
+                                            "sha256": sha256_file(path)})
+                files.append((path, DASHBOARD_MEDIA_TYPE if kind == "GrafanaDashboard"
+                              else MANIFEST_MEDIA_TYPE))
         release_file = stage / "release.json"
         release_file.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
         files.insert(0, (release_file, RELEASE_MEDIA_TYPE))
