@@ -377,6 +377,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     compiled = compile_graph(graph, out, base_image=args.image or DEFAULT_IMAGE)
     shown = " ".join(f"{k}={v!r}" for k, v in values.items())
     steps = f"{len(graph.steps)} step" + ("s" if len(graph.steps) != 1 else "")
+    if graph.serve is not None:
+        steps += " and the serving check"
     print(f"nbship run {compiled.name}: {steps} on kfp.local"
           + (f" ({shown})" if shown else ""), flush=True)
     result = run_compiled(compiled, values, root=args.root)

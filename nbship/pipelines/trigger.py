@@ -92,11 +92,11 @@ class Trigger:
                                       "data": prov.get("data")}
         except NbshipError as exc:
             record = {"run": None, "status": "FAILURE", "error": str(exc), "trigger": why}
+        self.echo(f"trigger: retraining {record['status']}"
+                  + (f": {record['run']}" if record.get("run") else f": {record.get('error')}"))
         if record["status"] == "SUCCESS" and self.registry and graph.serve is not None:
             record["model"] = self._push(Path(record["run"]))
         self.runs.append(record)
-        self.echo(f"trigger: retraining {record['status']}"
-                  + (f": {record['run']}" if record.get("run") else f": {record.get('error')}"))
 
     def _push(self, run_dir: Path) -> str:
         """The run passed its gate steps: its model becomes the next model release."""
