@@ -239,10 +239,37 @@ def show(reference: str) -> tuple[dict[str, Any], str, list[dict[str, Any]]]:
     config = manifest.get("config", {})
     if config.get("mediaType") != MODEL_MEDIA_TYPE:
         raise ReleaseError(f"{ref} is not an nbship model (config {config.get('mediaType')})")
-    record = json.loads(oci.get_blob(ref, config["digest"]))
-    if not isinstance(record, dict) or record.get("schema") != "nbship.model/v1":
-        raise ReleaseError(f"{ref}: its model.json is not nbship.model/v1")
+    try:
+        record = json.loads(oci.get_blob(ref, config["digest"]))
+    except ValueError:
+        record = None
+    problem = _record_problem(record)
+    if problem:
+        raise ReleaseError(f"{ref}: its model.json is not an nbship.model/v1 record ({problem})")
     return record, digest, list(manifest.get("layers", []))
+
+
+def _record_problem(record: Any) -> str | None:
+    """What is wrong with a model.json a registry brought (None: the shape holds)."""
+    if not isinstance(record, dict) or record.get("schema") != "nbship.model/v1":
+        return "schema"
+    if not isinstance(record.get("name"), str) or not isinstance(record.get("run"), dict):
+        return "name, run"
+    serve = record.get("serve")
+    if not (isinstance(serve, dict) and isinstance(serve.get("sha256"), str)
+            and isinstance(serve.get("values"), dict)
+            and isinstance(serve.get("parameters", {}), dict)):
+        return "serve"
+    for var, value in serve["values"].items():
+        if not (isinstance(value, dict) and isinstance(value.get("sha256"), str)
+                and _FILE_NAME.match(str(value.get("file"))) and var.isidentifier()):
+            return f"value {var!r}"
+    profile = record.get("profile")
+    if profile is not None and not (isinstance(profile, dict)
+                                    and profile.get("file") == PROFILE_FILE
+                                    and isinstance(profile.get("sha256"), str)):
+        return "profile"
+    return None
 
 
 def cache_root() -> Path:

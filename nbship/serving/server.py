@@ -8,8 +8,9 @@ exception handlers and metrics are all there and nothing listens elsewhere.
 
 from __future__ import annotations
 
+import json
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +42,40 @@ _CLIENT_ERROR_HANDLERS = frozenset({"invalid_input_handler", "model_not_found_ha
 
 def _no_client_errors(record: object) -> bool:
     return getattr(record, "funcName", "") not in _CLIENT_ERROR_HANDLERS
+
+
+class FixedModel:
+    """ASGI middleware: the model is fixed when the server starts.
+
+    KServe's model repository extension (``/v2/repository/models/NAME/load|unload``)
+    would let any client unload the model (after which every request is a 404 while
+    /v2/health/ready still says ready): refused with a 403. nbship serves no explainer
+    and no model versions: ``:explain``, ``/versions/...`` and ``model_version=`` are
+    404s (the client asked for what is not there) rather than KServe's 501s.
+    """
+
+    def __init__(self, app: Callable[..., Awaitable[None]]) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any],
+                       send: Callable[..., Any]) -> None:
+        path = str(scope.get("path", "")) if scope.get("type") == "http" else ""
+        if path.startswith("/v2/repository/"):
+            status, error = 403, ("nbship serves one model, fixed when the server starts: "
+                                  "the model repository (load/unload) is not available")
+        elif path.endswith(":explain"):
+            status, error = 404, "nbship serves no explainer for this model"
+        elif "/versions/" in path or b"model_version=" in scope.get("query_string", b""):
+            status, error = 404, ("nbship serves one version of each model: no model "
+                                  "versions (leave model_version out)")
+        else:
+            await self.app(scope, receive, send)
+            return
+        body = json.dumps({"error": error}).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
 
 
 def monitor(served: Served) -> Window | None:
@@ -83,6 +118,7 @@ def serve(served: Served, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
     app.add_api_route(f"/v2/models/{served.name}/provenance", lambda: served.provenance,
                       methods=["GET"], summary="where the served model comes from")
     describe_model(served.name, served.provenance)
+    app.add_middleware(FixedModel)
     app.add_middleware(GoldenSignals, model=served.name)
     app.add_middleware(BodyLimit, limit=max_body)  # outermost: before anything reads it
     server.register_model(model)

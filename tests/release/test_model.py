@@ -171,3 +171,24 @@ def test_value_archives_hold_files_only(tmp_path: Path) -> None:
     with pytest.raises(ServeError, match="not a file"):
         model._untar(buf.getvalue(), tmp_path / "out")
     assert not (tmp_path / "out" / "value.npy").exists()
+
+
+def test_a_model_json_of_the_wrong_shape_is_a_message(local_registry: str,
+                                                      tmp_path: Path) -> None:
+    import oras.client
+
+    (tmp_path / "model.json").write_text(json.dumps({"schema": "nbship.model/v1",
+                                                     "name": "x", "run": {}}))
+    client = oras.client.OrasClient(hostname=local_registry, insecure=True)
+    ref = f"{local_registry}/models/forged:latest"
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        client.push(target=ref, files=[f"model.json:{model.MODEL_MEDIA_TYPE}"],
+                    manifest_config=f"model.json:{model.MODEL_MEDIA_TYPE}", quiet=True)
+    finally:
+        os.chdir(cwd)
+    done = subprocess.run([sys.executable, "-m", "nbship", "model", "show", ref], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "not an nbship.model/v1 record (serve)" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import settings
 
 from nbship.errors import ServeError
 from nbship.extract.graph import build_graph
@@ -170,6 +171,64 @@ def test_bad_requests_get_a_4xx_with_a_message(path: str, body: bytes | str,
     assert proc.poll() is None
     status, _ = post(base + V1, json.dumps({"instances": ONE}))
     assert status == 200  # still serving
+
+
+@pytest.fixture(scope="module")
+def served_schema(server: tuple[str, Any]) -> Any:
+    """The server's own OpenAPI document, every path naming the served model (so the
+    fuzzing reaches predict() instead of 404s), for schemathesis."""
+    base, _ = server
+    with urllib.request.urlopen(f"{base}/openapi.json", timeout=10) as reply:
+        doc = json.loads(reply.read())
+    paths = {}
+    for path, operations in doc["paths"].items():
+        for operation in operations.values():
+            operation["parameters"] = [p for p in operation.get("parameters", [])
+                                       if p.get("name") != "model_name"]
+        paths[path.replace("{model_name}", "marker-classifier")] = operations
+    doc["paths"] = paths
+    doc["servers"] = [{"url": base}]
+    import schemathesis
+
+    return schemathesis.openapi.from_dict(doc)
+
+
+def test_fuzzing_the_openapi_finds_no_server_error(served_schema: Any,
+                                                   server: tuple[str, Any]) -> None:
+    """schemathesis's cases for every operation of the server's OpenAPI: never a 5xx."""
+    from hypothesis import HealthCheck, given
+    from schemathesis.checks import not_a_server_error
+
+    base, proc = server
+    tested = []
+    for result in served_schema.get_all_operations():
+        operation = result.ok()
+
+        @given(case=operation.as_strategy())
+        @settings(max_examples=30, deadline=None, database=None,
+                  suppress_health_check=list(HealthCheck))
+        def call(case: Any) -> None:
+            case.call_and_validate(base_url=base, checks=[not_a_server_error], timeout=30)
+
+        call()
+        tested.append(operation.label)
+    assert "POST /v2/models/marker-classifier/infer" in tested and len(tested) >= 15
+    assert proc.poll() is None
+
+
+def test_the_model_is_fixed_while_it_serves(server: tuple[str, Any]) -> None:
+    base, _ = server
+    status, body = post(f"{base}/v2/repository/models/marker-classifier/unload", "")
+    assert status == 403 and "fixed when the server starts" in body["error"]
+    status, body = post(f"{base}/v1/models/marker-classifier:explain",
+                        json.dumps({"instances": [[1]]}))
+    assert status == 404 and "no explainer" in body["error"]
+    with urllib.request.urlopen(f"{base}/v2/models/marker-classifier/ready") as reply:
+        assert reply.status == 200  # still there
+    status, body = post(f"{base}/v2/models/marker-classifier/versions/2/infer", "{}")
+    assert status == 404 and "no model versions" in body["error"]
+    with urllib.request.urlopen(f"{base}/v2/models/marker-classifier/provenance") as reply:
+        assert json.loads(reply.read())["notebook"]["path"].endswith("marker_classifier.ipynb")
 
 
 def test_a_run_without_a_serve_cell_is_a_message(tmp_path: Path) -> None:
