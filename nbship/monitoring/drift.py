@@ -16,6 +16,7 @@ the window when /metrics is read, not per request.
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from dataclasses import dataclass, field
@@ -31,15 +32,25 @@ WINDOW = 1000
 EPSILON = 1e-4  # floor for empty bins in PSI
 
 
-def feature_groups(inputs: np.ndarray) -> tuple[list[str], np.ndarray]:
-    """(group names, rows x groups) for a batch of inputs."""
-    rows = np.asarray(inputs, dtype=np.float64).reshape(len(inputs), -1)
-    n = rows.shape[1]
+@functools.lru_cache(maxsize=8)
+def _grouping(n: int) -> tuple[tuple[str, ...], np.ndarray | None]:
+    """Group names for ``n`` features, and the matrix that averages each group (None:
+    every feature is its own group)."""
     if n <= MAX_FEATURES:
-        return [f"f{i}" for i in range(n)], rows
+        return tuple(f"f{i}" for i in range(n)), None
     parts = np.array_split(np.arange(n), GROUPS)
-    names = [f"f{p[0]}-f{p[-1]}" for p in parts]
-    return names, np.stack([rows[:, p].mean(axis=1) for p in parts], axis=1)
+    average = np.zeros((n, len(parts)))
+    for g, part in enumerate(parts):
+        average[part, g] = 1.0 / len(part)
+    return tuple(f"f{p[0]}-f{p[-1]}" for p in parts), average
+
+
+def feature_groups(inputs: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """(group names, rows x groups) for a batch of inputs (one matrix product per batch:
+    this runs on every request)."""
+    rows = np.asarray(inputs, dtype=np.float64).reshape(len(inputs), -1)
+    names, average = _grouping(rows.shape[1])
+    return list(names), rows if average is None else rows @ average
 
 
 def _edges(values: np.ndarray) -> np.ndarray:
