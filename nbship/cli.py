@@ -7,6 +7,7 @@ is instant.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -198,6 +199,35 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--monitor", type=Path, default=Path(".nbship/monitor"), metavar="DIR",
                    help="where `nbship monitor`'s Prometheus looks for servers to scrape "
                    "(default: .nbship/monitor)")
+
+    sc = sub.add_parser("scheduler", help="continuous training: cron, new data, webhooks",
+                        description="Start, stop or show the local training scheduler: one "
+                        "process that reads [tool.nbship.training] from pyproject.toml and "
+                        "starts runs of the notebooks' pipelines on a cron schedule (6 fields, "
+                        "seconds first, as KFP's), when their data source's content changes "
+                        "(the run reads a snapshot of it), or on an authenticated webhook "
+                        "(POST /trigger/NAME, Authorization: Bearer SECRET). A run whose data "
+                        "is what the last successful run had is skipped, and says so. "
+                        "Schedules live in .nbship/scheduler/schedules.sqlite: a restart "
+                        "loses and doubles nothing.",
+                        epilog="pyproject.toml:\n"
+                        "  [tool.nbship.training.\"notebooks/marker_classifier.ipynb\"]\n"
+                        "  cron = \"0 0 3 * * *\"            # 03:00 every day\n"
+                        "  data = \"data/markers\"           # new files start a run\n"
+                        "  data_parameter = \"data_dir\"     # ...which gets the snapshot\n"
+                        "  parameters = { epochs = 2 }\n"
+                        "  webhook = true\n\nExamples:\n  nbship scheduler up\n"
+                        "  nbship scheduler status\n"
+                        "  curl -X POST -H \"Authorization: Bearer $(cat "
+                        ".nbship/scheduler/secret)\" http://127.0.0.1:9096/trigger/"
+                        "marker-classifier\n  nbship scheduler down",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sc.add_argument("action", choices=["up", "down", "status", "run"],
+                    help="run: in the foreground (what up starts)")
+    sc.add_argument("--pyproject", type=Path, default=Path("pyproject.toml"),
+                    help="where [tool.nbship.training] is (default: ./pyproject.toml)")
+    sc.add_argument("--port", type=_port, default=9096, help="webhook and status (default 9096)")
+    sc.add_argument("--root", type=Path, default=Path(".nbship/scheduler"), metavar="DIR")
 
     md = sub.add_parser("model", help="model releases: push a run's model, show one",
                         description="A model release is an OCI artifact models/NAME tagged "
@@ -458,6 +488,40 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scheduler(args: argparse.Namespace) -> int:
+    from nbship.pipelines import scheduler
+
+    if args.action == "run":
+        scheduler.run_foreground(args.pyproject, args.port, args.root)
+        return 0
+    if args.action == "up":
+        address, started = scheduler.up(args.pyproject, args.root, args.port)
+        where = f"${scheduler.SECRET_ENV}" if os.environ.get(scheduler.SECRET_ENV) \
+            else args.root / "secret"
+        print(f"scheduler: http://{address} ({'started' if started else 'already running'}; "
+              f"log {args.root / 'scheduler.log'}, webhook secret {where})")
+        return 0
+    if args.action == "down":
+        print("scheduler: stopped" if scheduler.down(args.root) else "scheduler: not running")
+        return 0
+    doc = scheduler.status(args.root)
+    print("scheduler: running" if doc else "scheduler: not running (what it stored:)")
+    doc = doc or scheduler.stored(args.root)
+    for s in doc["schedules"]:
+        triggers = ", ".join(filter(None, [f"cron {s['cron']}" if s["cron"] else None,
+                                           f"data {s['data']}" if s["data"] else None,
+                                           "webhook" if s["webhook"] else None]))
+        print(f"  {s['name']:<20} {triggers}")
+        print(f"  {'':<20} next fire {s['next_fire'] or '-'}; last data "
+              f"{(s['last_data'] or '-')[:16]}")
+    for r in doc["runs"][-10:]:
+        print(f"  {r['started']}  {r['name']:<20} {r['trigger']['kind']:<8} {r['status']:<8} "
+              f"{r['message'] or ''}")
+    if doc.get("running"):
+        print(f"  running: {doc['running']}")
+    return 0
+
+
 def cmd_model(args: argparse.Namespace) -> int:
     import json
 
@@ -701,8 +765,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     verbs = {"check": cmd_check, "compile": cmd_compile, "run": cmd_run, "test": cmd_test,
              "build": cmd_build, "publish": cmd_publish, "release": cmd_release,
-             "model": cmd_model, "serve": cmd_serve, "monitor": cmd_monitor,
-             "trigger": cmd_trigger,
+             "model": cmd_model, "scheduler": cmd_scheduler, "serve": cmd_serve,
+             "monitor": cmd_monitor, "trigger": cmd_trigger,
              "registry": cmd_registry}
     stopped = _stop_on_sigterm()
     try:

@@ -108,3 +108,9 @@ class ReleaseError(NbshipError):
 
     exit_code = 1
     status: int | None = None  # the registry's HTTP status, when it answered with an error
+
+
+class SchedulerError(NbshipError):
+    """The training scheduler cannot start, stop or be read."""
+
+    exit_code = 1

@@ -1,0 +1,424 @@
+"""The local training scheduler: cron, new data and webhooks start pipeline runs.
+
+``nbship scheduler up`` starts one detached process (recorded like the registry's:
+pid, start time, command line) that reads ``[tool.nbship.training]`` from
+pyproject.toml (``nbship.pipelines.training``) and keeps its schedules in SQLite
+(``.nbship/scheduler/schedules.sqlite``: one row per pipeline, JSON columns — no
+pickles, unlike APScheduler's SQLAlchemy job store, since a database a folder brings
+must not run code). It fires:
+
+* **cron** — 6-field expressions, seconds first (KFP's), computed with croniter; a
+  fire missed while the scheduler was down is not caught up (KFP's default);
+* **data** — a folder or file polled every second (names, sizes, mtimes; then the
+  content's sha256): new content starts a run, on a snapshot of that content;
+* **webhook** — ``POST /trigger/NAME`` on 127.0.0.1 with ``Authorization: Bearer
+  SECRET`` (``NBSHIP_TRIGGER_SECRET``, or ``.nbship/scheduler/secret`` made at the
+  first start), e.g. Alertmanager's drift alert.
+
+Runs go one at a time through one worker; a pipeline already waiting is not queued
+twice. A run whose data has the sha256 of the pipeline's last successful run is
+**skipped**, and the record says so. Restarting (even after SIGKILL) loses nothing
+and doubles nothing: schedules are rows keyed by pipeline name, the next fire time
+is stored, and ``up`` re-reads pyproject.toml into the same rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hmac
+import http.server
+import json
+import os
+import secrets
+import sqlite3
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nbship.errors import NbshipError, SchedulerError
+from nbship.pipelines.training import Training, data_digest, fingerprint, next_fire, snapshot
+
+DEFAULT_PORT = 9096
+SECRET_ENV = "NBSHIP_TRIGGER_SECRET"
+POLL = 1.0  # seconds between looks at the data sources
+TICK = 0.25
+
+
+def _now_iso(t: float | None = None) -> str:
+    return dt.datetime.fromtimestamp(time.time() if t is None else t, dt.UTC).isoformat(
+        timespec="seconds")
+
+
+class Store:
+    """Schedules and run records in SQLite (thread-safe through one lock)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self.lock = threading.Lock()
+        with self.lock:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("CREATE TABLE IF NOT EXISTS schedules (name TEXT PRIMARY KEY, "
+                            "spec TEXT NOT NULL, next_fire REAL, last_data TEXT)")
+            self.db.execute("CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY, "
+                            "name TEXT, trigger TEXT, status TEXT, run_dir TEXT, "
+                            "message TEXT, started TEXT, seconds REAL)")
+
+    def sync(self, trainings: list[Training], now: float) -> list[str]:
+        """Make the rows what pyproject.toml declares; what changed, in words."""
+        said = []
+        with self.lock:
+            rows = {n: json.loads(s) for n, s in
+                    self.db.execute("SELECT name, spec FROM schedules")}
+            for t in trainings:
+                spec = t.spec()
+                if rows.get(t.name) == spec:
+                    continue
+                nxt = next_fire(t.cron, now) if t.cron else None
+                if t.name in rows:
+                    self.db.execute("UPDATE schedules SET spec = ?, next_fire = ? WHERE name = ?",
+                                    (json.dumps(spec), nxt, t.name))
+                    said.append(f"{t.name}: schedule changed")
+                else:
+                    self.db.execute("INSERT INTO schedules (name, spec, next_fire) VALUES "
+                                    "(?, ?, ?)", (t.name, json.dumps(spec), nxt))
+                    said.append(f"{t.name}: scheduled")
+            for gone in set(rows) - {t.name for t in trainings}:
+                self.db.execute("DELETE FROM schedules WHERE name = ?", (gone,))
+                said.append(f"{gone}: no longer in pyproject.toml, unscheduled")
+        return said
+
+    def schedules(self) -> list[tuple[Training, float | None, str | None]]:
+        with self.lock:
+            rows = list(self.db.execute(
+                "SELECT name, spec, next_fire, last_data FROM schedules ORDER BY name"))
+        return [(Training.from_spec(n, json.loads(s)), nxt, last) for n, s, nxt, last in rows]
+
+    def set_next(self, name: str, when: float | None) -> None:
+        with self.lock:
+            self.db.execute("UPDATE schedules SET next_fire = ? WHERE name = ?", (when, name))
+
+    def last_data(self, name: str) -> str | None:
+        with self.lock:
+            row = self.db.execute("SELECT last_data FROM schedules WHERE name = ?",
+                                  (name,)).fetchone()
+        return row[0] if row else None
+
+    def set_last_data(self, name: str, digest: str | None) -> None:
+        with self.lock:
+            self.db.execute("UPDATE schedules SET last_data = ? WHERE name = ?", (digest, name))
+
+    def record(self, name: str, trigger: dict[str, Any], status: str, run_dir: str | None,
+               message: str, seconds: float) -> None:
+        with self.lock:
+            self.db.execute("INSERT INTO runs (name, trigger, status, run_dir, message, started,"
+                            " seconds) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            (name, json.dumps(trigger), status, run_dir, message,
+                             trigger.get("fired_at"), round(seconds, 3)))
+
+    def runs(self, limit: int = 50) -> list[dict[str, Any]]:
+        with self.lock:
+            rows = list(self.db.execute(
+                "SELECT name, trigger, status, run_dir, message, started, seconds FROM runs "
+                "ORDER BY id DESC LIMIT ?", (limit,)))
+        return [{"name": n, "trigger": json.loads(t), "status": s, "run": r, "message": m,
+                 "started": st, "seconds": sec} for n, t, s, r, m, st, sec in rows][::-1]
+
+
+def secret(root: Path) -> str:
+    """The webhook's shared secret: $NBSHIP_TRIGGER_SECRET, or a file made once (0600)."""
+    if os.environ.get(SECRET_ENV):
+        return os.environ[SECRET_ENV]
+    path = root / "secret"
+    if not path.exists():
+        root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32) + "\n")
+    return path.read_text().strip()
+
+
+@dataclass
+class Scheduler:
+    """The loop (cron and data), the worker (one run at a time) and the webhook's handler."""
+
+    store: Store
+    project: Path  # where .nbship/ is: runs, builds, data snapshots
+    secret: str
+    echo: Callable[[str], None] = print
+    queue: list[tuple[Training, dict[str, Any]]] = field(default_factory=list)
+    running: str | None = None
+    _cond: threading.Condition = field(default_factory=threading.Condition)
+    _seen: dict[str, Any] = field(default_factory=dict)  # data fingerprints last polled
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def enqueue(self, training: Training, why: dict[str, Any]) -> bool:
+        """Queue a run unless one for this pipeline already waits; True when queued."""
+        with self._cond:
+            if any(t.name == training.name for t, _ in self.queue):
+                return False
+            self.queue.append((training, why))
+            self._cond.notify()
+        return True
+
+    def start(self) -> None:
+        """What restarts must do: skip the fires missed while down; run for data that
+        changed while down."""
+        now = time.time()
+        for training, nxt, last in self.store.schedules():
+            if training.cron and (nxt is None or nxt < now):
+                if nxt is not None:
+                    self.echo(f"{training.name}: the fire at {_now_iso(nxt)} was missed while "
+                              "the scheduler was down; not caught up")
+                self.store.set_next(training.name, next_fire(training.cron, now))
+            if training.data is not None:
+                self._seen[training.name] = fingerprint(training.data)
+                if data_digest(training.data) not in (None, last):
+                    self.enqueue(training, {"kind": "data", "fired_at": _now_iso(),
+                                            "reason": "new data since the last run"})
+        threading.Thread(target=self._work, daemon=True, name="nbship-worker").start()
+
+    def tick(self) -> None:
+        now = time.time()
+        for training, nxt, _ in self.store.schedules():
+            if training.cron and nxt is not None and nxt <= now:
+                # catch-up off: the next fire is computed from now, not from the missed one
+                self.store.set_next(training.name, next_fire(training.cron, now))
+                self.enqueue(training, {"kind": "cron", "schedule": training.cron,
+                                        "fired_at": _now_iso(nxt)})
+            if training.data is not None:
+                seen = fingerprint(training.data)
+                before = self._seen.get(training.name)
+                self._seen[training.name] = seen
+                if before is not None and seen != before:
+                    self.enqueue(training, {"kind": "data", "fired_at": _now_iso(),
+                                            "source": str(training.data)})
+
+    def serve_forever(self) -> None:
+        """Tick until stopped (SIGTERM arrives as KeyboardInterrupt)."""
+        last_poll = 0.0
+        while not self._stop.is_set():
+            if time.monotonic() - last_poll >= POLL:
+                last_poll = time.monotonic()
+                self.tick()
+            else:  # cron fires between polls stay on time
+                now = time.time()
+                if any(t.cron and n is not None and n <= now
+                       for t, n, _ in self.store.schedules()):
+                    self.tick()
+            self._stop.wait(TICK)
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            with self._cond:
+                while not self.queue and not self._stop.is_set():
+                    self._cond.wait()
+                if self._stop.is_set():
+                    return
+                training, why = self.queue.pop(0)
+                self.running = training.name
+            try:
+                self.run(training, why)
+            finally:
+                self.running = None
+
+    def run(self, training: Training, why: dict[str, Any]) -> None:
+        """One triggered run (or its skip), recorded."""
+        from nbship.extract.cache import analyse
+        from nbship.pipelines.compile import compile_graph
+        from nbship.pipelines.local import run_compiled
+
+        started = time.perf_counter()
+        values = dict(training.parameters)
+        if training.data is not None:
+            digest = data_digest(training.data)
+            why["data"] = {"source": str(training.data), "sha256": digest}
+            if digest is None:
+                self._done(training, why, "SKIPPED", None, f"no data at {training.data}",
+                           started)
+                return
+            if digest == self.store.last_data(training.name):
+                self._done(training, why, "SKIPPED", None,
+                           f"data unchanged since the last run (sha256 {digest[:16]}...)",
+                           started)
+                return
+            try:
+                snap = snapshot(training.data, digest, self.project / ".nbship" / "data")
+            except (NbshipError, OSError) as exc:
+                self._done(training, why, "SKIPPED", None, str(exc), started)
+                return
+            why["data"]["snapshot"] = str(snap)
+            values[str(training.data_parameter)] = str(snap)
+        self.echo(f"{training.name}: {why['kind']} -> run")
+        try:
+            graph = analyse(training.notebook)
+            compiled = compile_graph(graph, self.project / ".nbship" / "build" / training.name)
+            result = run_compiled(compiled, values, root=self.project / ".nbship" / "runs",
+                                  trigger=why, echo=lambda line: None)
+        except NbshipError as exc:
+            self._done(training, why, "FAILURE", None, str(exc).splitlines()[0], started)
+            return
+        if training.data is not None:
+            self.store.set_last_data(training.name, why["data"]["sha256"])
+        metrics = ", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items())
+        self._done(training, why, result.status, str(result.record_dir), metrics, started)
+
+    def _done(self, training: Training, why: dict[str, Any], status: str, run_dir: str | None,
+              message: str, started: float) -> None:
+        self.store.record(training.name, why, status, run_dir, message,
+                          time.perf_counter() - started)
+        self.echo(f"{training.name}: {why['kind']} -> {status}"
+                  + (f": {message}" if message else "") + (f" ({run_dir})" if run_dir else ""))
+
+    def webhook(self, name: str, authorization: str) -> tuple[int, dict[str, Any]]:
+        expected = f"Bearer {self.secret}"
+        if not hmac.compare_digest(authorization.encode(), expected.encode()):
+            return 401, {"error": "a webhook needs 'Authorization: Bearer <secret>' (the "
+                         f"scheduler's secret: ${SECRET_ENV} or .nbship/scheduler/secret)"}
+        found = [t for t, _, _ in self.store.schedules() if t.name == name]
+        if not found or not found[0].webhook:
+            return 404, {"error": f"no pipeline {name!r} takes webhooks (webhook = true in "
+                         "[tool.nbship.training])"}
+        queued = self.enqueue(found[0], {"kind": "webhook", "fired_at": _now_iso()})
+        return 202, {"queued": queued, "pipeline": name,
+                     "reason": None if queued else "a run of it is already waiting"}
+
+    def status(self) -> dict[str, Any]:
+        return {"schedules": [{**t.spec(), "name": t.name, "next_fire": _now_iso(n) if n else None,
+                               "last_data": last} for t, n, last in self.store.schedules()],
+                "running": self.running, "queued": [t.name for t, _ in self.queue],
+                "runs": self.store.runs(20)}
+
+
+MAX_BODY = 1 << 16
+
+
+def http_server(scheduler: Scheduler, port: int) -> http.server.ThreadingHTTPServer:
+    """127.0.0.1 only: GET /health, GET /status, POST /trigger/NAME (webhook)."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _reply(self, status: int, doc: Any) -> None:
+            body = json.dumps(doc).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            if self.path == "/health":
+                self._reply(200, {"ok": True})
+            elif self.path == "/status":
+                self._reply(200, scheduler.status())
+            else:
+                self._reply(404, {"error": "GET /health or /status; POST /trigger/NAME"})
+
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            length = self.headers.get("Content-Length") or "0"
+            if length.isdigit() and 0 < int(length) <= MAX_BODY:
+                self.rfile.read(int(length))  # the body (an alert) is not needed
+            elif length != "0":
+                self.close_connection = True
+            if not self.path.startswith("/trigger/"):
+                self._reply(404, {"error": "POST /trigger/NAME"})
+                return
+            self._reply(*scheduler.webhook(self.path[len("/trigger/"):].strip("/"),
+                                           self.headers.get("Authorization", "")))
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    return http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+
+
+def run_foreground(pyproject: Path, port: int, root: Path) -> None:
+    """What ``nbship scheduler up`` starts: sync, then loop until SIGTERM."""
+    from nbship.pipelines.training import read_config
+
+    def say(line: str) -> None:
+        print(f"{_now_iso()} {line}", flush=True)
+
+    trainings = read_config(pyproject)
+    store = Store(root / "schedules.sqlite")
+    for line in store.sync(trainings, time.time()):
+        say(line)
+    scheduler = Scheduler(store, pyproject.resolve().parent, secret(root), echo=say)
+    server = http_server(scheduler, port)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    scheduler.start()
+    say(f"scheduler on http://127.0.0.1:{port}: {len(trainings)} pipeline(s)")
+    try:
+        scheduler.serve_forever()
+    except KeyboardInterrupt:
+        say("stopping")
+    finally:
+        scheduler.stop()
+        server.shutdown()
+
+
+def _state(root: Path) -> Path:
+    return root / "scheduler.json"
+
+
+def up(pyproject: Path, root: Path, port: int = DEFAULT_PORT) -> tuple[str, bool]:
+    """Start the scheduler detached (or find it running): (address, started now)."""
+    from nbship import processes
+    from nbship.pipelines.training import read_config
+
+    read_config(pyproject)  # a mistake in pyproject.toml is reported here, not in a log
+    root.mkdir(parents=True, exist_ok=True)
+    record = processes.read(_state(root), error=SchedulerError, what="the scheduler")
+    if record is not None and processes.ours(record):
+        return record.address, False
+    secret(root)
+    argv = [sys.executable, "-m", "nbship", "scheduler", "run", "--pyproject",
+            str(pyproject.resolve()), "--port", str(port), "--root", str(root.resolve())]
+    address = f"127.0.0.1:{port}"
+    processes.start(argv, log=root / "scheduler.log", address=address,
+                    ready=lambda: processes.answers(f"http://{address}/health"),
+                    state=_state(root), error=SchedulerError, what="the scheduler",
+                    timeout=60)
+    return address, True
+
+
+def down(root: Path) -> bool:
+    from nbship import processes
+
+    record = processes.read(_state(root), error=SchedulerError, what="the scheduler")
+    return record is not None and processes.stop(record, _state(root))
+
+
+def status(root: Path) -> dict[str, Any] | None:
+    """The running scheduler's status, or None when it is not running."""
+    import urllib.request
+
+    from nbship import processes
+
+    record = processes.read(_state(root), error=SchedulerError, what="the scheduler")
+    if record is None or not processes.ours(record):
+        return None
+    try:
+        with urllib.request.urlopen(f"http://{record.address}/status", timeout=10) as reply:
+            return dict(json.loads(reply.read()))
+    except OSError as exc:
+        raise SchedulerError(f"the scheduler on {record.address} does not answer: {exc}",
+                             hint=f"see {root / 'scheduler.log'}") from None
+
+
+def stored(root: Path) -> dict[str, Any]:
+    """What the store holds, read while no scheduler runs."""
+    store = Store(root / "schedules.sqlite")
+    return {"schedules": [{**t.spec(), "name": t.name,
+                           "next_fire": _now_iso(n) if n else None, "last_data": last}
+                          for t, n, last in store.schedules()],
+            "running": None, "queued": [], "runs": store.runs(20)}
+
