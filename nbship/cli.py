@@ -200,6 +200,47 @@ def _parser() -> argparse.ArgumentParser:
                    help="where `nbship monitor`'s Prometheus looks for servers to scrape "
                    "(default: .nbship/monitor)")
 
+    kf = sub.add_parser("kfp", help="a release's pipeline on a Kubeflow Pipelines cluster",
+                        description="Upload a published release's pipeline to KFP as a "
+                        "pipeline version (named from the release and its digest: the same "
+                        "release twice is one version), run it (waiting, with its states), "
+                        "schedule it as a recurring run (replacing the release's previous "
+                        "schedule: never two enabled), show status, disable the schedule. "
+                        "Every id made is also printed as SPINNAKER_PROPERTY_<name>=<value> "
+                        "for a Spinnaker Run Job stage. Auth: none, --token (or $KFP_TOKEN), "
+                        "--sa-token in a pod ($KF_PIPELINES_SA_TOKEN_PATH), --kube-context.",
+                        epilog="Examples:\n"
+                        "  nbship kfp upload 127.0.0.1:5000/releases/marker-classifier "
+                        "--host http://localhost:8080\n"
+                        "  nbship kfp run marker-classifier --host $KFP -p epochs=2\n"
+                        "  nbship kfp schedule marker-classifier --host $KFP --cron "
+                        "'0 0 3 * * *'\n"
+                        "  nbship kfp status marker-classifier --host $KFP\n"
+                        "  nbship kfp disable marker-classifier --host $KFP",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    kf.add_argument("action", choices=["upload", "run", "schedule", "status", "disable"])
+    kf.add_argument("release", metavar="RELEASE",
+                    help="HOST:PORT/releases/NAME[:TAG|@DIGEST], or NAME on the embedded "
+                    "registry (tag latest); status and disable take NAME")
+    kf.add_argument("--host", default=os.environ.get("KF_PIPELINES_ENDPOINT"),
+                    help="the KFP API, e.g. http://localhost:8080 (default: "
+                    "$KF_PIPELINES_ENDPOINT)")
+    kf.add_argument("--token", default=None, help="a bearer token (default: $KFP_TOKEN)")
+    kf.add_argument("--sa-token", type=Path, default=None, metavar="PATH",
+                    help="the service account token file in a pod "
+                    "(default: $KF_PIPELINES_SA_TOKEN_PATH)")
+    kf.add_argument("--kube-context", default=None, help="a kubeconfig context")
+    kf.add_argument("--experiment", default=None, help="default: the pipeline's name")
+    kf.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
+                    help="run/schedule parameters (JSON values: 2, 0.5, \"text\", true)")
+    kf.add_argument("--cron", default=None, help="schedule: 6 fields, seconds first")
+    kf.add_argument("--max-concurrency", type=int, default=1)
+    kf.add_argument("--catchup", action="store_true",
+                    help="schedule: run the fires missed while paused (default: off)")
+    kf.add_argument("--no-wait", action="store_true", help="run: return once it started")
+    kf.add_argument("--registry", default=None, metavar="HOST[:PORT][/PATH]",
+                    help="where NAME is looked up (default: the embedded registry)")
+
     sc = sub.add_parser("scheduler", help="continuous training: cron, new data, webhooks",
                         description="Start, stop or show the local training scheduler: one "
                         "process that reads [tool.nbship.training] from pyproject.toml and "
@@ -488,6 +529,91 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def _kfp_params(pairs: list[str]) -> dict[str, object]:
+    import json
+
+    from nbship.errors import ParameterError
+
+    out: dict[str, object] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep or not name:
+            raise ParameterError(f"-p {pair!r}: expected NAME=VALUE")
+        try:
+            out[name] = json.loads(text)
+        except ValueError:
+            out[name] = text  # a bare word is a string
+    return out
+
+
+def cmd_kfp(args: argparse.Namespace) -> int:
+    from nbship.errors import UnusableInputError
+    from nbship.pipelines import kfp_remote
+    from nbship.pipelines.training import check_cron
+
+    if not args.host:
+        raise UnusableInputError("nbship kfp needs --host (the KFP API) or "
+                                 "$KF_PIPELINES_ENDPOINT",
+                                 hint="on this machine, without a cluster: nbship run and "
+                                 "nbship scheduler do the same with kfp.local")
+    say = lambda line: print(line, flush=True)  # noqa: E731
+    name = args.release.rsplit("/", 1)[-1].split(":")[0].split("@")[0]
+    experiment = args.experiment or name
+    remote = kfp_remote.Remote(args.host, kfp_remote.Auth(args.token, args.sa_token,
+                                                          args.kube_context), echo=say)
+    if args.action == "status":
+        doc = remote.status(name, experiment)
+        print(f"pipeline {name}: {doc['pipeline_id'] or 'not uploaded'}")
+        for version in doc["versions"]:
+            print(f"  version   {version}")
+        for sched in doc["schedules"]:
+            print(f"  schedule  {sched['id']} {sched['status']} cron {sched['cron']} "
+                  f"version {sched['version']}")
+        for run in doc["runs"]:
+            print(f"  run       {run['id']} {run['state']} {run['name']}")
+        return 0
+    if args.action == "disable":
+        stopped = remote.disable(name, experiment)
+        print(f"disabled {len(stopped)} schedule(s)" + "".join(f" {i}" for i in stopped))
+        for line in kfp_remote.spinnaker(disabled_recurring_runs=",".join(stopped)):
+            print(line)
+        return 0
+    ref = args.release if "/" in args.release else \
+        f"{args.registry or _embedded_registry()}/releases/{args.release}"
+    with kfp_remote.release(ref) as rel:
+        print(f"release {rel.reference} -> {args.host} (version {rel.version_name})",
+              flush=True)
+        if args.action == "upload":
+            pipeline_id, version_id, made = remote.upload(rel)
+            print(f"pipeline {pipeline_id}, version {version_id} "
+                  f"({'uploaded' if made else 'already there'})")
+            props = {"pipeline_id": pipeline_id, "pipeline_version_id": version_id}
+        elif args.action == "run":
+            run_id, state = remote.run(rel, experiment, _kfp_params(args.param),
+                                       wait=not args.no_wait)
+            print(f"run {run_id}: {state} (metrics: in the run's page of the KFP UI; the "
+                  "v2beta1 API does not return them)")
+            props = {"run_id": run_id, "run_state": state}
+            if state not in ("SUCCEEDED", "PENDING", "RUNNING"):
+                for line in kfp_remote.spinnaker(**props):
+                    print(line)
+                return 1
+        else:
+            if not args.cron:
+                raise UnusableInputError("nbship kfp schedule needs --cron (6 fields, "
+                                         "seconds first)")
+            cron = check_cron(args.cron, "--cron")
+            new, replaced = remote.schedule(rel, experiment, cron, _kfp_params(args.param),
+                                            max_concurrency=args.max_concurrency,
+                                            catchup=args.catchup)
+            print(f"schedule {new} ({cron})" + (f", replacing {', '.join(replaced)}"
+                                               if replaced else ""))
+            props = {"recurring_run_id": new, "replaced_recurring_runs": ",".join(replaced)}
+    for line in kfp_remote.spinnaker(**props):
+        print(line)
+    return 0
+
+
 def cmd_scheduler(args: argparse.Namespace) -> int:
     from nbship.pipelines import scheduler
 
@@ -766,6 +892,7 @@ def main(argv: list[str] | None = None) -> int:
     verbs = {"check": cmd_check, "compile": cmd_compile, "run": cmd_run, "test": cmd_test,
              "build": cmd_build, "publish": cmd_publish, "release": cmd_release,
              "model": cmd_model, "scheduler": cmd_scheduler, "serve": cmd_serve,
+             "kfp": cmd_kfp,
              "monitor": cmd_monitor, "trigger": cmd_trigger,
              "registry": cmd_registry}
     stopped = _stop_on_sigterm()

@@ -1,0 +1,133 @@
+"""`nbship kfp` against a KFP API stand-in (tests/pipelines/kfp_standin.py — not KFP): every
+request body checked against the kfp-server-api models, uploads parsed as PipelineSpec."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from nbship.extract.graph import build_graph
+from nbship.files import sha256_file
+from nbship.notebook import read_notebook
+from nbship.pipelines.compile import compile_graph
+from nbship.release.publish import RELEASE_MEDIA_TYPE
+from tests.conftest import ROOT, SHOWCASE, serving
+from tests.pipelines.kfp_standin import Invalid, StandIn, check
+
+TOKEN = "t0ken"
+
+
+@pytest.fixture(scope="module")
+def release(local_registry: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A release in the registry as `nbship publish` lays it out (release.json as config and
+    layer, pipeline.yaml), made without images (the image tests publish real ones)."""
+    import oras.client
+
+    tmp = tmp_path_factory.mktemp("release")
+    compiled = compile_graph(build_graph(read_notebook(SHOWCASE)), tmp / "build",
+                             base_image="127.0.0.1:5000/nbship-steps@sha256:" + "a" * 64)
+    (tmp / "pipeline.yaml").write_bytes(compiled.yaml.read_bytes())
+    record = {"schema": "nbship.release/v1", "name": "marker-classifier",
+              "commit": "0123456789abcdef0123456789abcdef01234567",
+              "notebook": {"path": "notebooks/marker_classifier.ipynb", "sha256": "b" * 64},
+              "pipeline": {"file": "pipeline.yaml", "sha256": sha256_file(tmp / "pipeline.yaml")},
+              "images": {}, "manifests": [], "steps": {}}
+    (tmp / "release.json").write_text(json.dumps(record))
+    ref = f"{local_registry}/releases/marker-classifier:latest"
+    client = oras.client.OrasClient(hostname=local_registry, insecure=True)
+    cwd = os.getcwd()
+    os.chdir(tmp)
+    try:
+        client.push(target=ref, files=[f"release.json:{RELEASE_MEDIA_TYPE}",
+                                       "pipeline.yaml:application/vnd.nbship.kfp-pipeline.v2+yaml"],
+                    manifest_config=f"release.json:{RELEASE_MEDIA_TYPE}", quiet=True)
+    finally:
+        os.chdir(cwd)
+    return ref
+
+
+@pytest.fixture(scope="module")
+def standin() -> Iterator[tuple[StandIn, str]]:
+    api = StandIn(token=TOKEN)
+    with serving(api.server()) as server:
+        yield api, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def kfp(host: str, *args: str, token: str = TOKEN) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "KFP_TOKEN": token, "HOME": os.environ.get("HOME", "/tmp")}
+    return subprocess.run([sys.executable, "-m", "nbship", "kfp", *args, "--host", host],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def props(out: str) -> dict[str, str]:
+    return dict(re.findall(r"^SPINNAKER_PROPERTY_(\w+)=(.*)$", out, re.M))
+
+
+def test_upload_run_schedule_status_disable(standin: tuple[StandIn, str], release: str) -> None:
+    api, host = standin
+    first = kfp(host, "upload", release)
+    assert first.returncode == 0, first.stderr
+    again = kfp(host, "upload", release)
+    assert again.returncode == 0 and "already there" in again.stdout, again.stderr
+    assert props(first.stdout) == props(again.stdout)  # the same release: one version
+    named = [v for v in api.versions.values() if v["display_name"].startswith(
+        "marker-classifier-01234567-")]
+    assert len(named) == 1
+
+    run = kfp(host, "run", release, "-p", "epochs=2", "-p", "lr=0.01")
+    assert run.returncode == 0, run.stderr
+    assert "PENDING" in run.stdout and "RUNNING" in run.stdout and "SUCCEEDED" in run.stdout
+    made = api.runs[props(run.stdout)["run_id"]]
+    assert made["runtime_config"]["parameters"] == {"epochs": 2, "lr": 0.01}
+    assert made["pipeline_version_reference"]["pipeline_version_id"] == named[0][
+        "pipeline_version_id"]
+
+    one = kfp(host, "schedule", release, "--cron", "0 0 3 * * *")
+    assert one.returncode == 0, one.stderr
+    two = kfp(host, "schedule", release, "--cron", "0 30 2 * * *", "--max-concurrency", "2")
+    assert two.returncode == 0, two.stderr
+    ids = props(two.stdout)
+    assert ids["replaced_recurring_runs"] == props(one.stdout)["recurring_run_id"]
+    enabled = [r for r in api.recurring.values() if r["status"] == "ENABLED"]
+    assert [r["recurring_run_id"] for r in enabled] == [ids["recurring_run_id"]]
+    assert enabled[0]["trigger"]["cron_schedule"]["cron"] == "0 30 2 * * *"
+    assert enabled[0]["no_catchup"] is True and str(enabled[0]["max_concurrency"]) == "2"
+
+    status = kfp(host, "status", "marker-classifier")
+    assert status.returncode == 0 and "ENABLED cron 0 30 2 * * *" in status.stdout
+    off = kfp(host, "disable", "marker-classifier")
+    assert off.returncode == 0 and "disabled 1 schedule(s)" in off.stdout
+    assert not [r for r in api.recurring.values() if r["status"] == "ENABLED"]
+    # every body nbship sent was one the kfp-server-api models accept
+    assert not [r for r in api.requests if r[2] >= 400]
+
+
+def test_a_wrong_token_is_a_message(standin: tuple[StandIn, str], release: str) -> None:
+    _, host = standin
+    done = kfp(host, "upload", release, token="wrong")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "refused the credentials (HTTP 401)" in done.stderr
+    assert "Traceback" not in done.stderr
+    cron = kfp(host, "schedule", release, "--cron", "0 3 * * *")
+    assert cron.returncode == 2 and "not a 6-field cron" in cron.stderr
+
+
+def test_the_standin_refuses_what_the_models_do_not_accept() -> None:
+    check("V2beta1RecurringRun", {"display_name": "x", "mode": "ENABLE",
+                                  "trigger": {"cron_schedule": {"cron": "0 0 3 * * *"}}})
+    bad: list[dict[str, Any]] = [
+        {"mode": "SOMETIMES"},
+        {"display_name": 5},
+        {"trigger": {"cron": "0 0 3 * * *"}},  # not a field of V2beta1Trigger
+        {"schedule": "nightly"},
+    ]
+    for doc in bad:
+        with pytest.raises(Invalid):
+            check("V2beta1RecurringRun", doc)
