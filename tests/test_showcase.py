@@ -20,7 +20,7 @@ def test_showcase_graph_is_the_documented_one() -> None:
     graph = build_graph(read_notebook(SHOWCASE))
     assert [s.name for s in graph.steps] == ["load", "preprocess", "train", "evaluate",
                                              "validate"]
-    assert set(graph.parameters) == {"epochs", "lr", "seed", "threshold"}
+    assert set(graph.parameters) == {"epochs", "lr", "seed", "threshold", "data_dir"}
     assert graph.metrics == {"accuracy": "evaluate", "loss": "evaluate"}
     assert graph.problems == []
 
