@@ -224,7 +224,8 @@ def _parser() -> argparse.ArgumentParser:
                     "registry (tag latest); status and disable take NAME")
     kf.add_argument("--host", default=os.environ.get("KF_PIPELINES_ENDPOINT"),
                     help="the KFP API, e.g. http://localhost:8080 (default: "
-                    "$KF_PIPELINES_ENDPOINT)")
+                    "$KF_PIPELINES_ENDPOINT; without one, this machine: kfp.local and "
+                    "the local scheduler)")
     kf.add_argument("--token", default=None, help="a bearer token (default: $KFP_TOKEN)")
     kf.add_argument("--sa-token", type=Path, default=None, metavar="PATH",
                     help="the service account token file in a pod "
@@ -546,16 +547,69 @@ def _kfp_params(pairs: list[str]) -> dict[str, object]:
     return out
 
 
+def _kfp_here(args: argparse.Namespace) -> int:
+    """nbship kfp without --host: kfp.local and the local scheduler."""
+    from nbship.errors import UnusableInputError
+    from nbship.pipelines import kfp_local
+    from nbship.pipelines.kfp_remote import spinnaker
+    from nbship.pipelines.training import check_cron
+
+    project = Path.cwd()
+    scheduler_root = Path(".nbship/scheduler")
+    name = args.release.rsplit("/", 1)[-1].split(":")[0].split("@")[0]
+    if args.action == "status":
+        doc = kfp_local.status(name, project, scheduler_root)
+        current = doc["current"]
+        print(f"pipeline {name} (this machine): current version "
+              f"{current['version'] if current else 'none (nbship kfp upload)'}")
+        for version in doc["versions"]:
+            print(f"  version   {version}")
+        for sched in doc["schedules"]:
+            print(f"  schedule  {sched['name']} cron {sched['cron']} {sched['release']}")
+        for run in doc["runs"][-5:]:
+            print(f"  run       {run['started']} {run['status']} {run['message'] or ''}")
+        return 0
+    if args.action == "disable":
+        gone = kfp_local.disable(name, scheduler_root)
+        print(f"disabled the local schedule of {name}" if gone else
+              f"{name} has no local schedule")
+        return 0
+    ref = args.release if "/" in args.release else \
+        f"{args.registry or _embedded_registry()}/releases/{args.release}"
+    if args.action == "upload":
+        rel, new = kfp_local.upload(ref, project)
+        print(f"release {rel.reference}: local version {rel.version_name} "
+              f"({'kept' if new else 'already there'}; {rel.yaml})")
+        props = {"pipeline_version_id": rel.version_name}
+    elif args.action == "run":
+        result = kfp_local.run_release(ref, _kfp_params(args.param), project=project)
+        print(f"{result.status}: " + ", ".join(f"{k}={v:.4g}" for k, v in
+                                              result.metrics.items()))
+        print(f"provenance: {result.provenance}")
+        props = {"run_id": result.record_dir.name, "run_state": result.status}
+    else:
+        if not args.cron:
+            raise UnusableInputError("nbship kfp schedule needs --cron (6 fields, seconds "
+                                     "first)")
+        cron = check_cron(args.cron, "--cron")
+        sched, replaced = kfp_local.schedule(ref, cron, _kfp_params(args.param), project,
+                                             scheduler_root)
+        print(f"schedule {sched} ({cron}) with the local scheduler"
+              + (", replacing the previous one" if replaced else "")
+              + " (nbship scheduler up runs it)")
+        props = {"recurring_run_id": sched}
+    for line in spinnaker(**props):
+        print(line)
+    return 0
+
+
 def cmd_kfp(args: argparse.Namespace) -> int:
     from nbship.errors import UnusableInputError
     from nbship.pipelines import kfp_remote
     from nbship.pipelines.training import check_cron
 
     if not args.host:
-        raise UnusableInputError("nbship kfp needs --host (the KFP API) or "
-                                 "$KF_PIPELINES_ENDPOINT",
-                                 hint="on this machine, without a cluster: nbship run and "
-                                 "nbship scheduler do the same with kfp.local")
+        return _kfp_here(args)
     say = lambda line: print(line, flush=True)  # noqa: E731
     name = args.release.rsplit("/", 1)[-1].split(":")[0].split("@")[0]
     experiment = args.experiment or name

@@ -43,6 +43,7 @@ from nbship.errors import NbshipError, SchedulerError
 from nbship.pipelines.training import Training, data_digest, fingerprint, next_fire, snapshot
 
 DEFAULT_PORT = 9096
+RELEASE_PREFIX = "kfp:"  # schedules `nbship kfp schedule` registered: a release's pipeline
 SECRET_ENV = "NBSHIP_TRIGGER_SECRET"
 POLL = 1.0  # seconds between looks at the data sources
 TICK = 0.25
@@ -69,11 +70,13 @@ class Store:
                             "message TEXT, started TEXT, seconds REAL)")
 
     def sync(self, trainings: list[Training], now: float) -> list[str]:
-        """Make the rows what pyproject.toml declares; what changed, in words."""
+        """Make the rows what pyproject.toml declares (rows `nbship kfp schedule` made,
+        named ``kfp:NAME``, are left alone); what changed, in words."""
         said = []
         with self.lock:
             rows = {n: json.loads(s) for n, s in
-                    self.db.execute("SELECT name, spec FROM schedules")}
+                    self.db.execute("SELECT name, spec FROM schedules")
+                    if not n.startswith(RELEASE_PREFIX)}
             for t in trainings:
                 spec = t.spec()
                 if rows.get(t.name) == spec:
@@ -91,6 +94,23 @@ class Store:
                 self.db.execute("DELETE FROM schedules WHERE name = ?", (gone,))
                 said.append(f"{gone}: no longer in pyproject.toml, unscheduled")
         return said
+
+    def put(self, training: Training, now: float) -> bool:
+        """Add or replace one schedule (one row per name: never two); True if it replaced."""
+        nxt = next_fire(training.cron, now) if training.cron else None
+        with self.lock:
+            old = self.db.execute("SELECT 1 FROM schedules WHERE name = ?",
+                                  (training.name,)).fetchone()
+            self.db.execute("INSERT INTO schedules (name, spec, next_fire) VALUES (?, ?, ?) "
+                            "ON CONFLICT(name) DO UPDATE SET spec = excluded.spec, "
+                            "next_fire = excluded.next_fire",
+                            (training.name, json.dumps(training.spec()), nxt))
+        return old is not None
+
+    def remove(self, name: str) -> bool:
+        with self.lock:
+            return self.db.execute("DELETE FROM schedules WHERE name = ?",
+                                   (name,)).rowcount > 0
 
     def schedules(self) -> list[tuple[Training, float | None, str | None]]:
         with self.lock:
@@ -260,10 +280,18 @@ class Scheduler:
             values[str(training.data_parameter)] = str(snap)
         self.echo(f"{training.name}: {why['kind']} -> run")
         try:
-            graph = analyse(training.notebook)
-            compiled = compile_graph(graph, self.project / ".nbship" / "build" / training.name)
-            result = run_compiled(compiled, values, root=self.project / ".nbship" / "runs",
-                                  trigger=why, echo=lambda line: None)
+            if training.release:
+                from nbship.pipelines.kfp_local import run_release
+
+                why["release"] = training.release
+                result = run_release(training.release, values, project=self.project,
+                                     trigger=why, echo=lambda line: None)
+            else:
+                graph = analyse(training.notebook)
+                compiled = compile_graph(graph,
+                                         self.project / ".nbship" / "build" / training.name)
+                result = run_compiled(compiled, values, root=self.project / ".nbship" / "runs",
+                                      trigger=why, echo=lambda line: None)
         except NbshipError as exc:
             self._done(training, why, "FAILURE", None, str(exc).splitlines()[0], started)
             return

@@ -44,13 +44,15 @@ class Training:
     data_parameter: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
     webhook: bool = False
+    release: str | None = None  # runs this release's pipeline (`nbship kfp schedule`)
 
     def spec(self) -> dict[str, Any]:
         """What the scheduler stores (JSON)."""
-        return {"notebook": str(self.notebook), "cron": self.cron,
-                "data": str(self.data) if self.data else None,
-                "data_parameter": self.data_parameter, "parameters": self.parameters,
-                "webhook": self.webhook}
+        doc = {"notebook": str(self.notebook), "cron": self.cron,
+               "data": str(self.data) if self.data else None,
+               "data_parameter": self.data_parameter, "parameters": self.parameters,
+               "webhook": self.webhook}
+        return {**doc, "release": self.release} if self.release else doc
 
     @classmethod
     def from_spec(cls, name: str, spec: dict[str, Any]) -> Training:
@@ -58,7 +60,7 @@ class Training:
                    data=Path(spec["data"]) if spec.get("data") else None,
                    data_parameter=spec.get("data_parameter"),
                    parameters=dict(spec.get("parameters") or {}),
-                   webhook=bool(spec.get("webhook")))
+                   webhook=bool(spec.get("webhook")), release=spec.get("release"))
 
 
 def check_cron(expr: str, origin: str) -> str:
@@ -83,11 +85,15 @@ def next_fire(expr: str, after: float) -> float:
 
 
 def read_config(pyproject: Path) -> list[Training]:
-    """Every ``[tool.nbship.training."NOTEBOOK"]`` table of ``pyproject``, checked."""
+    """Every ``[tool.nbship.training."NOTEBOOK"]`` table of ``pyproject``, checked (none
+    when there is no pyproject.toml: the scheduler then runs what ``nbship kfp schedule``
+    registered)."""
     from nbship.extract.codegen import pipeline_name
     from nbship.extract.graph import build_graph
     from nbship.notebook import read_notebook
 
+    if not pyproject.exists():
+        return []
     try:
         doc = tomllib.loads(pyproject.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:

@@ -111,7 +111,8 @@ class StandIn:
                   ) -> list[dict[str, Any]]:
         flt = json.loads(query.get("filter", ["{}"])[0] or "{}")
         for p in flt.get("predicates", []):
-            if p.get("operation") not in ("EQUALS", 1):  # the Filter proto's enum, by name or number
+            # the Filter proto's enum, by name or by number (kfp.Client sends 1)
+            if p.get("operation") not in ("EQUALS", 1):
                 raise Invalid(f"filter operation {p.get('operation')} is not supported here")
             key = {"name": "display_name"}.get(p["key"], p["key"])
             items = [i for i in items if i.get(key) == p.get("stringValue")]

@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from nbship.pipelines.compile import compile_graph
 from nbship.release.publish import RELEASE_MEDIA_TYPE
 from tests.conftest import ROOT, SHOWCASE, serving
 from tests.pipelines.kfp_standin import Invalid, StandIn, check
+from tests.release.conftest import free_port
 
 TOKEN = "t0ken"
 
@@ -36,7 +38,8 @@ def release(local_registry: str, tmp_path_factory: pytest.TempPathFactory) -> st
     (tmp / "pipeline.yaml").write_bytes(compiled.yaml.read_bytes())
     record = {"schema": "nbship.release/v1", "name": "marker-classifier",
               "commit": "0123456789abcdef0123456789abcdef01234567",
-              "notebook": {"path": "notebooks/marker_classifier.ipynb", "sha256": "b" * 64},
+              "notebook": {"path": "notebooks/marker_classifier.ipynb",
+                           "sha256": read_notebook(SHOWCASE).sha256},
               "pipeline": {"file": "pipeline.yaml", "sha256": sha256_file(tmp / "pipeline.yaml")},
               "images": {}, "manifests": [], "steps": {}}
     (tmp / "release.json").write_text(json.dumps(record))
@@ -131,3 +134,54 @@ def test_the_standin_refuses_what_the_models_do_not_accept() -> None:
     for doc in bad:
         with pytest.raises(Invalid):
             check("V2beta1RecurringRun", doc)
+
+
+def test_the_same_verbs_on_this_machine(release: str, tmp_path: Path) -> None:
+    """Without --host: the release's own YAML on kfp.local, the local scheduler."""
+    import shutil
+    import time
+
+    from nbship.pipelines import scheduler
+
+    (tmp_path / "notebooks").mkdir()
+    shutil.copy(SHOWCASE, tmp_path / "notebooks" / "marker_classifier.ipynb")
+
+    def here(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "nbship", "kfp", *args], cwd=tmp_path,
+                              env={k: v for k, v in os.environ.items()
+                                   if k != "KF_PIPELINES_ENDPOINT"},
+                              capture_output=True, text=True, timeout=300)
+
+    up = here("upload", release)
+    assert up.returncode == 0 and "kept" in up.stdout, up.stderr
+    assert "already there" in here("upload", release).stdout
+    run = here("run", release, "-p", "epochs=1", "-p", "threshold=0.5")
+    assert run.returncode == 0, run.stderr
+    assert "nbship-serve" in run.stdout and "SUCCESS: accuracy=" in run.stdout
+    prov_path = Path(run.stdout.split("provenance: ")[1].split()[0])
+    prov = json.loads(prov_path.read_text())
+    assert prov["trigger"]["release"].startswith(release.rsplit(":", 1)[0] + "@sha256:")
+    assert prov["pipeline"]["yaml_sha256"] != "" and props(run.stdout)["run_state"] == "SUCCESS"
+
+    first = here("schedule", release, "--cron", "*/2 * * * * *")
+    assert first.returncode == 0 and "replacing" not in first.stdout, first.stderr
+    second = here("schedule", release, "--cron", "*/2 * * * * *", "-p", "epochs=1",
+                  "-p", "threshold=0.5")
+    assert second.returncode == 0 and "replacing the previous one" in second.stdout
+    root = tmp_path / ".nbship" / "scheduler"
+    assert [s["name"] for s in scheduler.stored(root)["schedules"]] == ["kfp:marker-classifier"]
+    address, _ = scheduler.up(tmp_path / "pyproject.toml", root, free_port())
+    try:
+        deadline = time.monotonic() + 120
+        while not [r for r in scheduler.stored(root)["runs"] if r["status"] == "SUCCESS"]:
+            assert time.monotonic() < deadline, scheduler.stored(root)
+            time.sleep(0.5)
+    finally:
+        scheduler.down(root)
+    done = [r for r in scheduler.stored(root)["runs"] if r["status"] == "SUCCESS"][0]
+    assert done["trigger"]["kind"] == "cron" and done["trigger"]["release"].startswith(
+        release.rsplit(":", 1)[0])
+    status = here("status", "marker-classifier")
+    assert "kfp:marker-classifier cron */2 * * * * *" in status.stdout
+    assert "disabled the local schedule" in here("disable", "marker-classifier").stdout
+    assert scheduler.stored(root)["schedules"] == []
