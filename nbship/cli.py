@@ -347,7 +347,11 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--prometheus-port", type=_port, default=9090)
     m.add_argument("--alertmanager-port", type=_port, default=9093)
     m.add_argument("--webhook", default="http://127.0.0.1:9095/alerts", metavar="URL",
-                   help="where Alertmanager sends alerts (default: the retraining trigger)")
+                   help="where Alertmanager sends alerts (default: nbship trigger; the "
+                   "scheduler's is http://127.0.0.1:9096/alerts, with --webhook-secret-file)")
+    m.add_argument("--webhook-secret-file", type=Path, default=None, metavar="PATH",
+                   help="send alerts with 'Authorization: Bearer <the file's content>', e.g. "
+                   ".nbship/scheduler/secret")
     m.add_argument("--for", dest="for_", default="1m", metavar="DURATION",
                    help="how long a condition holds before its alert fires (default: 1m)")
 
@@ -898,7 +902,8 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     if args.action == "up":
         mon = stack.up(args.root, prometheus_port=args.prometheus_port,
                        alertmanager_port=args.alertmanager_port, webhook=args.webhook,
-                       thresholds=Thresholds(for_=args.for_))
+                       thresholds=Thresholds(for_=args.for_),
+                       webhook_secret_file=args.webhook_secret_file)
         print(f"prometheus:   http://{mon.prometheus} (rules {mon.root / 'rules.yml'})")
         print(f"alertmanager: http://{mon.alertmanager} -> {args.webhook}")
         print(f"targets:      {stack.targets_dir(mon.root)} (nbship serve adds itself)")

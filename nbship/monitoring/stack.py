@@ -70,12 +70,17 @@ def prometheus_config(root: Path, alertmanager: str, scrape_interval: str = "5s"
     }, sort_keys=False))
 
 
-def alertmanager_config(webhook: str) -> str:
+def alertmanager_config(webhook: str, secret_file: Path | None = None) -> str:
+    """Every alert to ``webhook``; with ``secret_file``, as ``Authorization: Bearer <its
+    content>`` (the scheduler's webhook takes alerts only so)."""
+    hook: dict[str, object] = {"url": webhook, "send_resolved": False}
+    if secret_file is not None:
+        hook["http_config"] = {"authorization": {"type": "Bearer",
+                                                 "credentials_file": str(secret_file)}}
     return str(yaml.safe_dump({
         "route": {"receiver": "nbship-trigger", "group_by": ["alertname", "model"],
                   "group_wait": "5s", "group_interval": "30s", "repeat_interval": "1h"},
-        "receivers": [{"name": "nbship-trigger",
-                       "webhook_configs": [{"url": webhook, "send_resolved": False}]}],
+        "receivers": [{"name": "nbship-trigger", "webhook_configs": [hook]}],
     }, sort_keys=False))
 
 
@@ -85,7 +90,8 @@ def _state(root: Path, name: str) -> Path:
 
 def up(root: Path = DEFAULT_ROOT, *, prometheus_port: int = PROMETHEUS_PORT,
        alertmanager_port: int = ALERTMANAGER_PORT, webhook: str = WEBHOOK,
-       thresholds: Thresholds | None = None, scrape_interval: str = "5s") -> Monitor:
+       thresholds: Thresholds | None = None, scrape_interval: str = "5s",
+       webhook_secret_file: Path | None = None) -> Monitor:
     """Write the configuration and start both (or find them running)."""
     from nbship.release.tools import require
 
@@ -105,7 +111,8 @@ def up(root: Path = DEFAULT_ROOT, *, prometheus_port: int = PROMETHEUS_PORT,
         folder.mkdir(parents=True, exist_ok=True)
     write_atomic(root / "rules.yml", rules_yaml(thresholds or Thresholds()))
     write_atomic(root / "prometheus.yml", prometheus_config(root, am_addr, scrape_interval))
-    write_atomic(root / "alertmanager.yml", alertmanager_config(webhook))
+    write_atomic(root / "alertmanager.yml", alertmanager_config(
+        webhook, webhook_secret_file.resolve() if webhook_secret_file else None))
     am = processes.start(
         [am_exe, f"--config.file={root / 'alertmanager.yml'}",
          f"--storage.path={root / 'alertmanager'}", f"--web.listen-address={am_addr}",

@@ -13,7 +13,10 @@ must not run code). It fires:
   content's sha256): new content starts a run, on a snapshot of that content;
 * **webhook** — ``POST /trigger/NAME`` on 127.0.0.1 with ``Authorization: Bearer
   SECRET`` (``NBSHIP_TRIGGER_SECRET``, or ``.nbship/scheduler/secret`` made at the
-  first start), e.g. Alertmanager's drift alert.
+  first start); and ``POST /alerts``, Alertmanager's drift alerts with the same
+  secret (``nbship monitor up --webhook http://127.0.0.1:9096/alerts
+  --webhook-secret-file .nbship/scheduler/secret``): the alert's ``model`` label names
+  the pipeline.
 
 Runs go one at a time through one worker; a pipeline already waiting is not queued
 twice. A run whose data has the sha256 of the pipeline's last successful run is
@@ -46,6 +49,7 @@ DEFAULT_PORT = 9096
 RELEASE_PREFIX = "kfp:"  # schedules `nbship kfp schedule` registered: a release's pipeline
 SECRET_ENV = "NBSHIP_TRIGGER_SECRET"
 POLL = 1.0  # seconds between looks at the data sources
+DRIFT_ALERTS = frozenset({"NbshipInputDrift", "NbshipPredictionDrift"})
 TICK = 0.25
 
 
@@ -320,6 +324,29 @@ class Scheduler:
         return 202, {"queued": queued, "pipeline": name,
                      "reason": None if queued else "a run of it is already waiting"}
 
+    def alerts(self, payload: Any, authorization: str) -> tuple[int, dict[str, Any]]:
+        """Alertmanager's webhook (``POST /alerts``): each firing drift alert names its
+        model, which is a pipeline; those that take webhooks get a run."""
+        if not hmac.compare_digest(authorization.encode(), f"Bearer {self.secret}".encode()):
+            return 401, {"error": "alerts need 'Authorization: Bearer <secret>' (nbship "
+                         "monitor up --webhook-secret-file .nbship/scheduler/secret)"}
+        if not isinstance(payload, dict) or not isinstance(payload.get("alerts"), list):
+            return 400, {"error": "not an Alertmanager webhook payload (no 'alerts' list)"}
+        takes = {t.name: t for t, _, _ in self.store.schedules() if t.webhook}
+        queued: list[str] = []
+        for alert in payload["alerts"]:
+            labels = alert.get("labels") if isinstance(alert, dict) else None
+            if (not isinstance(labels, dict) or alert.get("status") != "firing"
+                    or labels.get("alertname") not in DRIFT_ALERTS):
+                continue
+            training = takes.get(str(labels.get("model")))
+            if training is not None and self.enqueue(training, {
+                    "kind": "alert", "alert": str(labels["alertname"]),
+                    "labels": {str(k): str(v) for k, v in labels.items()},
+                    "starts_at": str(alert.get("startsAt", "")), "fired_at": _now_iso()}):
+                queued.append(training.name)
+        return 202, {"queued": queued}
+
     def status(self) -> dict[str, Any]:
         return {"schedules": [{**t.spec(), "name": t.name, "next_fire": _now_iso(n) if n else None,
                                "last_data": last} for t, n, last in self.store.schedules()],
@@ -331,7 +358,8 @@ MAX_BODY = 1 << 16
 
 
 def http_server(scheduler: Scheduler, port: int) -> http.server.ThreadingHTTPServer:
-    """127.0.0.1 only: GET /health, GET /status, POST /trigger/NAME (webhook)."""
+    """127.0.0.1 only: GET /health, GET /status, POST /trigger/NAME (webhook), POST /alerts
+    (Alertmanager)."""
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def _reply(self, status: int, doc: Any) -> None:
@@ -352,12 +380,20 @@ def http_server(scheduler: Scheduler, port: int) -> http.server.ThreadingHTTPSer
 
         def do_POST(self) -> None:  # noqa: N802 - http.server's name
             length = self.headers.get("Content-Length") or "0"
+            body = b""
             if length.isdigit() and 0 < int(length) <= MAX_BODY:
-                self.rfile.read(int(length))  # the body (an alert) is not needed
+                body = self.rfile.read(int(length))
             elif length != "0":
                 self.close_connection = True
+            if self.path == "/alerts":
+                try:
+                    payload = json.loads(body) if body else None
+                except ValueError:
+                    payload = None
+                self._reply(*scheduler.alerts(payload, self.headers.get("Authorization", "")))
+                return
             if not self.path.startswith("/trigger/"):
-                self._reply(404, {"error": "POST /trigger/NAME"})
+                self._reply(404, {"error": "POST /trigger/NAME or /alerts"})
                 return
             self._reply(*scheduler.webhook(self.path[len("/trigger/"):].strip("/"),
                                            self.headers.get("Authorization", "")))

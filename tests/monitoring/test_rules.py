@@ -105,3 +105,27 @@ def test_the_rules_pass_promtool_check(tmp_path: Path) -> None:
     done = subprocess.run(["promtool", "check", "rules", "rules.yml"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "5 rules found" in done.stdout, done.stdout + done.stderr
+
+
+@pytest.mark.skipif(shutil.which("amtool") is None,
+                    reason="not installed: amtool (prometheus-alertmanager; make tools)")
+def test_alertmanager_config_checks_with_amtool_with_and_without_the_secret(
+        tmp_path: Path) -> None:
+    from nbship.monitoring.stack import alertmanager_config
+
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret\n")
+    for text in (alertmanager_config("http://127.0.0.1:9095/alerts"),
+                 alertmanager_config("http://127.0.0.1:9096/alerts", secret)):
+        path = tmp_path / "alertmanager.yml"
+        path.write_text(text)
+        done = subprocess.run(["amtool", "check-config", str(path)], capture_output=True,
+                              text=True, timeout=60)
+        assert done.returncode == 0, done.stdout + done.stderr
+    hook = yaml.safe_load(text)["receivers"][0]["webhook_configs"][0]
+    assert hook["http_config"]["authorization"] == {"type": "Bearer",
+                                                    "credentials_file": str(secret)}
+    broken = tmp_path / "broken.yml"
+    broken.write_text(text.replace("Bearer", "Basic"))  # amtool refuses Basic here
+    assert subprocess.run(["amtool", "check-config", str(broken)],
+                          capture_output=True).returncode != 0

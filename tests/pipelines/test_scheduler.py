@@ -130,3 +130,39 @@ def test_cron_new_data_webhook_and_a_sigkill(tmp_path: Path,
     finally:
         assert scheduler.down(root) is True
     assert scheduler.status(root) is None and not (root / "scheduler.json").exists()
+
+
+def test_drift_alerts_reach_the_scheduler_with_the_secret(tmp_path: Path) -> None:
+    from nbship.pipelines.training import Training
+    from tests.conftest import serving
+
+    store = scheduler.Store(tmp_path / "schedules.sqlite")
+    store.put(Training("marker-classifier", tmp_path / "nb.ipynb", webhook=True), time.time())
+    store.put(Training("other", tmp_path / "other.ipynb", cron="0 0 3 * * *"), time.time())
+    sched = scheduler.Scheduler(store, tmp_path, secret="s3cret", echo=lambda line: None)
+    port = free_port()
+    alert = {"status": "firing", "startsAt": "2026-11-30T05:00:00Z",
+             "labels": {"alertname": "NbshipInputDrift", "model": "marker-classifier"}}
+    payload = {"version": "4", "status": "firing", "alerts": [
+        alert, {**alert, "labels": {**alert["labels"], "model": "other"}},  # no webhook
+        {**alert, "labels": {"alertname": "NbshipHighLatencyP99", "model": "x"}}]}
+    with serving(scheduler.http_server(sched, port)):
+        url = f"http://127.0.0.1:{port}/alerts"
+
+        def send(body: Any, token: str | None) -> tuple[int, dict[str, Any]]:
+            req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
+                                         headers={"Authorization": f"Bearer {token}"}
+                                         if token else {})
+            try:
+                with urllib.request.urlopen(req, timeout=10) as reply:
+                    return reply.status, json.loads(reply.read())
+            except urllib.error.HTTPError as exc:
+                return exc.code, json.loads(exc.read())
+
+        assert send(payload, None)[0] == 401 and send(payload, "nope")[0] == 401
+        assert send({"no": "alerts"}, "s3cret")[0] == 400
+        assert send(payload, "s3cret") == (202, {"queued": ["marker-classifier"]})
+        assert send(payload, "s3cret") == (202, {"queued": []})  # one waits already
+    (training, why), = sched.queue
+    assert training.name == "marker-classifier" and why["kind"] == "alert"
+    assert why["alert"] == "NbshipInputDrift" and why["labels"]["model"] == "marker-classifier"
