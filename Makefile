@@ -41,6 +41,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/compile_and_run.py
 	$(BIN)/python benchmarks/notebook_tests.py
 	$(BIN)/python benchmarks/build.py
+	$(BIN)/python benchmarks/serving.py
+	$(BIN)/python benchmarks/scheduler.py
 
 # The programs `nbship build/publish`, `nbship monitor` and their tests use (Debian's
 # packages). Without them those tests are skipped, with the reason shown; .ci/run
