@@ -551,12 +551,27 @@ def _kfp_params(pairs: list[str]) -> dict[str, object]:
     return out
 
 
+def _schedule_of(name: str, args: argparse.Namespace) -> tuple[str, dict[str, object]]:
+    """The cron and parameters of a schedule: --cron and -p, or the pipeline's
+    [tool.nbship.training] table in ./pyproject.toml (one vocabulary for both places)."""
+    from nbship.errors import UnusableInputError
+    from nbship.pipelines.training import check_cron, read_config
+
+    params = _kfp_params(args.param)
+    if args.cron:
+        return check_cron(args.cron, "--cron"), params
+    table = next((t for t in read_config(Path("pyproject.toml")) if t.name == name), None)
+    if table is None or table.cron is None:
+        raise UnusableInputError("nbship kfp schedule needs --cron (6 fields, seconds first): "
+                                 f"./pyproject.toml has no cron for {name}",
+                                 hint='[tool.nbship.training."NOTEBOOK"] cron = "0 0 3 * * *"')
+    return table.cron, {**table.parameters, **params}
+
+
 def _kfp_here(args: argparse.Namespace) -> int:
     """nbship kfp without --host: kfp.local and the local scheduler."""
-    from nbship.errors import UnusableInputError
     from nbship.pipelines import kfp_local
     from nbship.pipelines.kfp_remote import spinnaker
-    from nbship.pipelines.training import check_cron
 
     project = Path.cwd()
     scheduler_root = Path(".nbship/scheduler")
@@ -592,11 +607,8 @@ def _kfp_here(args: argparse.Namespace) -> int:
         print(f"provenance: {result.provenance}")
         props = {"run_id": result.record_dir.name, "run_state": result.status}
     else:
-        if not args.cron:
-            raise UnusableInputError("nbship kfp schedule needs --cron (6 fields, seconds "
-                                     "first)")
-        cron = check_cron(args.cron, "--cron")
-        sched, replaced = kfp_local.schedule(ref, cron, _kfp_params(args.param), project,
+        cron, params = _schedule_of(name, args)
+        sched, replaced = kfp_local.schedule(ref, cron, params, project,
                                              scheduler_root)
         print(f"schedule {sched} ({cron}) with the local scheduler"
               + (", replacing the previous one" if replaced else "")
@@ -608,9 +620,7 @@ def _kfp_here(args: argparse.Namespace) -> int:
 
 
 def cmd_kfp(args: argparse.Namespace) -> int:
-    from nbship.errors import UnusableInputError
     from nbship.pipelines import kfp_remote
-    from nbship.pipelines.training import check_cron
 
     if not args.host:
         return _kfp_here(args)
@@ -657,11 +667,8 @@ def cmd_kfp(args: argparse.Namespace) -> int:
                     print(line)
                 return 1
         else:
-            if not args.cron:
-                raise UnusableInputError("nbship kfp schedule needs --cron (6 fields, "
-                                         "seconds first)")
-            cron = check_cron(args.cron, "--cron")
-            new, replaced = remote.schedule(rel, experiment, cron, _kfp_params(args.param),
+            cron, params = _schedule_of(name, args)
+            new, replaced = remote.schedule(rel, experiment, cron, params,
                                             max_concurrency=args.max_concurrency,
                                             catchup=args.catchup)
             print(f"schedule {new} ({cron})" + (f", replacing {', '.join(replaced)}"

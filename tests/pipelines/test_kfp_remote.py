@@ -112,6 +112,23 @@ def test_upload_run_schedule_status_disable(standin: tuple[StandIn, str], releas
     assert not [r for r in api.requests if r[2] >= 400]
 
 
+def test_the_schedule_comes_from_pyproject_and_the_sa_token_works(
+        standin: tuple[StandIn, str], release: str, tmp_path: Path) -> None:
+    """One vocabulary: without --cron, the repository's [tool.nbship.training] cron and
+    parameters; auth with the service-account token file, as in a pod."""
+    api, host = standin
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    env = {k: v for k, v in os.environ.items() if k != "KFP_TOKEN"}
+    done = subprocess.run([sys.executable, "-m", "nbship", "kfp", "schedule", release,
+                           "--host", host], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env={**env, "KF_PIPELINES_SA_TOKEN_PATH": str(token_file)})
+    assert done.returncode == 0, done.stderr
+    made = api.recurring[props(done.stdout)["recurring_run_id"]]
+    assert made["trigger"]["cron_schedule"]["cron"] == "0 0 3 * * *"  # ROOT's pyproject.toml
+    assert made["runtime_config"]["parameters"] == {"epochs": 2}
+
+
 def test_a_wrong_token_is_a_message(standin: tuple[StandIn, str], release: str) -> None:
     _, host = standin
     done = kfp(host, "upload", release, token="wrong")
