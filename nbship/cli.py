@@ -44,6 +44,8 @@ Examples:
   nbship serve 127.0.0.1:5000/models/marker-classifier:latest
   nbship monitor up               # Prometheus + Alertmanager on 127.0.0.1
   nbship trigger notebooks/marker_classifier.ipynb   # retrain on drift alerts
+  nbship scheduler up             # cron, new data, webhooks from pyproject.toml
+  nbship kfp schedule marker-classifier --host http://localhost:8080
 
 Exit status: 0 success, 1 problems in the notebook or a failed run,
 2 unusable input (not a notebook, bad parameter value).

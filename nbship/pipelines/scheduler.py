@@ -479,7 +479,9 @@ def status(root: Path) -> dict[str, Any] | None:
 
 
 def stored(root: Path) -> dict[str, Any]:
-    """What the store holds, read while no scheduler runs."""
+    """What the store holds, read while no scheduler runs (nothing: no store made)."""
+    if not (root / "schedules.sqlite").exists():
+        return {"schedules": [], "running": None, "queued": [], "runs": []}
     store = Store(root / "schedules.sqlite")
     return {"schedules": [{**t.spec(), "name": t.name,
                            "next_fire": _now_iso(n) if n else None, "last_data": last}
