@@ -56,7 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="nbship",
         description="Take a tagged Jupyter notebook to a Kubeflow Pipelines v2 pipeline, "
-        "test it, and publish it with its images as a traceable release.",
+        "test it, publish it as a traceable release, serve its model, watch it and "
+        "retrain it.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
