@@ -245,6 +245,27 @@ def _parser() -> argparse.ArgumentParser:
     kf.add_argument("--registry", default=None, metavar="HOST[:PORT][/PATH]",
                     help="where NAME is looked up (default: the embedded registry)")
 
+    dp = sub.add_parser("deploy", help="Spinnaker pipelines: validate them offline",
+                        description="Validate Spinnaker pipeline JSON as strictly as Spinnaker "
+                        "would: required fields (front50's name/application with --save), "
+                        "the stage graph (string refIds, requisiteStageRefIds resolving, no "
+                        "cycles), every stage type known with the fields Deck and orca "
+                        "require, triggers (Quartz cron with seconds, docker, webhook, pubsub, "
+                        "pipeline), expected artifact ids, ${...} expressions, and embedded "
+                        "Kubernetes manifests (kubernetes-validate, strict; custom resources "
+                        "against their CRD: $NBSHIP_CRDS, ./crds). Each problem names the "
+                        "file, the JSON path and what was expected.",
+                        epilog="Examples:\n  nbship deploy validate                 "
+                        "# spinnaker/*.json\n  nbship deploy validate my-pipeline.json "
+                        "--save",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    dp.add_argument("action", choices=["validate"])
+    dp.add_argument("files", nargs="*", type=Path, metavar="FILE",
+                    help="pipeline JSON files (default: spinnaker/*.json)")
+    dp.add_argument("--save", action="store_true",
+                    help="as front50 saves it: name and application required")
+    dp.add_argument("--quiet", action="store_true", help="errors only")
+
     sc = sub.add_parser("scheduler", help="continuous training: cron, new data, webhooks",
                         description="Start, stop or show the local training scheduler: one "
                         "process that reads [tool.nbship.training] from pyproject.toml and "
@@ -682,6 +703,28 @@ def cmd_kfp(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from nbship.errors import UnusableInputError
+    from nbship.spinnaker.validate import ERROR, validate_file
+
+    files = args.files or sorted(Path("spinnaker").glob("*.json"))
+    if not files:
+        raise UnusableInputError("no pipeline files: give FILES, or render spinnaker/*.json")
+    errors = warnings = 0
+    for path in files:
+        problems = validate_file(path, save=args.save)
+        for problem in problems:
+            if problem.severity == ERROR:
+                errors += 1
+            else:
+                warnings += 1
+                if args.quiet:
+                    continue
+            print(problem)
+    print(f"{len(files)} file(s): {errors} error(s), {warnings} warning(s)")
+    return 1 if errors else 0
+
+
 def cmd_scheduler(args: argparse.Namespace) -> int:
     from nbship.pipelines import scheduler
 
@@ -961,7 +1004,7 @@ def main(argv: list[str] | None = None) -> int:
     verbs = {"check": cmd_check, "compile": cmd_compile, "run": cmd_run, "test": cmd_test,
              "build": cmd_build, "publish": cmd_publish, "release": cmd_release,
              "model": cmd_model, "scheduler": cmd_scheduler, "serve": cmd_serve,
-             "kfp": cmd_kfp,
+             "kfp": cmd_kfp, "deploy": cmd_deploy,
              "monitor": cmd_monitor, "trigger": cmd_trigger,
              "registry": cmd_registry}
     stopped = _stop_on_sigterm()

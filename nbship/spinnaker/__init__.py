@@ -1,0 +1,1 @@
+"""Spinnaker pipelines as code: offline validation (and, later, rendering and rehearsal)."""
