@@ -245,7 +245,8 @@ def _parser() -> argparse.ArgumentParser:
     kf.add_argument("--registry", default=None, metavar="HOST[:PORT][/PATH]",
                     help="where NAME is looked up (default: the embedded registry)")
 
-    dp = sub.add_parser("deploy", help="Spinnaker pipelines: validate them offline",
+    dp = sub.add_parser("deploy", help="Spinnaker pipelines: render them from a release, "
+                        "validate them offline",
                         description="Validate Spinnaker pipeline JSON as strictly as Spinnaker "
                         "would: required fields (front50's name/application with --save), "
                         "the stage graph (string refIds, requisiteStageRefIds resolving, no "
@@ -255,13 +256,27 @@ def _parser() -> argparse.ArgumentParser:
                         "Kubernetes manifests (kubernetes-validate, strict; custom resources "
                         "against their CRD: $NBSHIP_CRDS, ./crds). Each problem names the "
                         "file, the JSON path and what was expected.",
-                        epilog="Examples:\n  nbship deploy validate                 "
-                        "# spinnaker/*.json\n  nbship deploy validate my-pipeline.json "
-                        "--save",
+                        epilog="Examples:\n"
+                        "  nbship deploy render 127.0.0.1:5000/releases/marker-classifier  "
+                        "# -> spinnaker/\n"
+                        "  nbship deploy render marker-classifier --env prod\n"
+                        "  nbship deploy validate                 # spinnaker/*.json\n"
+                        "  nbship deploy validate my-pipeline.json --save\n\n"
+                        "render reads [tool.nbship.deploy] (application, account, namespace, "
+                        "kfp_host, service_account, docker_account, judgment; "
+                        "[tool.nbship.deploy.<env>] overrides) and [tool.nbship.training] "
+                        "(the schedule).",
                         formatter_class=argparse.RawDescriptionHelpFormatter)
-    dp.add_argument("action", choices=["validate"])
-    dp.add_argument("files", nargs="*", type=Path, metavar="FILE",
-                    help="pipeline JSON files (default: spinnaker/*.json)")
+    dp.add_argument("action", choices=["render", "validate"])
+    dp.add_argument("files", nargs="*", metavar="FILE|RELEASE",
+                    help="validate: pipeline JSON files (default: spinnaker/*.json); render: "
+                    "the release (HOST:PORT/releases/NAME[:TAG], or NAME on the embedded "
+                    "registry)")
+    dp.add_argument("-o", "--output", type=Path, default=Path("spinnaker"),
+                    help="render: where the pipelines go (default: spinnaker/)")
+    dp.add_argument("--env", default=None, help="render: the [tool.nbship.deploy.ENV] "
+                    "variant (e.g. staging, prod)")
+    dp.add_argument("--registry", default=None, metavar="HOST[:PORT][/PATH]")
     dp.add_argument("--save", action="store_true",
                     help="as front50 saves it: name and application required")
     dp.add_argument("--quiet", action="store_true", help="errors only")
@@ -707,7 +722,17 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     from nbship.errors import UnusableInputError
     from nbship.spinnaker.validate import ERROR, validate_file
 
-    files = args.files or sorted(Path("spinnaker").glob("*.json"))
+    if args.action == "render":
+        from nbship.spinnaker.render import render
+
+        if len(args.files) != 1:
+            raise UnusableInputError("nbship deploy render needs one RELEASE")
+        ref = args.files[0] if "/" in args.files[0] else \
+            f"{args.registry or _embedded_registry()}/releases/{args.files[0]}"
+        for path in render(ref, args.output, env=args.env):
+            print(f"wrote {path} (validated)")
+        return 0
+    files = [Path(f) for f in args.files] or sorted(Path("spinnaker").glob("*.json"))
     if not files:
         raise UnusableInputError("no pipeline files: give FILES, or render spinnaker/*.json")
     errors = warnings = 0

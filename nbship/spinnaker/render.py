@@ -1,0 +1,228 @@
+"""``nbship deploy render``: the Spinnaker pipelines a team needs, as code, from a release.
+
+So far the ML pipeline's delivery (stage 4 of the path):
+
+* ``<name>-ml-pipeline-cd.json`` — triggered by a new steps image (docker trigger) or
+  by CI's publish job (webhook ``nbship-publish-<name>``); Run Job stages running
+  ``nbship kfp`` in the steps' image *by digest*: upload the pipeline version, an
+  integration run with the ``ci`` parameters (the Job fails when the run does),
+  a manual judgment, then the schedule (replacing the previous one);
+* ``<name>-ml-pipeline-rollback.json`` — re-points the schedule to a previous release.
+
+Everything comes from the release (release.json: name, commit, images and digests)
+and ``[tool.nbship.deploy]`` (application, account, namespace, the KFP API, the Jobs'
+service account; ``[tool.nbship.deploy.<env>]`` overrides per ``--env``) and
+``[tool.nbship.training]`` (the schedule's cron and parameters). The JSON is
+deterministic (sorted keys, no times) and is validated before it is written.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nbship.errors import UnusableInputError
+
+KFP_TOKEN_PATH = "/var/run/secrets/kubeflow/pipelines/token"  # KFP's projected SA token
+
+
+@dataclass(frozen=True)
+class DeployConfig:
+    application: str
+    account: str = "default"
+    namespace: str = "default"
+    kfp_host: str = "http://ml-pipeline-ui.kubeflow.svc.cluster.local"
+    service_account: str = "nbship"
+    docker_account: str = "docker-registry"
+    judgment: bool = True
+    ci_parameters: dict[str, Any] = field(default_factory=dict)
+    cron: str | None = None  # KFP's 6 fields
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+KEYS = {"application", "account", "namespace", "kfp_host", "service_account",
+        "docker_account", "judgment"}
+
+
+def read_config(pyproject: Path, name: str, env: str | None,
+                notebook: str | None = None) -> DeployConfig:
+    """``[tool.nbship.deploy]`` (+ ``.<env>``), the notebook's ``ci`` parameter set and its
+    training schedule."""
+    doc: dict[str, Any] = {}
+    if pyproject.exists():
+        try:
+            doc = tomllib.loads(pyproject.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise UnusableInputError(f"{pyproject}: {exc}") from None
+    nbship = doc.get("tool", {}).get("nbship", {})
+    table = dict(nbship.get("deploy", {}))
+    envs = {k: v for k, v in table.items() if isinstance(v, dict)}
+    values = {k: v for k, v in table.items() if not isinstance(v, dict)}
+    if env is not None:
+        values.update(envs.get(env, {}))
+    unknown = set(values) - KEYS
+    if unknown:
+        raise UnusableInputError(f"{pyproject} [tool.nbship.deploy]: unknown key(s) "
+                                 f"{', '.join(sorted(unknown))}", hint=", ".join(sorted(KEYS)))
+    for key, value in values.items():
+        if not isinstance(value, bool if key == "judgment" else str) or value == "":
+            raise UnusableInputError(f"{pyproject} [tool.nbship.deploy]: {key} must be "
+                                     + ("true or false" if key == "judgment" else "a string"))
+    from nbship.pipelines.training import read_config as training
+
+    sets = nbship.get("parameter_sets", {}) or {}
+    ci = dict(sets.get("ci", {})) if isinstance(sets, dict) else {}
+    table = (nbship.get("notebooks") or {}).get(notebook or "", {})
+    if isinstance(table, dict):
+        ci.update((table.get("parameter_sets") or {}).get("ci", {}))
+    schedule = next((t for t in training(pyproject) if t.name == name), None)
+    return DeployConfig(application=str(values.pop("application", name)),
+                        ci_parameters=ci, cron=schedule.cron if schedule else None,
+                        parameters=dict(schedule.parameters) if schedule else {},
+                        **values)
+
+
+def _job(name: str, image: str, args: list[str], cfg: DeployConfig) -> dict[str, Any]:
+    """A batch/v1 Job running nbship in the steps' image, with KFP's SA token mounted."""
+    return {
+        "apiVersion": "batch/v1", "kind": "Job",
+        "metadata": {"generateName": f"{name}-", "namespace": cfg.namespace,
+                     "labels": {"app.kubernetes.io/managed-by": "nbship"}},
+        "spec": {"backoffLimit": 0, "template": {"spec": {
+            "restartPolicy": "Never", "serviceAccountName": cfg.service_account,
+            "containers": [{"name": "nbship", "image": image,
+                            "command": ["python", "-m", "nbship", *args],
+                            "env": [{"name": "KF_PIPELINES_SA_TOKEN_PATH",
+                                     "value": KFP_TOKEN_PATH}],
+                            "volumeMounts": [{"name": "kfp-token", "readOnly": True,
+                                              "mountPath": str(Path(KFP_TOKEN_PATH).parent)}]}],
+            "volumes": [{"name": "kfp-token", "projected": {"sources": [
+                {"serviceAccountToken": {"path": "token", "audience": "pipelines.kubeflow.org",
+                                         "expirationSeconds": 7200}}]}}],
+        }}},
+    }
+
+
+def _run_job(ref: str, requisites: list[str], title: str, job: dict[str, Any],
+             cfg: DeployConfig) -> dict[str, Any]:
+    return {"refId": ref, "requisiteStageRefIds": requisites, "type": "runJobManifest",
+            "alias": "runJob", "name": title, "account": cfg.account, "credentials": cfg.account,
+            "cloudProvider": "kubernetes", "source": "text", "manifest": job,
+            "propertyFile": "nbship", "consumeArtifactSource": "propertyFile"}
+
+
+def _params(values: dict[str, Any]) -> list[str]:
+    out: list[str] = []
+    for k, v in sorted(values.items()):
+        out += ["-p", f"{k}={json.dumps(v)}"]
+    return out
+
+
+def ml_pipeline_cd(record: dict[str, Any], release_ref: str, cfg: DeployConfig
+                   ) -> dict[str, Any]:
+    name = str(record["name"])
+    steps = str(record["images"]["nbship-steps"]["reference"])
+    repository = steps.split("@")[0]
+    host, _, repo_path = repository.partition("/")
+    kfp = ["--host", cfg.kfp_host]
+    upload = _job(f"{name}-upload", steps, ["kfp", "upload", "${parameters.release}", *kfp],
+                  cfg)
+    run = _job(f"{name}-ci-run", steps, ["kfp", "run", "${parameters.release}",
+                                         "--experiment", f"{name}-ci",
+                                         *_params(cfg.ci_parameters), *kfp], cfg)
+    if cfg.cron is None:
+        raise UnusableInputError(f"no schedule for {name}: the ML pipeline's delivery "
+                                 "schedules it", hint='[tool.nbship.training."NOTEBOOK"] '
+                                 'cron = "0 0 3 * * *"')
+    schedule = _job(f"{name}-schedule", steps, ["kfp", "schedule", "${parameters.release}",
+                                                "--cron", cfg.cron, *_params(cfg.parameters),
+                                                *kfp], cfg)
+    stages = [_run_job("1", [], "Upload the pipeline version", upload, cfg),
+              _run_job("2", ["1"], "Integration run (ci parameters)", run, cfg)]
+    last = "2"
+    if cfg.judgment:
+        stages.append({"refId": "3", "requisiteStageRefIds": ["2"], "type": "manualJudgment",
+                       "name": "Schedule in production?", "judgmentInputs": [],
+                       "instructions": f"The integration run of {name} passed. Schedule the "
+                       f"release (cron {cfg.cron}) in production?", "failPipeline": True})
+        last = "3"
+    stages.append(_run_job("4", [last], "Schedule (replaces the previous schedule)",
+                           schedule, cfg))
+    return {
+        "application": cfg.application,
+        "name": f"{name}-ml-pipeline-cd",
+        "description": f"Delivers the KFP pipeline of {record['notebook']['path']} "
+                       f"(rendered by nbship from release {release_ref}, commit "
+                       f"{record['commit']}).",
+        "keepWaitingPipelines": False, "limitConcurrent": True,
+        "parameterConfig": [{"name": "release", "required": True, "default": release_ref,
+                             "description": "the nbship release (by digest) to deliver"}],
+        "expectedArtifacts": [{"id": f"{name}-steps-image", "displayName": "steps image",
+                               "useDefaultArtifact": True,
+                               "defaultArtifact": {"type": "docker/image", "name": repository,
+                                                   "reference": steps},
+                               "matchArtifact": {"type": "docker/image", "name": repository}}],
+        "triggers": [
+            {"type": "docker", "enabled": True, "account": cfg.docker_account,
+             "registry": host, "repository": repo_path,
+             "expectedArtifactIds": [f"{name}-steps-image"]},
+            {"type": "webhook", "enabled": True, "source": f"nbship-publish-{name}"},
+        ],
+        "stages": stages,
+    }
+
+
+def ml_pipeline_rollback(record: dict[str, Any], cfg: DeployConfig) -> dict[str, Any]:
+    name = str(record["name"])
+    steps = str(record["images"]["nbship-steps"]["reference"])
+    job = _job(f"{name}-rollback", steps, ["kfp", "schedule", "${parameters.previous_release}",
+                                          "--cron", str(cfg.cron), *_params(cfg.parameters),
+                                          "--host", cfg.kfp_host], cfg)
+    return {
+        "application": cfg.application, "name": f"{name}-ml-pipeline-rollback",
+        "description": f"Re-points the schedule of {name} to a previous release "
+                       "(rendered by nbship).",
+        "keepWaitingPipelines": False, "limitConcurrent": True,
+        "parameterConfig": [{"name": "previous_release", "required": True,
+                             "description": "the release (by digest) to go back to"}],
+        "triggers": [],
+        "stages": [_run_job("1", [], "Schedule the previous release", job, cfg)],
+    }
+
+
+def render(reference: str, out: Path, *, pyproject: Path = Path("pyproject.toml"),
+           env: str | None = None) -> list[Path]:
+    """Write the pipelines into ``out`` (validated first); the files written."""
+    from nbship.files import write_atomic
+    from nbship.release import oci
+    from nbship.release.publish import show
+    from nbship.spinnaker.validate import ERROR, validate_pipeline
+
+    record, digest, _ = show(reference)
+    ref = oci.Reference.parse(reference)
+    release_ref = f"{ref.registry}/{ref.repository}@{digest}"
+    if "nbship-steps" not in record.get("images", {}):
+        raise UnusableInputError(f"{reference} has no steps image to run nbship kfp in")
+    cfg = read_config(pyproject, str(record["name"]), env, str(record["notebook"]["path"]))
+    suffix = f"-{env}" if env else ""
+    docs = {f"{record['name']}-ml-pipeline-cd{suffix}.json": ml_pipeline_cd(record, release_ref,
+                                                                            cfg),
+            f"{record['name']}-ml-pipeline-rollback{suffix}.json":
+                ml_pipeline_rollback(record, cfg)}
+    for file, doc in docs.items():
+        if env:
+            doc["name"] = f"{doc['name']}-{env}"
+        problems = [p for p in validate_pipeline(doc, file, save=True) if p.severity == ERROR]
+        if problems:
+            raise UnusableInputError("the rendered pipeline does not validate:\n  "
+                                     + "\n  ".join(str(p) for p in problems),
+                                     hint="this is a bug in nbship: please report it")
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for file, doc in docs.items():
+        write_atomic(out / file, json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        written.append(out / file)
+    return written

@@ -1,0 +1,108 @@
+"""`nbship deploy render`: the ML pipeline's delivery from a release, every image and
+digest the release's, validated, deterministic."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nbship.files import sha256_file
+from nbship.release.publish import RELEASE_MEDIA_TYPE
+from nbship.spinnaker.render import render
+from nbship.spinnaker.validate import validate_file
+from tests.conftest import ROOT
+
+STEPS = "127.0.0.1:5000/nbship-steps@sha256:" + "5" * 64
+
+
+@pytest.fixture(scope="module")
+def release(local_registry: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    import oras.client
+
+    tmp = tmp_path_factory.mktemp("release")
+    (tmp / "pipeline.yaml").write_text("# the pipeline\n")
+    record = {"schema": "nbship.release/v1", "name": "marker-classifier",
+              "commit": "0123456789abcdef0123456789abcdef01234567",
+              "notebook": {"path": "notebooks/marker_classifier.ipynb", "sha256": "b" * 64},
+              "pipeline": {"file": "pipeline.yaml", "sha256": sha256_file(tmp / "pipeline.yaml")},
+              "images": {"nbship-steps": {"reference": STEPS, "digest": STEPS.split("@")[1]}},
+              "manifests": [], "steps": {}}
+    (tmp / "release.json").write_text(json.dumps(record))
+    ref = f"{local_registry}/releases/marker-classifier:latest"
+    client = oras.client.OrasClient(hostname=local_registry, insecure=True)
+    cwd = os.getcwd()
+    os.chdir(tmp)
+    try:
+        client.push(target=ref, files=[f"release.json:{RELEASE_MEDIA_TYPE}",
+                                       "pipeline.yaml:application/x-yaml"],
+                    manifest_config=f"release.json:{RELEASE_MEDIA_TYPE}", quiet=True)
+    finally:
+        os.chdir(cwd)
+    return ref
+
+
+def jobs(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    return [s["manifest"] for s in doc["stages"] if s["type"] == "runJobManifest"]
+
+
+def test_the_ml_pipeline_cd_from_the_release(release: str, tmp_path: Path) -> None:
+    from nbship.release import oci
+    from nbship.release.publish import show
+
+    written = render(release, tmp_path / "spinnaker", pyproject=ROOT / "pyproject.toml")
+    assert [p.name for p in written] == ["marker-classifier-ml-pipeline-cd.json",
+                                         "marker-classifier-ml-pipeline-rollback.json"]
+    for path in written:
+        assert [str(p) for p in validate_file(path, save=True)] == []
+    cd = json.loads(written[0].read_text())
+    _, digest, _ = show(release)
+    ref = oci.Reference.parse(release)
+    assert cd["parameterConfig"][0]["default"] == f"{ref.registry}/{ref.repository}@{digest}"
+    images = {c["image"] for j in jobs(cd) for c in j["spec"]["template"]["spec"]["containers"]}
+    assert images == {STEPS}  # the release's image, by digest
+    assert cd["expectedArtifacts"][0]["defaultArtifact"]["reference"] == STEPS
+    commands = [j["spec"]["template"]["spec"]["containers"][0]["command"] for j in jobs(cd)]
+    assert [c[3:5] for c in commands] == [["kfp", "upload"], ["kfp", "run"],
+                                         ["kfp", "schedule"]]
+    assert "epochs=2" in commands[1]  # the notebook's ci parameter set
+    assert commands[2][commands[2].index("--cron") + 1] == "0 0 3 * * *"  # [tool.nbship.training]
+    assert [s["type"] for s in cd["stages"]] == ["runJobManifest", "runJobManifest",
+                                                "manualJudgment", "runJobManifest"]
+    assert {t["type"] for t in cd["triggers"]} == {"docker", "webhook"}
+    assert cd["triggers"][0]["repository"] == "nbship-steps"
+    again = render(release, tmp_path / "again", pyproject=ROOT / "pyproject.toml")
+    assert [p.read_bytes() for p in again] == [p.read_bytes() for p in written]
+
+
+def test_env_variants_and_config_mistakes(release: str, tmp_path: Path) -> None:
+    from nbship.errors import UnusableInputError
+
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "notebooks" / "marker_classifier.ipynb").write_bytes(
+        (ROOT / "notebooks" / "marker_classifier.ipynb").read_bytes())
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text('[tool.nbship.deploy]\napplication = "markers"\naccount = "staging-k8s"\n'
+                         'judgment = false\n[tool.nbship.deploy.prod]\naccount = "prod-k8s"\n'
+                         'judgment = true\n'
+                         '[tool.nbship.training."notebooks/marker_classifier.ipynb"]\n'
+                         'cron = "0 30 2 * * *"\n')
+    staging = json.loads(render(release, tmp_path / "s", pyproject=pyproject,
+                                env="staging")[0].read_text())
+    prod = json.loads(render(release, tmp_path / "p", pyproject=pyproject,
+                             env="prod")[0].read_text())
+    assert staging["application"] == prod["application"] == "markers"
+    assert staging["name"].endswith("-staging") and prod["name"].endswith("-prod")
+    assert {s["account"] for s in staging["stages"] if "account" in s} == {"staging-k8s"}
+    assert {s["account"] for s in prod["stages"] if "account" in s} == {"prod-k8s"}
+    assert "manualJudgment" not in [s["type"] for s in staging["stages"]]
+    assert "manualJudgment" in [s["type"] for s in prod["stages"]]
+    pyproject.write_text('[tool.nbship.deploy]\naccont = "x"\n')
+    with pytest.raises(UnusableInputError, match="unknown key"):
+        render(release, tmp_path / "x", pyproject=pyproject)
+    pyproject.write_text("[tool.nbship.deploy]\n")
+    with pytest.raises(UnusableInputError, match="no schedule"):
+        render(release, tmp_path / "x", pyproject=pyproject)
