@@ -61,6 +61,40 @@ def run_showcase(folder: Path, epochs: int = 1) -> Path:
     return result.record_dir
 
 
+def wait_for(what: str, check: Any, timeout: float = 120) -> Any:
+    """``check()``'s first truthy answer, asked every half second; fails after ``timeout``."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def push_release(registry: str, folder: Path, record: dict[str, Any],
+                 pipeline: bytes) -> str:
+    """A release as `nbship publish` lays it out (release.json as config and layer, the
+    pipeline), pushed without images (the image tests publish real ones): its reference."""
+    import json
+
+    from nbship.files import sha256_file
+    from nbship.release import oci
+    from nbship.release.publish import PIPELINE_MEDIA_TYPE, RELEASE_MEDIA_TYPE
+
+    (folder / "pipeline.yaml").write_bytes(pipeline)
+    record = {**record, "pipeline": {"file": "pipeline.yaml",
+                                     "sha256": sha256_file(folder / "pipeline.yaml")}}
+    (folder / "release.json").write_text(json.dumps(record))
+    ref = f"{registry}/releases/{record['name']}:latest"
+    oci.push_files(oci.Reference.parse(ref), folder,
+                   [("release.json", RELEASE_MEDIA_TYPE), ("pipeline.yaml", PIPELINE_MEDIA_TYPE)],
+                   ("release.json", RELEASE_MEDIA_TYPE), "the release", "")
+    return ref
+
+
 @contextlib.contextmanager
 def serving(server: Any) -> Iterator[Any]:
     """An http.server answering from a thread of its own for the block, then shut down."""

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from nbship.errors import NbshipError, SchedulerError
+from nbship.jsonhttp import JSONHandler
 from nbship.pipelines.training import Training, data_digest, fingerprint, next_fire, snapshot
 
 DEFAULT_PORT = 9096
@@ -361,22 +362,14 @@ def http_server(scheduler: Scheduler, port: int) -> http.server.ThreadingHTTPSer
     """127.0.0.1 only: GET /health, GET /status, POST /trigger/NAME (webhook), POST /alerts
     (Alertmanager)."""
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def _reply(self, status: int, doc: Any) -> None:
-            body = json.dumps(doc).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
+    class Handler(JSONHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
             if self.path == "/health":
-                self._reply(200, {"ok": True})
+                self.reply(200, {"ok": True})
             elif self.path == "/status":
-                self._reply(200, scheduler.status())
+                self.reply(200, scheduler.status())
             else:
-                self._reply(404, {"error": "GET /health or /status; POST /trigger/NAME"})
+                self.reply(404, {"error": "GET /health or /status; POST /trigger/NAME"})
 
         def do_POST(self) -> None:  # noqa: N802 - http.server's name
             length = self.headers.get("Content-Length") or "0"
@@ -390,16 +383,13 @@ def http_server(scheduler: Scheduler, port: int) -> http.server.ThreadingHTTPSer
                     payload = json.loads(body) if body else None
                 except ValueError:
                     payload = None
-                self._reply(*scheduler.alerts(payload, self.headers.get("Authorization", "")))
+                self.reply(*scheduler.alerts(payload, self.headers.get("Authorization", "")))
                 return
             if not self.path.startswith("/trigger/"):
-                self._reply(404, {"error": "POST /trigger/NAME or /alerts"})
+                self.reply(404, {"error": "POST /trigger/NAME or /alerts"})
                 return
-            self._reply(*scheduler.webhook(self.path[len("/trigger/"):].strip("/"),
+            self.reply(*scheduler.webhook(self.path[len("/trigger/"):].strip("/"),
                                            self.headers.get("Authorization", "")))
-
-        def log_message(self, *args: object) -> None:
-            pass
 
     return http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
 

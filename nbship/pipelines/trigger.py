@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nbship.jsonhttp import JSONHandler
+
 DEFAULT_PORT = 9095
 DRIFT_ALERTS = frozenset({"NbshipInputDrift", "NbshipPredictionDrift"})
 MAX_BODY = 1 << 20
@@ -124,18 +126,10 @@ def server(trigger: Trigger, host: str = "127.0.0.1",
            port: int = DEFAULT_PORT) -> http.server.ThreadingHTTPServer:
     """An HTTP server for Alertmanager's webhook (``POST /alerts``) and ``GET /runs``."""
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def _reply(self, status: int, doc: Any) -> None:
-            body = json.dumps(doc).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
+    class Handler(JSONHandler):
         def do_POST(self) -> None:  # noqa: N802 - http.server's name
             if self.path.rstrip("/") != "/alerts":
-                self._reply(404, {"error": "POST alerts to /alerts"})
+                self.reply(404, {"error": "POST alerts to /alerts"})
                 return
             try:
                 length = int(self.headers.get("Content-Length") or 0)
@@ -148,24 +142,21 @@ def server(trigger: Trigger, host: str = "127.0.0.1",
                     if not chunk:
                         break
                     left -= len(chunk)
-                self._reply(413 if length > MAX_BODY else 400,
+                self.reply(413 if length > MAX_BODY else 400,
                             {"error": f"a JSON body of at most {MAX_BODY} bytes is expected"})
                 self.close_connection = True
                 return
             try:
                 payload = json.loads(self.rfile.read(length))
             except (ValueError, RecursionError):
-                self._reply(400, {"error": "the body is not JSON"})
+                self.reply(400, {"error": "the body is not JSON"})
                 return
-            self._reply(*trigger.handle(payload))
+            self.reply(*trigger.handle(payload))
 
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
             if self.path.rstrip("/") == "/runs":
-                self._reply(200, {"runs": trigger.runs})
+                self.reply(200, {"runs": trigger.runs})
             else:
-                self._reply(404, {"error": "GET /runs, or POST /alerts"})
-
-        def log_message(self, *args: object) -> None:
-            pass
+                self.reply(404, {"error": "GET /runs, or POST /alerts"})
 
     return http.server.ThreadingHTTPServer((host, port), Handler)

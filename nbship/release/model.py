@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from nbship import __version__, signing
-from nbship.errors import ReleaseError, ServeError, ToolMissingError
+from nbship.errors import ReleaseError, ServeError
 from nbship.files import sha256_file, write_atomic
 from nbship.release import oci
 
@@ -184,11 +184,6 @@ def build_record(run_dir: Path, stage: Path, registry: str) -> dict[str, Any]:
 
 def push(run_dir: Path, registry: str, echo: Callable[[str], None] = print) -> PushedModel:
     """Push the run's model as ``models/NAME:run-<id>``, then move ``latest`` to it."""
-    try:
-        import oras.client
-    except ImportError:
-        raise ToolMissingError("pushing a model needs the oras package, which is not "
-                               "installed here", hint="make venv installs it") from None
     stage = Path(tempfile.mkdtemp(prefix="nbship-model-"))
     try:
         record = build_record(run_dir, stage, registry)
@@ -199,21 +194,8 @@ def push(run_dir: Path, registry: str, echo: Callable[[str], None] = print) -> P
             files.append((PROFILE_FILE, PROFILE_MEDIA_TYPE))
         files += [(v["file"], VALUE_MEDIA_TYPE) for v in record["serve"]["values"].values()]
         echo(f"  pushing {target} ({', '.join(f for f, _ in files)})")
-        client = oras.client.OrasClient(hostname=repo.registry,
-                                        insecure=oci.insecure(repo.registry))
-        creds = oci.credentials()
-        if creds:
-            client.auth.set_basic_auth(*creds)
-        cwd = os.getcwd()
-        try:
-            os.chdir(stage)  # oras names each layer by its path: keep them bare
-            client.push(target=str(target), files=[f"{f}:{media}" for f, media in files],
-                        manifest_config=f"{RECORD}:{MODEL_MEDIA_TYPE}", quiet=True)
-        except Exception as exc:  # requests' and oras' errors: nothing was tagged
-            raise ReleaseError(f"pushing the model {target} failed: {exc}",
-                               hint="latest did not move; push again") from None
-        finally:
-            os.chdir(cwd)
+        oci.push_files(target, stage, files, (RECORD, MODEL_MEDIA_TYPE), "the model",
+                       "latest did not move; push again")
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     body, digest, media = oci.get_manifest(target)

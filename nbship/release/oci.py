@@ -184,3 +184,30 @@ def tags(ref: Reference) -> list[str]:
     except ReleaseError:
         return []
     return sorted(json.loads(body).get("tags") or [])
+
+
+def push_files(target: Reference, folder: Any, files: list[tuple[str, str]],
+               config: tuple[str, str], what: str, hint: str) -> None:
+    """Push ``files`` (names in ``folder``, media types) as one artifact with ``config`` as
+    its config blob, with oras-py; ReleaseError naming ``what`` when it fails."""
+    try:
+        import oras.client
+    except ImportError:
+        from nbship.errors import ToolMissingError
+
+        raise ToolMissingError("pushing needs the oras package, which is not installed here",
+                               hint="make venv installs it (requirements.txt)") from None
+    client = oras.client.OrasClient(hostname=target.registry,
+                                    insecure=insecure(target.registry))
+    creds = credentials()
+    if creds:
+        client.auth.set_basic_auth(*creds)
+    cwd = os.getcwd()
+    try:
+        os.chdir(folder)  # oras names each layer by its path: keep them bare
+        client.push(target=str(target), files=[f"{name}:{media}" for name, media in files],
+                    manifest_config=f"{config[0]}:{config[1]}", quiet=True)
+    except Exception as exc:  # requests' and oras' errors: nothing was tagged
+        raise ReleaseError(f"pushing {what} {target} failed: {exc}", hint=hint) from None
+    finally:
+        os.chdir(cwd)

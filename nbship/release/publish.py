@@ -211,12 +211,12 @@ def publish(graph: StepGraph, images: list[BuiltImage], *, registry: str, builde
             out: Path, run_provenance: Path | None = None, allow_dirty: bool = False,
             compression: str = "zstd", echo: Callable[[str], None] = print) -> Published:
     """Push everything, then move the release tag. See the module's docstring."""
-    try:
-        import oras.client
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("oras") is None:  # before any image is pushed
         raise ToolMissingError("publishing needs the oras package (pip install oras), which "
-                               "is not installed here", hint="make venv installs it "
-                               "(requirements.txt)") from None
+                               "is not installed", hint="make venv installs it "
+                               "(requirements.txt)")
 
     from nbship.pipelines.compile import compile_graph
 
@@ -276,21 +276,9 @@ def publish(graph: StepGraph, images: list[BuiltImage], *, registry: str, builde
 
         target = repo.with_tag(f"commit-{commit}")
         echo(f"  pushing the release {target} ({', '.join(f.name for f, _ in files)})")
-        client = oras.client.OrasClient(hostname=repo.registry,
-                                        insecure=oci.insecure(repo.registry))
-        creds = oci.credentials()
-        if creds:
-            client.auth.set_basic_auth(*creds)
-        cwd = os.getcwd()
-        try:
-            os.chdir(stage)  # oras names each file by its path: keep them bare
-            client.push(target=str(target), files=[f"{f.name}:{media}" for f, media in files],
-                        manifest_config=f"{release_file.name}:{RELEASE_MEDIA_TYPE}", quiet=True)
-        except Exception as exc:  # requests' and oras' errors: the release was not pushed
-            raise ReleaseError(f"pushing the release {target} failed: {exc}",
-                               hint="the release tag did not move; publish again") from None
-        finally:
-            os.chdir(cwd)
+        oci.push_files(target, stage, [(f.name, media) for f, media in files],
+                       (release_file.name, RELEASE_MEDIA_TYPE), "the release",
+                       "the release tag did not move; publish again")
         body, digest, media = oci.get_manifest(target)
         _pause()
 

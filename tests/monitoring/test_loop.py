@@ -12,7 +12,6 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -25,22 +24,12 @@ from nbship.pipelines.compile import compile_graph
 from nbship.pipelines.local import run_compiled
 from nbship.pipelines.trigger import Trigger, server
 from nbship.release import oci
-from tests.conftest import ROOT, SHOWCASE, serving
+from tests.conftest import ROOT, SHOWCASE, serving, wait_for
 from tests.release.conftest import free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     shutil.which("prometheus") is None or shutil.which("prometheus-alertmanager") is None,
     reason="not installed: prometheus, prometheus-alertmanager (make tools; .ci/run does)")]
-
-
-def wait_for(what: str, check: Any, timeout: float = 120) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def predict(base: str, images: np.ndarray) -> None:

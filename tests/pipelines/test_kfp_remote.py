@@ -15,11 +15,9 @@ from typing import Any
 import pytest
 
 from nbship.extract.graph import build_graph
-from nbship.files import sha256_file
 from nbship.notebook import read_notebook
 from nbship.pipelines.compile import compile_graph
-from nbship.release.publish import RELEASE_MEDIA_TYPE
-from tests.conftest import ROOT, SHOWCASE, serving
+from tests.conftest import ROOT, SHOWCASE, push_release, serving
 from tests.pipelines.kfp_standin import Invalid, StandIn, check
 from tests.release.conftest import free_port
 
@@ -30,30 +28,15 @@ TOKEN = "t0ken"
 def release(local_registry: str, tmp_path_factory: pytest.TempPathFactory) -> str:
     """A release in the registry as `nbship publish` lays it out (release.json as config and
     layer, pipeline.yaml), made without images (the image tests publish real ones)."""
-    import oras.client
-
     tmp = tmp_path_factory.mktemp("release")
     compiled = compile_graph(build_graph(read_notebook(SHOWCASE)), tmp / "build",
                              base_image="127.0.0.1:5000/nbship-steps@sha256:" + "a" * 64)
-    (tmp / "pipeline.yaml").write_bytes(compiled.yaml.read_bytes())
     record = {"schema": "nbship.release/v1", "name": "marker-classifier",
               "commit": "0123456789abcdef0123456789abcdef01234567",
               "notebook": {"path": "notebooks/marker_classifier.ipynb",
                            "sha256": read_notebook(SHOWCASE).sha256},
-              "pipeline": {"file": "pipeline.yaml", "sha256": sha256_file(tmp / "pipeline.yaml")},
               "images": {}, "manifests": [], "steps": {}}
-    (tmp / "release.json").write_text(json.dumps(record))
-    ref = f"{local_registry}/releases/marker-classifier:latest"
-    client = oras.client.OrasClient(hostname=local_registry, insecure=True)
-    cwd = os.getcwd()
-    os.chdir(tmp)
-    try:
-        client.push(target=ref, files=[f"release.json:{RELEASE_MEDIA_TYPE}",
-                                       "pipeline.yaml:application/vnd.nbship.kfp-pipeline.v2+yaml"],
-                    manifest_config=f"release.json:{RELEASE_MEDIA_TYPE}", quiet=True)
-    finally:
-        os.chdir(cwd)
-    return ref
+    return push_release(local_registry, tmp, record, compiled.yaml.read_bytes())
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ import pytest
 
 from nbship.pipelines import scheduler
 from nbship.pipelines.training import data_digest
-from tests.conftest import ROOT, SHOWCASE
+from tests.conftest import ROOT, SHOWCASE, wait_for
 from tests.release.conftest import free_port
 
 pytestmark = pytest.mark.slow
@@ -31,16 +31,6 @@ def batches() -> Any:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def wait_for(what: str, check: Any, timeout: float = 120) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def runs(root: Path, status: str | None = None, kind: str | None = None) -> list[dict[str, Any]]:

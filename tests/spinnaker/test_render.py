@@ -4,45 +4,27 @@ digest the release's, validated, deterministic."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from nbship.files import sha256_file
-from nbship.release.publish import RELEASE_MEDIA_TYPE
 from nbship.spinnaker.render import render
 from nbship.spinnaker.validate import validate_file
-from tests.conftest import ROOT
+from tests.conftest import ROOT, push_release
 
 STEPS = "127.0.0.1:5000/nbship-steps@sha256:" + "5" * 64
 
 
 @pytest.fixture(scope="module")
 def release(local_registry: str, tmp_path_factory: pytest.TempPathFactory) -> str:
-    import oras.client
-
-    tmp = tmp_path_factory.mktemp("release")
-    (tmp / "pipeline.yaml").write_text("# the pipeline\n")
     record = {"schema": "nbship.release/v1", "name": "marker-classifier",
               "commit": "0123456789abcdef0123456789abcdef01234567",
               "notebook": {"path": "notebooks/marker_classifier.ipynb", "sha256": "b" * 64},
-              "pipeline": {"file": "pipeline.yaml", "sha256": sha256_file(tmp / "pipeline.yaml")},
               "images": {"nbship-steps": {"reference": STEPS, "digest": STEPS.split("@")[1]}},
               "manifests": [], "steps": {}}
-    (tmp / "release.json").write_text(json.dumps(record))
-    ref = f"{local_registry}/releases/marker-classifier:latest"
-    client = oras.client.OrasClient(hostname=local_registry, insecure=True)
-    cwd = os.getcwd()
-    os.chdir(tmp)
-    try:
-        client.push(target=ref, files=[f"release.json:{RELEASE_MEDIA_TYPE}",
-                                       "pipeline.yaml:application/x-yaml"],
-                    manifest_config=f"release.json:{RELEASE_MEDIA_TYPE}", quiet=True)
-    finally:
-        os.chdir(cwd)
-    return ref
+    return push_release(local_registry, tmp_path_factory.mktemp("release"), record,
+                        b"# the pipeline\n")
 
 
 def jobs(doc: dict[str, Any]) -> list[dict[str, Any]]:
