@@ -889,6 +889,8 @@ def _run_dir(what: str | None, root: Path) -> Path:
 
     if what is None:
         names = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+        if not names:
+            raise ServeError(f"no runs in {root}", hint="nbship run NOTEBOOK first")
         if len(names) != 1:
             raise ServeError(f"{root} holds runs of {len(names)} pipelines "
                              f"({', '.join(names) or 'none'}): name one",

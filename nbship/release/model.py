@@ -310,7 +310,7 @@ def load_model(reference: str) -> Any:
     try:
         folder, record, digest = pull(reference)
     except ReleaseError as exc:
-        raise ServeError(str(exc), hint=exc.hint) from None
+        raise ServeError(exc.message, hint=exc.hint) from None
     if not signing.signed(record):
         raise ServeError(f"{reference} was not pushed with this machine's key: its serving "
                          "code and values are not run",
