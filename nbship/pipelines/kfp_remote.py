@@ -84,7 +84,7 @@ def pull_release(reference: str, folder: Path) -> Release:
         path = folder / "pipeline.yaml"
         path.write_bytes(oci.get_blob(ref, layer["digest"]))
     except ReleaseError as exc:
-        raise KfpError(str(exc), hint=exc.hint) from None
+        raise KfpError(exc.message, hint=exc.hint) from None
     if sha256_file(path) != record["pipeline"]["sha256"]:
         raise KfpError(f"{reference}: pipeline.yaml does not match the sha256 in release.json")
     return Release(str(record["name"]), str(record["commit"]), digest,
