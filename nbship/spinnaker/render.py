@@ -1,13 +1,17 @@
 """``nbship deploy render``: the Spinnaker pipelines a team needs, as code, from a release.
 
-So far the ML pipeline's delivery (stage 4 of the path):
+So far the ML pipeline's delivery (stage 4 of the path) and continuous training (5):
 
 * ``<name>-ml-pipeline-cd.json`` — triggered by a new steps image (docker trigger) or
   by CI's publish job (webhook ``nbship-publish-<name>``); Run Job stages running
   ``nbship kfp`` in the steps' image *by digest*: upload the pipeline version, an
   integration run with the ``ci`` parameters (the Job fails when the run does),
   a manual judgment, then the schedule (replacing the previous one);
-* ``<name>-ml-pipeline-rollback.json`` — re-points the schedule to a previous release.
+* ``<name>-ml-pipeline-rollback.json`` — re-points the schedule to a previous release;
+* ``<name>-continuous-training.json`` — ``[tool.nbship.training]``'s triggers as
+  Spinnaker's: the cron (KFP's 6 fields as Quartz), webhooks for new data
+  (``nbship-new-data-<name>``) and for the drift alert (``nbship-drift-<name>``), each
+  starting a run of the release (the Job fails when the notebook's gate does).
 
 Everything comes from the release (release.json: name, commit, images and digests)
 and ``[tool.nbship.deploy]`` (application, account, namespace, the KFP API, the Jobs'
@@ -19,6 +23,7 @@ deterministic (sorted keys, no times) and is validated before it is written.
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -193,6 +198,52 @@ def ml_pipeline_rollback(record: dict[str, Any], cfg: DeployConfig) -> dict[str,
     }
 
 
+def quartz_from_kfp(expr: str) -> str:
+    """KFP's 6-field cron (robfig: day-of-week 0-6 from Sunday) as Spinnaker's Quartz cron
+    (day-of-week 1-7 from Sunday, and '?' in day-of-month or day-of-week)."""
+    second, minute, hour, dom, month, dow = expr.split()
+
+    def shift(field: str) -> str:  # 0-6 -> 1-7, in lists, ranges and steps' starts
+        return re.sub(r"(?<![/#\w])(\d)(?!\w)", lambda m: str(int(m[1]) % 7 + 1), field)
+
+    if dow == "*":
+        dow = "?"
+    elif dom == "*":
+        dom, dow = "?", shift(dow)
+    else:
+        raise UnusableInputError(f"cron {expr!r} sets both day-of-month and day-of-week, "
+                                 "which Quartz (Spinnaker's cron) cannot say")
+    return " ".join([second, minute, hour, dom, month, dow])
+
+
+def continuous_training(record: dict[str, Any], release_ref: str, cfg: DeployConfig
+                        ) -> dict[str, Any]:
+    """The training triggers as Spinnaker triggers, each starting a run of the release."""
+    name = str(record["name"])
+    steps = str(record["images"]["nbship-steps"]["reference"])
+    triggers: list[dict[str, Any]] = [
+        {"type": "webhook", "enabled": True, "source": f"nbship-new-data-{name}"},
+        {"type": "webhook", "enabled": True, "source": f"nbship-drift-{name}"},
+    ]
+    if cfg.cron:
+        triggers.insert(0, {"type": "cron", "enabled": True, "id": f"{name}-nightly",
+                            "cronExpression": quartz_from_kfp(cfg.cron)})
+    run = _job(f"{name}-training", steps, ["kfp", "run", "${parameters.release}",
+                                          "--experiment", name, *_params(cfg.parameters),
+                                          "--host", cfg.kfp_host], cfg)
+    return {
+        "application": cfg.application, "name": f"{name}-continuous-training",
+        "description": f"Trains {name} on a schedule, on new data and on drift alerts "
+                       f"(rendered by nbship from release {release_ref}).",
+        "keepWaitingPipelines": False, "limitConcurrent": True,
+        "parameterConfig": [{"name": "release", "required": True, "default": release_ref,
+                             "description": "the nbship release (by digest) to train"}],
+        "triggers": triggers,
+        "stages": [_run_job("1", [], "Training run (fails when the notebook's gate does)",
+                            run, cfg)],
+    }
+
+
 def render(reference: str, out: Path, *, pyproject: Path = Path("pyproject.toml"),
            env: str | None = None) -> list[Path]:
     """Write the pipelines into ``out`` (validated first); the files written."""
@@ -211,7 +262,9 @@ def render(reference: str, out: Path, *, pyproject: Path = Path("pyproject.toml"
     docs = {f"{record['name']}-ml-pipeline-cd{suffix}.json": ml_pipeline_cd(record, release_ref,
                                                                             cfg),
             f"{record['name']}-ml-pipeline-rollback{suffix}.json":
-                ml_pipeline_rollback(record, cfg)}
+                ml_pipeline_rollback(record, cfg),
+            f"{record['name']}-continuous-training{suffix}.json":
+                continuous_training(record, release_ref, cfg)}
     for file, doc in docs.items():
         if env:
             doc["name"] = f"{doc['name']}-{env}"

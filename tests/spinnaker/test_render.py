@@ -37,7 +37,8 @@ def test_the_ml_pipeline_cd_from_the_release(release: str, tmp_path: Path) -> No
 
     written = render(release, tmp_path / "spinnaker", pyproject=ROOT / "pyproject.toml")
     assert [p.name for p in written] == ["marker-classifier-ml-pipeline-cd.json",
-                                         "marker-classifier-ml-pipeline-rollback.json"]
+                                         "marker-classifier-ml-pipeline-rollback.json",
+                                         "marker-classifier-continuous-training.json"]
     for path in written:
         assert [str(p) for p in validate_file(path, save=True)] == []
     cd = json.loads(written[0].read_text())
@@ -88,3 +89,38 @@ def test_env_variants_and_config_mistakes(release: str, tmp_path: Path) -> None:
     pyproject.write_text("[tool.nbship.deploy]\n")
     with pytest.raises(UnusableInputError, match="no schedule"):
         render(release, tmp_path / "x", pyproject=pyproject)
+
+
+def test_continuous_training_takes_the_training_triggers(release: str, tmp_path: Path) -> None:
+    written = render(release, tmp_path, pyproject=ROOT / "pyproject.toml")
+    ct = json.loads(written[2].read_text())
+    assert [(t["type"], t.get("cronExpression") or t.get("source")) for t in ct["triggers"]] \
+        == [("cron", "0 0 3 * * ?"), ("webhook", "nbship-new-data-marker-classifier"),
+            ("webhook", "nbship-drift-marker-classifier")]
+    (job,) = jobs(ct)
+    command = job["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[3:6] == ["kfp", "run", "${parameters.release}"] and "epochs=2" in command
+    assert job["spec"]["template"]["spec"]["containers"][0]["image"] == STEPS
+
+
+@pytest.mark.parametrize(("kfp", "quartz"), [
+    ("0 0 3 * * *", "0 0 3 * * ?"),
+    ("0 30 9 * * 1", "0 30 9 ? * 2"),  # Monday: 1 in KFP's cron, 2 in Quartz
+    ("0 0 12 * * 0,6", "0 0 12 ? * 1,7"),  # the weekend
+    ("0 0 9 * * 1-5", "0 0 9 ? * 2-6"),
+    ("0 0 0 1 * *", "0 0 0 1 * ?"),
+    ("*/10 * * * * *", "*/10 * * * * ?"),
+])
+def test_kfp_cron_as_quartz(kfp: str, quartz: str) -> None:
+    from nbship.spinnaker.render import quartz_from_kfp
+    from nbship.spinnaker.validate import quartz_problem
+
+    assert quartz_from_kfp(kfp) == quartz and quartz_problem(quartz) is None
+
+
+def test_a_cron_quartz_cannot_say_is_a_message() -> None:
+    from nbship.errors import UnusableInputError
+    from nbship.spinnaker.render import quartz_from_kfp
+
+    with pytest.raises(UnusableInputError, match="both day-of-month and day-of-week"):
+        quartz_from_kfp("0 0 3 1 * 1")
