@@ -310,6 +310,36 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--port", type=_port, default=9096, help="webhook and status (default 9096)")
     sc.add_argument("--root", type=Path, default=Path(".nbship/scheduler"), metavar="DIR")
 
+    cn = sub.add_parser("canary", help="judge a canary model server against the stable one",
+                        description="judge: send the same inputs to the stable and the canary "
+                        "server (KServe v2 /infer, one row a request) and compare error ratio, "
+                        "p99 latency, agreement of their predictions and prediction drift "
+                        "(PSI); exit 1 when a check fails (a Spinnaker Run Job then fails). "
+                        "ready: wait until a server's model answers ready.",
+                        epilog="Examples:\n"
+                        "  nbship canary judge --stable http://127.0.0.1:8080 --canary "
+                        "http://127.0.0.1:8081 --model marker-classifier --reference "
+                        "127.0.0.1:5000/models/marker-classifier:latest\n"
+                        "  nbship canary ready http://127.0.0.1:8081 --model marker-classifier",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    cn.add_argument("action", choices=["judge", "ready"])
+    cn.add_argument("url", nargs="?", default=None, help="ready: the server")
+    cn.add_argument("--stable", default=None, metavar="URL")
+    cn.add_argument("--canary", default=None, metavar="URL")
+    cn.add_argument("--model", required=True, help="the model's name on the servers")
+    cn.add_argument("--canary-model", default=None, help="default: --model")
+    cn.add_argument("--inputs", type=Path, default=None, metavar="FILE.npy",
+                    help="the inputs to send (rows), a .npy file")
+    cn.add_argument("--reference", default=None, metavar="MODEL_REF|RUN_DIR",
+                    help="or: the serve cell's reference_inputs of this model release or run")
+    cn.add_argument("--requests", type=int, default=200, help="at least this many (200)")
+    cn.add_argument("--seconds", type=float, default=0.0, help="and for at least this long")
+    cn.add_argument("--min-agreement", type=float, default=0.9)
+    cn.add_argument("--max-psi", type=float, default=0.25)
+    cn.add_argument("--max-latency-ratio", type=float, default=1.5)
+    cn.add_argument("--max-extra-errors", type=float, default=0.01)
+    cn.add_argument("--timeout", type=float, default=600.0, help="ready: seconds (600)")
+
     md = sub.add_parser("model", help="model releases: push a run's model, show one",
                         description="A model release is an OCI artifact models/NAME tagged "
                         "run-<id> (latest moved last): the values the serve cell reads in safe "
@@ -784,6 +814,59 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_canary(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from nbship.errors import UnusableInputError
+    from nbship.serving import canary
+
+    if args.action == "ready":
+        if not args.url:
+            raise UnusableInputError("nbship canary ready needs the server's URL")
+        ok = canary.wait_ready(args.url, args.model, args.timeout)
+        print(f"{args.model} at {args.url}: " + ("ready" if ok else
+                                                 f"not ready after {args.timeout:g} s"))
+        return 0 if ok else 1
+    if not args.stable or not args.canary:
+        raise UnusableInputError("nbship canary judge needs --stable URL and --canary URL")
+    if args.inputs is not None:
+        try:
+            inputs = np.load(args.inputs, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise UnusableInputError(f"{args.inputs}: not a .npy array ({exc})") from None
+    elif args.reference is not None:
+        from nbship.serving.bundle import load_run
+
+        if _is_reference(args.reference):
+            from nbship.release.model import load_model
+
+            served = load_model(args.reference)
+        else:
+            served = load_run(Path(args.reference))
+        inputs = served.reference_inputs
+        if inputs is None:
+            raise UnusableInputError(f"{args.reference}: its serve cell names no "
+                                     "reference_inputs", hint="give --inputs FILE.npy")
+    else:
+        raise UnusableInputError("nbship canary judge needs --inputs FILE.npy or --reference")
+    figures = canary.judge(args.stable, args.canary, args.model,
+                           args.canary_model or args.model, np.asarray(inputs),
+                           requests=args.requests, seconds=args.seconds,
+                           echo=lambda line: print(line, flush=True))
+    criteria = canary.Criteria(max_extra_errors=args.max_extra_errors,
+                               max_latency_ratio=args.max_latency_ratio,
+                               min_agreement=args.min_agreement, max_psi=args.max_psi)
+    checks = canary.verdict(figures, criteria)
+    for name, passed, what in checks:
+        print(f"  {'pass' if passed else 'FAIL'}  {name:<17} {what}")
+    good = all(passed for _, passed, _ in checks)
+    print(f"canary: {'pass' if good else 'fail'} ({int(figures['requests'])} requests each)")
+    for key, value in figures.items():
+        print(f"SPINNAKER_PROPERTY_canary_{key}={value:.6g}")
+    print(f"SPINNAKER_PROPERTY_canary_verdict={'pass' if good else 'fail'}")
+    return 0 if good else 1
+
+
 def cmd_model(args: argparse.Namespace) -> int:
     import json
 
@@ -1031,7 +1114,7 @@ def main(argv: list[str] | None = None) -> int:
     verbs = {"check": cmd_check, "compile": cmd_compile, "run": cmd_run, "test": cmd_test,
              "build": cmd_build, "publish": cmd_publish, "release": cmd_release,
              "model": cmd_model, "scheduler": cmd_scheduler, "serve": cmd_serve,
-             "kfp": cmd_kfp, "deploy": cmd_deploy,
+             "kfp": cmd_kfp, "deploy": cmd_deploy, "canary": cmd_canary,
              "monitor": cmd_monitor, "trigger": cmd_trigger,
              "registry": cmd_registry}
     stopped = _stop_on_sigterm()

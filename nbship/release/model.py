@@ -305,7 +305,7 @@ def pull(reference: str) -> tuple[Path, dict[str, Any], str]:
 def load_model(reference: str) -> Any:
     """A model release, ready to serve (``serving.bundle.Served``)."""
     from nbship.runtime import serializers
-    from nbship.serving.bundle import Served, build_predict, read_profile
+    from nbship.serving.bundle import Served, build_served, read_profile
 
     try:
         folder, record, digest = pull(reference)
@@ -333,8 +333,9 @@ def load_model(reference: str) -> Any:
     summary = {k: record.get(k) for k in ("run", "commit", "dirty", "notebook", "parameters",
                                             "metrics", "data", "pipeline")}
     summary["model"] = f"{ref.registry}/{ref.repository}@{digest}"
-    return Served(name=str(record["name"]), predict=build_predict(folder / SERVE_FILE, values),
-                  provenance=summary, profile=profile)
+    predict, reference = build_served(folder / SERVE_FILE, values)
+    return Served(name=str(record["name"]), predict=predict, provenance=summary,
+                  profile=profile, reference_inputs=reference)
 
 
 def inference_service(record: dict[str, Any], reference: str, digest: str) -> str:

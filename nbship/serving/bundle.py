@@ -35,6 +35,7 @@ class Served:
     predict: Callable[[Any], Any]
     provenance: dict[str, Any] = field(default_factory=dict)
     profile: Profile | None = None  # the reference profile drift is measured against
+    reference_inputs: Any = None  # the serve cell's reference_inputs (canary judging)
 
 
 def newest_run(folder: Path) -> Path:
@@ -116,7 +117,8 @@ def load_run(run_dir: Path) -> Served:
     if isinstance(recorded, dict):
         profile = read_profile(Path(str(recorded.get("uri"))), recorded.get("sha256"))
     name = str(prov.get("pipeline", {}).get("name") or "model")
-    return Served(name=name, predict=build_predict(module, values),
+    predict, reference = build_served(module, values)
+    return Served(name=name, predict=predict, reference_inputs=reference,
                   provenance=_summary(prov), profile=profile)
 
 
@@ -133,17 +135,18 @@ def read_profile(path: Path, sha256: Any) -> Profile | None:
         raise ServeError(f"the drift profile {path} cannot be read: {exc}") from None
 
 
-def build_predict(module_path: Path, values: dict[str, Any]) -> Callable[[Any], Any]:
-    """Run the serve module's build() with the values; its predict()."""
+def build_served(module_path: Path, values: dict[str, Any]
+                 ) -> tuple[Callable[[Any], Any], Any]:
+    """Run the serve module's build() with the values: (predict, reference_inputs)."""
     try:
         with imported(module_path, "nbship_serve") as module:
-            predict, _reference = module.build(**values)
+            predict, reference = module.build(**values)
     except Exception as exc:
         raise ServeError(f"the serve cell failed while building predict(): "
                          f"{type(exc).__name__}: {exc}", hint=f"see {module_path}") from None
     if not callable(predict):
         raise ServeError("the serve cell's predict is not a function")
-    return predict  # type: ignore[no-any-return]
+    return predict, reference
 
 
 def _summary(prov: dict[str, Any]) -> dict[str, Any]:
