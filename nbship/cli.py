@@ -277,6 +277,9 @@ def _parser() -> argparse.ArgumentParser:
     dp.add_argument("--env", default=None, help="render: the [tool.nbship.deploy.ENV] "
                     "variant (e.g. staging, prod)")
     dp.add_argument("--registry", default=None, metavar="HOST[:PORT][/PATH]")
+    dp.add_argument("--model", default=None, metavar="MODEL_REF",
+                    help="render: also the model delivery of this model release (default: "
+                    "models/NAME:latest beside the release, when there is one)")
     dp.add_argument("--save", action="store_true",
                     help="as front50 saves it: name and application required")
     dp.add_argument("--quiet", action="store_true", help="errors only")
@@ -759,8 +762,19 @@ def cmd_deploy(args: argparse.Namespace) -> int:
             raise UnusableInputError("nbship deploy render needs one RELEASE")
         ref = args.files[0] if "/" in args.files[0] else \
             f"{args.registry or _embedded_registry()}/releases/{args.files[0]}"
-        for path in render(ref, args.output, env=args.env):
+        model = args.model
+        if model is None:
+            from nbship.release import oci
+
+            release = oci.Reference.parse(ref)
+            parts = release.repository.split("/")  # [PATH...,] releases, NAME
+            guess = oci.Reference(release.registry, "/".join([*parts[:-2], "models",
+                                                              parts[-1]]), "latest")
+            model = str(guess) if len(parts) >= 2 and oci.exists(guess) else None
+        for path in render(ref, args.output, env=args.env, model=model):
             print(f"wrote {path} (validated)")
+        if model is None:
+            print("(no model release found: the model delivery is rendered with --model REF)")
         return 0
     files = [Path(f) for f in args.files] or sorted(Path("spinnaker").glob("*.json"))
     if not files:

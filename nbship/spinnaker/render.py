@@ -43,13 +43,16 @@ class DeployConfig:
     service_account: str = "nbship"
     docker_account: str = "docker-registry"
     judgment: bool = True
+    canary_percent: int = 10
+    canary_seconds: int = 600
     ci_parameters: dict[str, Any] = field(default_factory=dict)
     cron: str | None = None  # KFP's 6 fields
     parameters: dict[str, Any] = field(default_factory=dict)
 
 
 KEYS = {"application", "account", "namespace", "kfp_host", "service_account",
-        "docker_account", "judgment"}
+        "docker_account", "judgment", "canary_percent", "canary_seconds"}
+TYPES: dict[str, type] = {"judgment": bool, "canary_percent": int, "canary_seconds": int}
 
 
 def read_config(pyproject: Path, name: str, env: str | None,
@@ -73,9 +76,13 @@ def read_config(pyproject: Path, name: str, env: str | None,
         raise UnusableInputError(f"{pyproject} [tool.nbship.deploy]: unknown key(s) "
                                  f"{', '.join(sorted(unknown))}", hint=", ".join(sorted(KEYS)))
     for key, value in values.items():
-        if not isinstance(value, bool if key == "judgment" else str) or value == "":
+        kind = TYPES.get(key, str)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)) \
+                or value == "":
             raise UnusableInputError(f"{pyproject} [tool.nbship.deploy]: {key} must be "
-                                     + ("true or false" if key == "judgment" else "a string"))
+                                     f"{'true or false' if kind is bool else 'a ' + kind.__name__}")
+    if not 1 <= int(values.get("canary_percent", 10)) <= 99:
+        raise UnusableInputError(f"{pyproject} [tool.nbship.deploy]: canary_percent is 1-99")
     from nbship.pipelines.training import read_config as training
 
     sets = nbship.get("parameter_sets", {}) or {}
@@ -244,8 +251,127 @@ def continuous_training(record: dict[str, Any], release_ref: str, cfg: DeployCon
     }
 
 
+def _service_url(tag: str, name: str, cfg: DeployConfig) -> str:
+    """KServe's tag routing (serverless): ``latest-`` the canary, ``prev-`` the stable."""
+    return f"http://{tag}-{name}-predictor.{cfg.namespace}.svc.cluster.local"
+
+
+def _isvc(record: dict[str, Any], model_ref: str, server: str, model: str,
+          cfg: DeployConfig, canary: int | None) -> dict[str, Any]:
+    import yaml
+
+    from nbship.release.publish import inference_service
+
+    doc = yaml.safe_load(inference_service(str(record["name"]), server,
+                                           {**record, "run": {}}, model=model_ref))
+    doc["metadata"]["namespace"] = cfg.namespace
+    doc["metadata"]["annotations"]["serving.kserve.io/enable-tag-routing"] = "true"
+    doc["metadata"]["annotations"].pop("nbship.dev/run", None)
+    doc["metadata"]["annotations"]["nbship.dev/model"] = model
+    container = doc["spec"]["predictor"]["containers"][0]
+    container["args"][0] = model
+    if canary is not None:
+        doc["spec"]["predictor"]["canaryTrafficPercent"] = canary
+    return dict(doc)
+
+
+def model_delivery(record: dict[str, Any], model_ref: str, cfg: DeployConfig
+                   ) -> dict[str, Any]:
+    """Canary, readiness, judgment against the stable server, approval, promotion; on a
+    failed judgment the canary gets 0 % and the pipeline fails."""
+    name = str(record["name"])
+    server = str(record["images"]["nbship-server"]["reference"])
+    canary, stable = _service_url("latest", name, cfg), _service_url("prev", name, cfg)
+    key_env = [{"name": "NBSHIP_ARTIFACT_KEY", "valueFrom": {"secretKeyRef": {
+        "name": "nbship-key", "key": "key"}}}]
+
+    def server_job(job: str, args: list[str]) -> dict[str, Any]:
+        doc = _job(f"{name}-{job}", server, args, cfg)
+        container = doc["spec"]["template"]["spec"]["containers"][0]
+        container["env"] = key_env
+        del container["volumeMounts"]
+        del doc["spec"]["template"]["spec"]["volumes"]
+        return doc
+
+    judged = "${ #stage('Judge the canary')['status'].toString() == 'SUCCEEDED' }"
+    failed = "${ #stage('Judge the canary')['status'].toString() != 'SUCCEEDED' }"
+    manifest_name = f"inferenceservice {name}"
+    selector = {"account": cfg.account, "cloudProvider": "kubernetes", "mode": "static",
+                "location": cfg.namespace, "manifestName": manifest_name, "source": "text",
+                "options": {"mergeStrategy": "merge", "record": True}}
+    stages: list[dict[str, Any]] = [
+        {"refId": "1", "requisiteStageRefIds": [], "type": "deployManifest",
+         "name": f"Deploy the canary ({cfg.canary_percent} %)", "account": cfg.account,
+         "cloudProvider": "kubernetes", "source": "text", "moniker": {"app": cfg.application},
+         "manifests": [_isvc(record, model_ref, server, "${parameters.model}", cfg,
+                             cfg.canary_percent)]},
+        _run_job("2", ["1"], "Wait until the canary is ready",
+                 server_job("ready", ["canary", "ready", canary, "--model", name,
+                                      "--timeout", "600"]), cfg),
+        {**_run_job("3", ["2"], "Judge the canary", server_job("judge", [
+            "canary", "judge", "--stable", stable, "--canary", canary, "--model", name,
+            "--reference", "${parameters.model}",
+            "--seconds", str(cfg.canary_seconds)]), cfg),
+         "failPipeline": False, "continuePipeline": True},
+    ]
+    promote_after = "3"
+    if cfg.judgment:
+        stages.append({"refId": "4", "requisiteStageRefIds": ["3"], "type": "manualJudgment",
+                       "name": "Promote the canary?", "judgmentInputs": [],
+                       "instructions": f"The canary of {name} passed its judgment against "
+                       "the stable server. Send it all traffic?", "failPipeline": True,
+                       "stageEnabled": {"type": "expression", "expression": judged}})
+        promote_after = "4"
+    stages += [
+        {**selector, "refId": "5", "requisiteStageRefIds": [promote_after],
+         "type": "patchManifest", "name": "Promote (100 %)",
+         "patchBody": [{"spec": {"predictor": {"canaryTrafficPercent": 100}}}],
+         "stageEnabled": {"type": "expression", "expression": judged}},
+        {**selector, "refId": "6", "requisiteStageRefIds": ["3"], "type": "patchManifest",
+         "name": "Roll back the canary (0 %)",
+         "patchBody": [{"spec": {"predictor": {"canaryTrafficPercent": 0}}}],
+         "stageEnabled": {"type": "expression", "expression": failed}},
+        {"refId": "7", "requisiteStageRefIds": ["6"], "type": "checkPreconditions",
+         "name": "Fail after a rollback", "stageEnabled": {"type": "expression",
+                                                             "expression": failed},
+         "preconditions": [{"type": "expression", "failPipeline": True,
+                            "context": {"expression": judged,
+                                        "failureMessage": "the canary failed its judgment "
+                                        "and was rolled back"}}]},
+    ]
+    return {
+        "application": cfg.application, "name": f"{name}-model-delivery",
+        "description": f"Delivers a model release of {name} with a canary (rendered by "
+                       f"nbship; server image from commit {record['commit']}).",
+        "keepWaitingPipelines": False, "limitConcurrent": True,
+        "parameterConfig": [{"name": "model", "required": True, "default": model_ref,
+                             "description": "the model release (by digest) to deliver"}],
+        "triggers": [{"type": "webhook", "enabled": True, "source": f"nbship-model-{name}"}],
+        "stages": stages,
+    }
+
+
+def model_rollback(record: dict[str, Any], model_ref: str, cfg: DeployConfig
+                   ) -> dict[str, Any]:
+    name = str(record["name"])
+    server = str(record["images"]["nbship-server"]["reference"])
+    return {
+        "application": cfg.application, "name": f"{name}-model-rollback",
+        "description": f"Serves a previous model release of {name} again (rendered by nbship).",
+        "keepWaitingPipelines": False, "limitConcurrent": True,
+        "parameterConfig": [{"name": "previous_model", "required": True,
+                             "description": "the model release (by digest) to go back to"}],
+        "triggers": [],
+        "stages": [{"refId": "1", "requisiteStageRefIds": [], "type": "deployManifest",
+                    "name": "Serve the previous model", "account": cfg.account,
+                    "cloudProvider": "kubernetes", "source": "text",
+                    "manifests": [_isvc(record, model_ref, server,
+                                        "${parameters.previous_model}", cfg, None)]}],
+    }
+
+
 def render(reference: str, out: Path, *, pyproject: Path = Path("pyproject.toml"),
-           env: str | None = None) -> list[Path]:
+           env: str | None = None, model: str | None = None) -> list[Path]:
     """Write the pipelines into ``out`` (validated first); the files written."""
     from nbship.files import write_atomic
     from nbship.release import oci
@@ -265,6 +391,19 @@ def render(reference: str, out: Path, *, pyproject: Path = Path("pyproject.toml"
                 ml_pipeline_rollback(record, cfg),
             f"{record['name']}-continuous-training{suffix}.json":
                 continuous_training(record, release_ref, cfg)}
+    if model is not None:
+        if "nbship-server" not in record.get("images", {}):
+            raise UnusableInputError(f"{reference} has no model server image: model delivery "
+                                     "needs one", hint="nbship publish without --only steps")
+        from nbship.release.model import show as show_model
+
+        _, model_digest, _ = show_model(model)
+        mref = oci.Reference.parse(model)
+        model_ref = f"{mref.registry}/{mref.repository}@{model_digest}"
+        docs[f"{record['name']}-model-delivery{suffix}.json"] = model_delivery(record,
+                                                                               model_ref, cfg)
+        docs[f"{record['name']}-model-rollback{suffix}.json"] = model_rollback(record,
+                                                                               model_ref, cfg)
     for file, doc in docs.items():
         if env:
             doc["name"] = f"{doc['name']}-{env}"

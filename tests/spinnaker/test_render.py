@@ -124,3 +124,60 @@ def test_a_cron_quartz_cannot_say_is_a_message() -> None:
 
     with pytest.raises(UnusableInputError, match="both day-of-month and day-of-week"):
         quartz_from_kfp("0 0 3 1 * 1")
+
+
+SERVER = "127.0.0.1:5000/nbship-server@sha256:" + "6" * 64
+
+
+def test_model_delivery_canary_judgment_promotion_and_rollback(
+        local_registry: str, tmp_path: Path) -> None:
+    from nbship.release import model, oci
+
+    record = {"schema": "nbship.release/v1", "name": "marker-classifier",
+              "commit": "0123456789abcdef0123456789abcdef01234567",
+              "notebook": {"path": "notebooks/marker_classifier.ipynb", "sha256": "b" * 64},
+              "images": {"nbship-steps": {"reference": STEPS},
+                         "nbship-server": {"reference": SERVER}},
+              "manifests": [], "steps": {}}
+    (tmp_path / "r").mkdir()
+    release = push_release(local_registry, tmp_path / "r", record, b"# the pipeline\n")
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "model.json").write_text(json.dumps({
+        "schema": "nbship.model/v1", "name": "marker-classifier", "run": {"id": "r1"},
+        "serve": {"sha256": "c" * 64, "values": {}, "parameters": {}}, "profile": None}))
+    target = oci.Reference.parse(f"{local_registry}/models/marker-classifier:latest")
+    oci.push_files(target, tmp_path / "m", [("model.json", model.MODEL_MEDIA_TYPE)],
+                   ("model.json", model.MODEL_MEDIA_TYPE), "the model", "")
+    _, model_digest, _ = model.show(str(target))
+    model_ref = f"{target.registry}/{target.repository}@{model_digest}"
+
+    written = render(release, tmp_path / "out", pyproject=ROOT / "pyproject.toml",
+                     model=str(target))
+    names = [p.name for p in written]
+    assert names[-2:] == ["marker-classifier-model-delivery.json",
+                          "marker-classifier-model-rollback.json"]
+    for path in written:
+        assert [str(p) for p in validate_file(path, save=True)] == []
+    delivery = json.loads(written[-2].read_text())
+    assert delivery["parameterConfig"][0]["default"] == model_ref
+    assert [s["name"] for s in delivery["stages"]] == [
+        "Deploy the canary (10 %)", "Wait until the canary is ready", "Judge the canary",
+        "Promote the canary?", "Promote (100 %)", "Roll back the canary (0 %)",
+        "Fail after a rollback"]
+    isvc = delivery["stages"][0]["manifests"][0]
+    predictor = isvc["spec"]["predictor"]
+    assert predictor["canaryTrafficPercent"] == 10
+    assert predictor["containers"][0]["image"] == SERVER  # the release's, by digest
+    assert predictor["containers"][0]["args"][0] == "${parameters.model}"
+    judge = jobs(delivery)[1]["spec"]["template"]["spec"]["containers"][0]
+    assert judge["image"] == SERVER and judge["command"][3:5] == ["canary", "judge"]
+    assert "--reference" in judge["command"] and "${parameters.model}" in judge["command"]
+    assert delivery["stages"][2]["continuePipeline"] is True  # its failure rolls back
+    assert delivery["stages"][4]["patchBody"] == [
+        {"spec": {"predictor": {"canaryTrafficPercent": 100}}}]
+    assert delivery["stages"][5]["patchBody"] == [
+        {"spec": {"predictor": {"canaryTrafficPercent": 0}}}]
+    rollback = json.loads(written[-1].read_text())
+    back = rollback["stages"][0]["manifests"][0]["spec"]["predictor"]
+    assert "canaryTrafficPercent" not in back
+    assert back["containers"][0]["args"][0] == "${parameters.previous_model}"
