@@ -129,8 +129,9 @@ def test_a_cron_quartz_cannot_say_is_a_message() -> None:
 SERVER = "127.0.0.1:5000/nbship-server@sha256:" + "6" * 64
 
 
-def test_model_delivery_canary_judgment_promotion_and_rollback(
-        local_registry: str, tmp_path: Path) -> None:
+def release_with_model(registry: str, folder: Path) -> tuple[str, str, str]:
+    """A release with a server image and a model release beside it: (release, model,
+    the model by digest)."""
     from nbship.release import model, oci
 
     record = {"schema": "nbship.release/v1", "name": "marker-classifier",
@@ -139,20 +140,24 @@ def test_model_delivery_canary_judgment_promotion_and_rollback(
               "images": {"nbship-steps": {"reference": STEPS},
                          "nbship-server": {"reference": SERVER}},
               "manifests": [], "steps": {}}
-    (tmp_path / "r").mkdir()
-    release = push_release(local_registry, tmp_path / "r", record, b"# the pipeline\n")
-    (tmp_path / "m").mkdir()
-    (tmp_path / "m" / "model.json").write_text(json.dumps({
+    (folder / "r").mkdir(parents=True)
+    release = push_release(registry, folder / "r", record, b"# the pipeline\n")
+    (folder / "m").mkdir()
+    (folder / "m" / "model.json").write_text(json.dumps({
         "schema": "nbship.model/v1", "name": "marker-classifier", "run": {"id": "r1"},
         "serve": {"sha256": "c" * 64, "values": {}, "parameters": {}}, "profile": None}))
-    target = oci.Reference.parse(f"{local_registry}/models/marker-classifier:latest")
-    oci.push_files(target, tmp_path / "m", [("model.json", model.MODEL_MEDIA_TYPE)],
+    target = oci.Reference.parse(f"{registry}/models/marker-classifier:latest")
+    oci.push_files(target, folder / "m", [("model.json", model.MODEL_MEDIA_TYPE)],
                    ("model.json", model.MODEL_MEDIA_TYPE), "the model", "")
     _, model_digest, _ = model.show(str(target))
-    model_ref = f"{target.registry}/{target.repository}@{model_digest}"
+    return release, str(target), f"{target.registry}/{target.repository}@{model_digest}"
 
+
+def test_model_delivery_canary_judgment_promotion_and_rollback(
+        local_registry: str, tmp_path: Path) -> None:
+    release, target, model_ref = release_with_model(local_registry, tmp_path)
     written = render(release, tmp_path / "out", pyproject=ROOT / "pyproject.toml",
-                     model=str(target))
+                     model=target)
     names = [p.name for p in written]
     assert names[-2:] == ["marker-classifier-model-delivery.json",
                           "marker-classifier-model-rollback.json"]
@@ -181,3 +186,24 @@ def test_model_delivery_canary_judgment_promotion_and_rollback(
     back = rollback["stages"][0]["manifests"][0]["spec"]["predictor"]
     assert "canaryTrafficPercent" not in back
     assert back["containers"][0]["args"][0] == "${parameters.previous_model}"
+
+
+def test_cli_renders_with_the_model_beside_the_release(local_registry: str,
+                                                       tmp_path: Path) -> None:
+    """Without --model, the CLI finds models/NAME:latest beside the release itself."""
+    import subprocess
+    import sys
+
+    release_with_model(local_registry, tmp_path / "in")
+    out = tmp_path / "out"
+
+    done = subprocess.run([sys.executable, "-m", "nbship", "deploy", "render",
+                           f"{local_registry}/releases/marker-classifier", "-o",
+                           str(out)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("(validated)") == 5 and "model-delivery" in done.stdout
+    check = subprocess.run([sys.executable, "-m", "nbship", "deploy", "validate",
+                            *sorted(str(p) for p in out.glob("*.json")), "--save"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0 and "5 file(s): 0 error(s)" in check.stdout, check.stdout
