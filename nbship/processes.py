@@ -43,14 +43,15 @@ def answers(url: str, timeout: float = 1.0) -> bool:
 
 
 def start_time(pid: int) -> int | None:
-    """The start time of process ``pid`` (field 22 of /proc/PID/stat); None if unknown."""
+    """The start time of process ``pid`` (field 22 of /proc/PID/stat); None if unknown or
+    if it is a zombie (it has exited; only its parent has not collected it yet)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     fields = stat[stat.rfind(")") + 2:].split()  # the command name may hold spaces
     try:
-        return int(fields[19])
+        return None if fields[0] in ("Z", "X") else int(fields[19])
     except (IndexError, ValueError):
         return None
 

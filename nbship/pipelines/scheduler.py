@@ -464,6 +464,8 @@ def status(root: Path) -> dict[str, Any] | None:
         with urllib.request.urlopen(f"http://{record.address}/status", timeout=10) as reply:
             return dict(json.loads(reply.read()))
     except OSError as exc:
+        if not processes.ours(record):  # it ended while we asked
+            return None
         raise SchedulerError(f"the scheduler on {record.address} does not answer: {exc}",
                              hint=f"see {root / 'scheduler.log'}") from None
 
