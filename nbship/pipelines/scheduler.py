@@ -18,7 +18,9 @@ must not run code). It fires:
   --webhook-secret-file .nbship/scheduler/secret``): the alert's ``model`` label names
   the pipeline.
 
-Runs go one at a time through one worker; a pipeline already waiting is not queued
+A run that passes (the notebook's own gate steps and the serving check) is pushed as
+the next model release when the table names a ``registry``. Runs go one at a time
+through one worker; a pipeline already waiting is not queued
 twice. A run whose data has the sha256 of the pipeline's last successful run is
 **skipped**, and the record says so. Restarting (even after SIGKILL) loses nothing
 and doubles nothing: schedules are rows keyed by pipeline name, the next fire time
@@ -302,8 +304,21 @@ class Scheduler:
             return
         if training.data is not None:
             self.store.set_last_data(training.name, why["data"]["sha256"])
-        metrics = ", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items())
-        self._done(training, why, result.status, str(result.record_dir), metrics, started)
+        message = ", ".join(f"{k}={v:.4g}" for k, v in result.metrics.items())
+        if training.registry and result.status == "SUCCESS":
+            message += "; " + self._push(training, result.record_dir)
+        self._done(training, why, result.status, str(result.record_dir), message, started)
+
+    def _push(self, training: Training, run_dir: Path) -> str:
+        """The run passed the notebook's gate: its model is the next model release."""
+        from nbship.release.model import push
+
+        assert training.registry is not None
+        try:
+            pushed = push(run_dir, training.registry, echo=lambda line: None)
+        except NbshipError as exc:
+            return f"model not pushed: {exc.message}"
+        return f"model release {pushed.reference}@{pushed.digest}"
 
     def _done(self, training: Training, why: dict[str, Any], status: str, run_dir: str | None,
               message: str, started: float) -> None:

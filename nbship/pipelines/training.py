@@ -8,6 +8,7 @@ One vocabulary for this machine and for a cluster, kept in pyproject.toml::
     data_parameter = "data_dir"      # the notebook parameter that receives the data
     parameters = { epochs = 2 }      # the runs' parameters
     webhook = true                   # POST /trigger/NAME with the shared secret
+    registry = "127.0.0.1:5000"      # push each passing run's model as a model release
 
 Paths are relative to the pyproject.toml's folder. A run started by new data gets
 the data as an immutable **snapshot**: ``.nbship/data/<sha256>/`` holds a copy of
@@ -45,6 +46,7 @@ class Training:
     parameters: dict[str, Any] = field(default_factory=dict)
     webhook: bool = False
     release: str | None = None  # runs this release's pipeline (`nbship kfp schedule`)
+    registry: str | None = None  # where a passing run's model is pushed (model release)
 
     def spec(self) -> dict[str, Any]:
         """What the scheduler stores (JSON)."""
@@ -52,6 +54,8 @@ class Training:
                "data": str(self.data) if self.data else None,
                "data_parameter": self.data_parameter, "parameters": self.parameters,
                "webhook": self.webhook}
+        if self.registry:
+            doc["registry"] = self.registry
         return {**doc, "release": self.release} if self.release else doc
 
     @classmethod
@@ -60,7 +64,8 @@ class Training:
                    data=Path(spec["data"]) if spec.get("data") else None,
                    data_parameter=spec.get("data_parameter"),
                    parameters=dict(spec.get("parameters") or {}),
-                   webhook=bool(spec.get("webhook")), release=spec.get("release"))
+                   webhook=bool(spec.get("webhook")), release=spec.get("release"),
+                   registry=spec.get("registry"))
 
 
 def check_cron(expr: str, origin: str) -> str:
@@ -108,10 +113,12 @@ def read_config(pyproject: Path) -> list[Training]:
         origin = f"{pyproject} [tool.nbship.training.{rel!r}]"
         if not isinstance(table, dict):
             raise UnusableInputError(f"{origin} must be a table")
-        unknown = set(table) - {"cron", "data", "data_parameter", "parameters", "webhook"}
+        unknown = set(table) - {"cron", "data", "data_parameter", "parameters", "webhook",
+                                "registry"}
         if unknown:
             raise UnusableInputError(f"{origin}: unknown key(s) {', '.join(sorted(unknown))}",
-                                     hint="cron, data, data_parameter, parameters, webhook")
+                                     hint="cron, data, data_parameter, parameters, webhook, "
+                                     "registry")
         notebook = (base / rel).resolve()
         if not notebook.is_file():
             raise UnusableInputError(f"{origin}: no notebook at {notebook}")
@@ -135,8 +142,13 @@ def read_config(pyproject: Path) -> list[Training]:
         if cron is None and data is None and not webhook:
             raise UnusableInputError(f"{origin}: nothing starts a run",
                                      hint="set cron, data or webhook")
+        registry = table.get("registry")
+        if registry is not None and (not isinstance(registry, str) or graph.serve is None):
+            raise UnusableInputError(f"{origin}: registry is where each passing run's model "
+                                     "is pushed: a string, for a notebook with a serve cell")
         out.append(Training(pipeline_name(graph), notebook, cron, data,
-                            str(param) if data is not None else None, dict(params), webhook))
+                            str(param) if data is not None else None, dict(params), webhook,
+                            registry=registry))
     names = [t.name for t in out]
     if len(set(names)) != len(names):
         raise UnusableInputError(f"{pyproject}: two notebooks with the same pipeline name")

@@ -49,7 +49,7 @@ def post(url: str, token: str | None) -> tuple[int, dict[str, Any]]:
         return exc.code, json.loads(exc.read())
 
 
-def test_cron_new_data_webhook_and_a_sigkill(tmp_path: Path,
+def test_cron_new_data_webhook_and_a_sigkill(tmp_path: Path, local_registry: str,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "notebooks").mkdir()
     shutil.copy(SHOWCASE, tmp_path / "notebooks" / "marker_classifier.ipynb")
@@ -60,7 +60,8 @@ def test_cron_new_data_webhook_and_a_sigkill(tmp_path: Path,
     pyproject.write_text('[tool.nbship.training."notebooks/marker_classifier.ipynb"]\n'
                          'cron = "*/3 * * * * *"\ndata = "data/markers"\n'
                          'data_parameter = "data_dir"\n'
-                         "parameters = { epochs = 1, threshold = 0.5 }\nwebhook = true\n")
+                         "parameters = { epochs = 1, threshold = 0.5 }\nwebhook = true\n"
+                         f'registry = "{local_registry}"\n')
     monkeypatch.setenv(scheduler.SECRET_ENV, "s3cret")
     root = tmp_path / ".nbship" / "scheduler"
     port = free_port()
@@ -89,6 +90,15 @@ def test_cron_new_data_webhook_and_a_sigkill(tmp_path: Path,
         assert prov["trigger"]["data"]["sha256"] == data_digest(source)
         assert prov["parameters"]["data_dir"] == prov["trigger"]["data"]["snapshot"]
         assert Path(prov["parameters"]["data_dir"]).name == data_digest(source)
+        # each passing run's model became a model release; latest is the newest
+        from nbship.release import model, oci
+
+        assert "model release" in second["message"], second
+        repo = model.model_repository(local_registry, "marker-classifier")
+        assert f"run-{prov['run']['id']}" in oci.tags(repo) and len(oci.tags(repo)) == 3
+        record, _, _ = model.show(str(repo.with_tag("latest")))
+        assert record["run"]["id"] == prov["run"]["id"]
+        assert record["run"]["trigger"]["data"]["sha256"] == data_digest(source)
 
         # SIGKILL, then up again: the schedule is there once, nothing runs twice
         pid = json.loads((root / "scheduler.json").read_text())["pid"]

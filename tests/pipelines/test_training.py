@@ -48,6 +48,7 @@ def test_the_showcase_training_table_reads(tmp_path: Path) -> None:
     ('cron = "0 0 3 * * *"\nparameters = { epoch = 2 }\n', "parameters must name"),
     ('crontab = "0 0 3 * * *"\n', "unknown key(s) crontab"),
     ("parameters = { epochs = 2 }\n", "nothing starts a run"),
+    ('cron = "0 0 3 * * *"\nregistry = 5000\n', "registry is where"),
 ])
 def test_mistakes_are_named(tmp_path: Path, table: str, message: str) -> None:
     with pytest.raises(UnusableInputError, match=message.replace("(", r"\(")
