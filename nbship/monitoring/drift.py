@@ -121,6 +121,21 @@ class Profile:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
 
+    def prediction_psi(self, predictions: Any) -> float:
+        """PSI of ``predictions`` against the profile's: class frequencies (classes
+        the profile never saw count as new bins) or its quantile bins."""
+        preds = np.asarray(predictions).reshape(-1)
+        if self.classes is not None:
+            keys = sorted(set(self.classes) | {str(int(v)) for v in preds})
+            ref = np.array([self.classes.get(k, 0.0) for k in keys])
+            live_counts = {k: 0 for k in keys}
+            for v in preds:
+                live_counts[str(int(v))] += 1
+            live = np.array([live_counts[k] for k in keys], dtype=np.float64) / len(preds)
+            return psi(ref, live)
+        edges = np.asarray(self.prediction_edges or [])
+        return psi(np.asarray(self.prediction_proportions or [1.0]), _proportions(preds, edges))
+
     @classmethod
     def from_dict(cls, doc: Any) -> Profile:
         """A profile from JSON data; ValueError when it is not one (a file may bring anything)."""
@@ -200,17 +215,5 @@ class Window:
             edges = np.asarray(p.edges[g])
             input_psi[name] = psi(np.asarray(p.proportions[g]), _proportions(values[:, g], edges))
             input_ks[name] = float(ks_2samp(values[:, g], np.asarray(p.sample[g])).statistic)
-        if p.classes is not None:
-            keys = sorted(set(p.classes) | {str(int(v)) for v in preds})
-            ref = np.array([p.classes.get(k, 0.0) for k in keys])
-            live_counts = {k: 0 for k in keys}
-            for v in preds:
-                live_counts[str(int(v))] += 1
-            live = np.array([live_counts[k] for k in keys], dtype=np.float64) / len(preds)
-            prediction_psi = psi(ref, live)
-        else:
-            edges = np.asarray(p.prediction_edges or [])
-            prediction_psi = psi(np.asarray(p.prediction_proportions or [1.0]),
-                                 _proportions(preds, edges))
         return {"rows": len(values), "input_psi": input_psi, "input_ks": input_ks,
-                "prediction_psi": prediction_psi}
+                "prediction_psi": p.prediction_psi(preds)}

@@ -79,7 +79,7 @@ def infer(url: str, model: str, row: np.ndarray, timeout: float = 30) -> tuple[A
 
 def compare(stable: Side, canary: Side) -> dict[str, float]:
     """The figures the criteria judge."""
-    from nbship.monitoring.drift import Profile, psi
+    from nbship.monitoring.drift import Profile
 
     pairs = [(s, c) for s, c in zip(stable.predictions, canary.predictions)
              if s is not None and c is not None]
@@ -87,21 +87,8 @@ def compare(stable: Side, canary: Side) -> dict[str, float]:
         s_arr = np.asarray([p[0] for p in pairs], dtype=float)
         c_arr = np.asarray([p[1] for p in pairs], dtype=float)
         agreement = float(np.mean(np.isclose(s_arr, c_arr, rtol=1e-2, atol=1e-6)))
-        reference = Profile.build(s_arr.reshape(-1, 1), s_arr)
-        if reference.classes is not None:
-            keys = sorted(set(reference.classes) | {str(int(v)) for v in c_arr})
-            expected = np.array([reference.classes.get(k, 0.0) for k in keys])
-            counts = {k: 0 for k in keys}
-            for v in c_arr:
-                counts[str(int(v))] += 1
-            actual = np.array([counts[k] for k in keys], dtype=float) / len(c_arr)
-        else:
-            edges = np.asarray(reference.prediction_edges)
-            expected = np.asarray(reference.prediction_proportions)
-            bins = np.bincount(np.searchsorted(edges, c_arr, side="right"),
-                               minlength=len(edges) + 1).astype(float)
-            actual = bins / bins.sum()
-        drift = psi(expected, actual)
+        # the stable server's predictions are the reference the canary's are measured against
+        drift = Profile.build(s_arr.reshape(-1, 1), s_arr).prediction_psi(c_arr)
     else:
         agreement, drift = 0.0, float("inf")
     return {"stable_error_ratio": stable.error_ratio, "canary_error_ratio": canary.error_ratio,
