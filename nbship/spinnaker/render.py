@@ -133,6 +133,18 @@ def _params(values: dict[str, Any]) -> list[str]:
     return out
 
 
+def _pipeline(cfg: DeployConfig, name: str, description: str, parameter: str,
+              about: str, default: str | None, triggers: list[dict[str, Any]],
+              stages: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    """A pipeline as nbship renders them: one at a time, no queue, one required parameter."""
+    param: dict[str, Any] = {"name": parameter, "required": True, "description": about}
+    if default is not None:
+        param["default"] = default
+    return {"application": cfg.application, "name": name, "description": description,
+            "keepWaitingPipelines": False, "limitConcurrent": True,
+            "parameterConfig": [param], "triggers": triggers, "stages": stages, **extra}
+
+
 def ml_pipeline_cd(record: dict[str, Any], release_ref: str, cfg: DeployConfig
                    ) -> dict[str, Any]:
     name = str(record["name"])
@@ -163,28 +175,21 @@ def ml_pipeline_cd(record: dict[str, Any], release_ref: str, cfg: DeployConfig
         last = "3"
     stages.append(_run_job("4", [last], "Schedule (replaces the previous schedule)",
                            schedule, cfg))
-    return {
-        "application": cfg.application,
-        "name": f"{name}-ml-pipeline-cd",
-        "description": f"Delivers the KFP pipeline of {record['notebook']['path']} "
-                       f"(rendered by nbship from release {release_ref}, commit "
-                       f"{record['commit']}).",
-        "keepWaitingPipelines": False, "limitConcurrent": True,
-        "parameterConfig": [{"name": "release", "required": True, "default": release_ref,
-                             "description": "the nbship release (by digest) to deliver"}],
-        "expectedArtifacts": [{"id": f"{name}-steps-image", "displayName": "steps image",
-                               "useDefaultArtifact": True,
-                               "defaultArtifact": {"type": "docker/image", "name": repository,
-                                                   "reference": steps},
-                               "matchArtifact": {"type": "docker/image", "name": repository}}],
-        "triggers": [
-            {"type": "docker", "enabled": True, "account": cfg.docker_account,
-             "registry": host, "repository": repo_path,
-             "expectedArtifactIds": [f"{name}-steps-image"]},
-            {"type": "webhook", "enabled": True, "source": f"nbship-publish-{name}"},
-        ],
-        "stages": stages,
-    }
+    return _pipeline(
+        cfg, f"{name}-ml-pipeline-cd",
+        f"Delivers the KFP pipeline of {record['notebook']['path']} (rendered by nbship from "
+        f"release {release_ref}, commit {record['commit']}).",
+        "release", "the nbship release (by digest) to deliver", release_ref,
+        [{"type": "docker", "enabled": True, "account": cfg.docker_account,
+          "registry": host, "repository": repo_path,
+          "expectedArtifactIds": [f"{name}-steps-image"]},
+         {"type": "webhook", "enabled": True, "source": f"nbship-publish-{name}"}],
+        stages,
+        expectedArtifacts=[{"id": f"{name}-steps-image", "displayName": "steps image",
+                            "useDefaultArtifact": True,
+                            "defaultArtifact": {"type": "docker/image", "name": repository,
+                                                "reference": steps},
+                            "matchArtifact": {"type": "docker/image", "name": repository}}])
 
 
 def ml_pipeline_rollback(record: dict[str, Any], cfg: DeployConfig) -> dict[str, Any]:
@@ -193,16 +198,11 @@ def ml_pipeline_rollback(record: dict[str, Any], cfg: DeployConfig) -> dict[str,
     job = _job(f"{name}-rollback", steps, ["kfp", "schedule", "${parameters.previous_release}",
                                           "--cron", str(cfg.cron), *_params(cfg.parameters),
                                           "--host", cfg.kfp_host], cfg)
-    return {
-        "application": cfg.application, "name": f"{name}-ml-pipeline-rollback",
-        "description": f"Re-points the schedule of {name} to a previous release "
-                       "(rendered by nbship).",
-        "keepWaitingPipelines": False, "limitConcurrent": True,
-        "parameterConfig": [{"name": "previous_release", "required": True,
-                             "description": "the release (by digest) to go back to"}],
-        "triggers": [],
-        "stages": [_run_job("1", [], "Schedule the previous release", job, cfg)],
-    }
+    return _pipeline(
+        cfg, f"{name}-ml-pipeline-rollback",
+        f"Re-points the schedule of {name} to a previous release (rendered by nbship).",
+        "previous_release", "the release (by digest) to go back to", None, [],
+        [_run_job("1", [], "Schedule the previous release", job, cfg)])
 
 
 def quartz_from_kfp(expr: str) -> str:
@@ -238,17 +238,12 @@ def continuous_training(record: dict[str, Any], release_ref: str, cfg: DeployCon
     run = _job(f"{name}-training", steps, ["kfp", "run", "${parameters.release}",
                                           "--experiment", name, *_params(cfg.parameters),
                                           "--host", cfg.kfp_host], cfg)
-    return {
-        "application": cfg.application, "name": f"{name}-continuous-training",
-        "description": f"Trains {name} on a schedule, on new data and on drift alerts "
-                       f"(rendered by nbship from release {release_ref}).",
-        "keepWaitingPipelines": False, "limitConcurrent": True,
-        "parameterConfig": [{"name": "release", "required": True, "default": release_ref,
-                             "description": "the nbship release (by digest) to train"}],
-        "triggers": triggers,
-        "stages": [_run_job("1", [], "Training run (fails when the notebook's gate does)",
-                            run, cfg)],
-    }
+    return _pipeline(
+        cfg, f"{name}-continuous-training",
+        f"Trains {name} on a schedule, on new data and on drift alerts (rendered by nbship "
+        f"from release {release_ref}).",
+        "release", "the nbship release (by digest) to train", release_ref, triggers,
+        [_run_job("1", [], "Training run (fails when the notebook's gate does)", run, cfg)])
 
 
 def _service_url(tag: str, name: str, cfg: DeployConfig) -> str:
@@ -339,35 +334,27 @@ def model_delivery(record: dict[str, Any], model_ref: str, cfg: DeployConfig
                                         "failureMessage": "the canary failed its judgment "
                                         "and was rolled back"}}]},
     ]
-    return {
-        "application": cfg.application, "name": f"{name}-model-delivery",
-        "description": f"Delivers a model release of {name} with a canary (rendered by "
-                       f"nbship; server image from commit {record['commit']}).",
-        "keepWaitingPipelines": False, "limitConcurrent": True,
-        "parameterConfig": [{"name": "model", "required": True, "default": model_ref,
-                             "description": "the model release (by digest) to deliver"}],
-        "triggers": [{"type": "webhook", "enabled": True, "source": f"nbship-model-{name}"}],
-        "stages": stages,
-    }
+    return _pipeline(
+        cfg, f"{name}-model-delivery",
+        f"Delivers a model release of {name} with a canary (rendered by nbship; server image "
+        f"from commit {record['commit']}).",
+        "model", "the model release (by digest) to deliver", model_ref,
+        [{"type": "webhook", "enabled": True, "source": f"nbship-model-{name}"}], stages)
 
 
 def model_rollback(record: dict[str, Any], model_ref: str, cfg: DeployConfig
                    ) -> dict[str, Any]:
     name = str(record["name"])
     server = str(record["images"]["nbship-server"]["reference"])
-    return {
-        "application": cfg.application, "name": f"{name}-model-rollback",
-        "description": f"Serves a previous model release of {name} again (rendered by nbship).",
-        "keepWaitingPipelines": False, "limitConcurrent": True,
-        "parameterConfig": [{"name": "previous_model", "required": True,
-                             "description": "the model release (by digest) to go back to"}],
-        "triggers": [],
-        "stages": [{"refId": "1", "requisiteStageRefIds": [], "type": "deployManifest",
-                    "name": "Serve the previous model", "account": cfg.account,
-                    "cloudProvider": "kubernetes", "source": "text",
-                    "manifests": [_isvc(record, model_ref, server,
-                                        "${parameters.previous_model}", cfg, None)]}],
-    }
+    return _pipeline(
+        cfg, f"{name}-model-rollback",
+        f"Serves a previous model release of {name} again (rendered by nbship).",
+        "previous_model", "the model release (by digest) to go back to", None, [],
+        [{"refId": "1", "requisiteStageRefIds": [], "type": "deployManifest",
+          "name": "Serve the previous model", "account": cfg.account,
+          "cloudProvider": "kubernetes", "source": "text",
+          "manifests": [_isvc(record, model_ref, server, "${parameters.previous_model}",
+                              cfg, None)]}])
 
 
 def render(reference: str, out: Path, *, pyproject: Path = Path("pyproject.toml"),
