@@ -640,6 +640,11 @@ def _schedule_of(name: str, args: argparse.Namespace) -> tuple[str, dict[str, ob
     return table.cron, {**table.parameters, **params}
 
 
+def _pipeline_of(release: str) -> str:
+    """The pipeline's name in a release reference (or the name itself)."""
+    return release.rsplit("/", 1)[-1].split(":")[0].split("@")[0]
+
+
 def _kfp_here(args: argparse.Namespace) -> int:
     """nbship kfp without --host: kfp.local and the local scheduler."""
     from nbship.pipelines import kfp_local
@@ -647,7 +652,7 @@ def _kfp_here(args: argparse.Namespace) -> int:
 
     project = Path.cwd()
     scheduler_root = Path(".nbship/scheduler")
-    name = args.release.rsplit("/", 1)[-1].split(":")[0].split("@")[0]
+    name = _pipeline_of(args.release)
     if args.action == "status":
         doc = kfp_local.status(name, project, scheduler_root)
         current = doc["current"]
@@ -697,7 +702,7 @@ def cmd_kfp(args: argparse.Namespace) -> int:
     if not args.host:
         return _kfp_here(args)
     say = lambda line: print(line, flush=True)  # noqa: E731
-    name = args.release.rsplit("/", 1)[-1].split(":")[0].split("@")[0]
+    name = _pipeline_of(args.release)
     experiment = args.experiment or name
     remote = kfp_remote.Remote(args.host, kfp_remote.Auth(args.token, args.sa_token,
                                                           args.kube_context), echo=say)

@@ -56,22 +56,20 @@ def run_release(reference: str, values: dict[str, Any], *, project: Path,
     from nbship.extract.cache import analyse
     from nbship.pipelines.compile import compile_graph
     from nbship.pipelines.local import run_compiled
-    from nbship.release.publish import show
 
     rel, _ = upload(reference, project)
-    record, _, _ = show(rel.reference)
-    notebook = project / str(record["notebook"]["path"])
+    notebook = project / rel.notebook["path"]
     if not notebook.is_file():
-        raise UnusableInputError(f"the release was built from {record['notebook']['path']}, "
+        raise UnusableInputError(f"the release was built from {rel.notebook['path']}, "
                                  f"which is not in {project}",
                                  hint="run it from the notebook's repository")
     graph = analyse(notebook)
-    if graph.notebook.sha256 != record["notebook"]["sha256"]:
+    if graph.notebook.sha256 != rel.notebook["sha256"]:
         raise UnusableInputError(
             f"{notebook} is not the notebook release {rel.reference} was built from "
             f"(sha256 {graph.notebook.sha256[:12]}... here, "
-            f"{str(record['notebook']['sha256'])[:12]}... in the release)",
-            hint=f"git checkout {rel.commit} -- {record['notebook']['path']}")
+            f"{rel.notebook['sha256'][:12]}... in the release)",
+            hint=f"git checkout {rel.commit} -- {rel.notebook['path']}")
     from nbship.extract.codegen import pipeline_name
 
     compiled = compile_graph(graph, project / ".nbship" / "build" / pipeline_name(graph))
@@ -86,12 +84,10 @@ def schedule(reference: str, cron: str, values: dict[str, Any], project: Path,
     """Register the release with the local scheduler; (schedule name, replaced one)."""
     from nbship.pipelines.scheduler import RELEASE_PREFIX, Store
     from nbship.pipelines.training import Training
-    from nbship.release.publish import show
 
     rel, _ = upload(reference, project)
-    record, _, _ = show(rel.reference)
     name = RELEASE_PREFIX + rel.name
-    training = Training(name=name, notebook=(project / str(record["notebook"]["path"])),
+    training = Training(name=name, notebook=project / rel.notebook["path"],
                         cron=cron, parameters=values, release=rel.reference)
     replaced = Store(scheduler_root / "schedules.sqlite").put(training, time.time())
     return name, replaced

@@ -62,6 +62,7 @@ class Release:
     digest: str
     reference: str
     yaml: Path  # the pipeline, pulled and checked
+    notebook: dict[str, str]  # path and sha256 of the notebook it was built from
 
     @property
     def version_name(self) -> str:
@@ -88,7 +89,9 @@ def pull_release(reference: str, folder: Path) -> Release:
     if sha256_file(path) != record["pipeline"]["sha256"]:
         raise KfpError(f"{reference}: pipeline.yaml does not match the sha256 in release.json")
     return Release(str(record["name"]), str(record["commit"]), digest,
-                   f"{ref.registry}/{ref.repository}@{digest}", path)
+                   f"{ref.registry}/{ref.repository}@{digest}", path,
+                   {"path": str(record["notebook"]["path"]),
+                    "sha256": str(record["notebook"]["sha256"])})
 
 
 @contextlib.contextmanager

@@ -61,8 +61,7 @@ class PushedModel:
 
 
 def model_repository(registry: str, name: str) -> oci.Reference:
-    host, _, path = registry.partition("/")
-    return oci.Reference(host, "/".join(filter(None, [path, "models", name])))
+    return oci.repository(registry, "models", name)
 
 
 def _tar(folder: Path) -> bytes:
@@ -107,9 +106,7 @@ def _releasable(src: Path, dst: Path) -> dict[str, Any]:
 
 def _release_digest(registry: str, prov: dict[str, Any]) -> dict[str, Any] | None:
     """The pipeline release of this notebook (same sha256) at ``releases/NAME:latest``."""
-    name = prov["pipeline"]["name"]
-    host, _, path = registry.partition("/")
-    ref = oci.Reference(host, "/".join(filter(None, [path, "releases", name])), LATEST)
+    ref = oci.repository(registry, "releases", prov["pipeline"]["name"]).with_tag(LATEST)
     try:
         if oci.exists(ref) is None:
             return None

@@ -77,6 +77,12 @@ class Reference:
         return Reference(self.registry, self.repository, tag, None)
 
 
+def repository(registry: str, kind: str, name: str) -> Reference:
+    """``HOST[:PORT][/PATH]/<kind>/<name>``: where nbship keeps releases and model releases."""
+    host, _, path = registry.partition("/")
+    return Reference(host, "/".join(filter(None, [path, kind, name])))
+
+
 def insecure(registry: str) -> bool:
     """Plain HTTP for a registry on this machine only."""
     host = registry.rsplit(":", 1)[0]

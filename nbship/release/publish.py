@@ -79,9 +79,7 @@ def _pause() -> None:
 def release_repository(registry: str, graph: StepGraph) -> oci.Reference:
     from nbship.extract.codegen import pipeline_name
 
-    return oci.Reference(registry.split("/", 1)[0],
-                         "/".join(filter(None, [registry.partition("/")[2], "releases",
-                                                pipeline_name(graph)])))
+    return oci.repository(registry, "releases", pipeline_name(graph))
 
 
 def image_repository(registry: str, name: str) -> str:
