@@ -1041,7 +1041,7 @@ def cmd_trigger(args: argparse.Namespace) -> int:
                       registry=registry, echo=lambda line: print(line, flush=True))
     httpd = server(trigger, port=args.port)
     print(f"trigger: listening on http://127.0.0.1:{args.port}/alerts for "
-          f"{', '.join(sorted(trigger.alerts))}; cooldown {args.cooldown:g} s; models "
+          f"{', '.join(sorted(trigger.alert_names))}; cooldown {args.cooldown:g} s; models "
           f"pushed to {registry or 'nowhere (--no-push)'}", flush=True)
     try:
         httpd.serve_forever()

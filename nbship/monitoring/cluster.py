@@ -27,13 +27,13 @@ from typing import Any
 
 import yaml
 
+from nbship.monitoring.alerts import DRIFT_ALERTS
 from nbship.monitoring.rules import DEFAULT, JOB, Thresholds, rules
 
 OPERATOR_GROUP = "monitoring.coreos.com"
 ISVC_LABEL = "serving.kserve.io/inferenceservice"
 PORT = 8080
 DEFAULT_WEBHOOK = "http://nbship-trigger:9095/alerts"
-DRIFT_ALERTS = ("NbshipInputDrift", "NbshipPredictionDrift")
 
 
 def _metadata(name: str, suffix: str) -> dict[str, Any]:
@@ -72,7 +72,7 @@ def alertmanager_config(name: str, webhook: str = DEFAULT_WEBHOOK) -> dict[str, 
                           "groupWait": "30s", "repeatInterval": "1h",
                           "matchers": [
                               {"name": "alertname", "matchType": "=~",
-                               "value": "|".join(DRIFT_ALERTS)},
+                               "value": "|".join(sorted(DRIFT_ALERTS))},
                               {"name": "model", "matchType": "=", "value": name}]},
                 "receivers": [{"name": receiver, "webhookConfigs": [
                     {"url": webhook, "sendResolved": False}]}],

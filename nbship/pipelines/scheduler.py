@@ -46,13 +46,13 @@ from typing import Any
 
 from nbship.errors import NbshipError, SchedulerError
 from nbship.jsonhttp import JSONHandler
+from nbship.monitoring import alerts
 from nbship.pipelines.training import Training, data_digest, fingerprint, next_fire, snapshot
 
 DEFAULT_PORT = 9096
 RELEASE_PREFIX = "kfp:"  # schedules `nbship kfp schedule` registered: a release's pipeline
 SECRET_ENV = "NBSHIP_TRIGGER_SECRET"
 POLL = 1.0  # seconds between looks at the data sources
-DRIFT_ALERTS = frozenset({"NbshipInputDrift", "NbshipPredictionDrift"})
 TICK = 0.25
 
 
@@ -346,20 +346,15 @@ class Scheduler:
         if not hmac.compare_digest(authorization.encode(), f"Bearer {self.secret}".encode()):
             return 401, {"error": "alerts need 'Authorization: Bearer <secret>' (nbship "
                          "monitor up --webhook-secret-file .nbship/scheduler/secret)"}
-        if not isinstance(payload, dict) or not isinstance(payload.get("alerts"), list):
+        firing = alerts.firing(payload)
+        if firing is None:
             return 400, {"error": "not an Alertmanager webhook payload (no 'alerts' list)"}
         takes = {t.name: t for t, _, _ in self.store.schedules() if t.webhook}
         queued: list[str] = []
-        for alert in payload["alerts"]:
-            labels = alert.get("labels") if isinstance(alert, dict) else None
-            if (not isinstance(labels, dict) or alert.get("status") != "firing"
-                    or labels.get("alertname") not in DRIFT_ALERTS):
-                continue
-            training = takes.get(str(labels.get("model")))
-            if training is not None and self.enqueue(training, {
-                    "kind": "alert", "alert": str(labels["alertname"]),
-                    "labels": {str(k): str(v) for k, v in labels.items()},
-                    "starts_at": str(alert.get("startsAt", "")), "fired_at": _now_iso()}):
+        for alert in firing:
+            training = takes.get(str(alert["labels"].get("model")))
+            if training is not None and self.enqueue(
+                    training, {**alerts.trigger(alert), "fired_at": _now_iso()}):
                 queued.append(training.name)
         return 202, {"queued": queued}
 

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from nbship.jsonhttp import JSONHandler
+from nbship.monitoring import alerts
 
 DEFAULT_PORT = 9095
-DRIFT_ALERTS = frozenset({"NbshipInputDrift", "NbshipPredictionDrift"})
 MAX_BODY = 1 << 20
 DRAIN_LIMIT = 16 << 20  # a larger body is not read at all: the connection just closes
 
@@ -39,7 +39,7 @@ class Trigger:
     root: Path
     parameters: dict[str, Any] = field(default_factory=dict)
     cooldown: float = 600.0
-    alerts: frozenset[str] = DRIFT_ALERTS
+    alert_names: frozenset[str] = alerts.DRIFT_ALERTS
     registry: str | None = None  # where a passing run's model is pushed (None: not pushed)
     echo: Callable[[str], None] = print
     runs: list[dict[str, Any]] = field(default_factory=list)
@@ -49,12 +49,9 @@ class Trigger:
 
     def handle(self, payload: Any) -> tuple[int, dict[str, Any]]:
         """(HTTP status, reply) for one webhook payload."""
-        if not isinstance(payload, dict) or not isinstance(payload.get("alerts"), list):
+        firing = alerts.firing(payload, self.alert_names)
+        if firing is None:
             return 400, {"error": "not an Alertmanager webhook payload (no 'alerts' list)"}
-        firing = [a for a in payload["alerts"] if isinstance(a, dict)
-                  and a.get("status") == "firing"
-                  and isinstance(a.get("labels"), dict)
-                  and a["labels"].get("alertname") in self.alerts]
         if not firing:
             return 200, {"started": False, "reason": "no firing alert that retrains"}
         alert = firing[0]
@@ -66,9 +63,7 @@ class Trigger:
                 left = self.cooldown - (now - self._last_start)
                 return 200, {"started": False, "reason": f"cooldown ({left:.0f} s left)"}
             self._last_start = now
-            why = {"kind": "alert", "alert": alert["labels"].get("alertname"),
-                   "labels": {str(k): str(v) for k, v in alert["labels"].items()},
-                   "starts_at": str(alert.get("startsAt", "")),
+            why = {**alerts.trigger(alert),
                    "received": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
             self._running = threading.Thread(target=self._run, args=(why,), daemon=True)
             self._running.start()
