@@ -209,7 +209,8 @@ class Scheduler:
                                             "reason": "new data since the last run"})
         threading.Thread(target=self._work, daemon=True, name="nbship-worker").start()
 
-    def tick(self) -> None:
+    def tick(self, poll: bool = True) -> None:
+        """Fire the crons that are due; with ``poll``, look at the data sources too."""
         now = time.time()
         for training, nxt, _ in self.store.schedules():
             if training.cron and nxt is not None and nxt <= now:
@@ -217,7 +218,7 @@ class Scheduler:
                 self.store.set_next(training.name, next_fire(training.cron, now))
                 self.enqueue(training, {"kind": "cron", "schedule": training.cron,
                                         "fired_at": _now_iso(nxt)})
-            if training.data is not None:
+            if poll and training.data is not None:
                 seen = fingerprint(training.data)
                 before = self._seen.get(training.name)
                 self._seen[training.name] = seen
@@ -229,14 +230,11 @@ class Scheduler:
         """Tick until stopped (SIGTERM arrives as KeyboardInterrupt)."""
         last_poll = 0.0
         while not self._stop.is_set():
-            if time.monotonic() - last_poll >= POLL:
+            # crons every tick, so that they fire on time; data sources once a second
+            poll = time.monotonic() - last_poll >= POLL
+            if poll:
                 last_poll = time.monotonic()
-                self.tick()
-            else:  # cron fires between polls stay on time
-                now = time.time()
-                if any(t.cron and n is not None and n <= now
-                       for t, n, _ in self.store.schedules()):
-                    self.tick()
+            self.tick(poll)
             self._stop.wait(TICK)
 
     def stop(self) -> None:
