@@ -124,6 +124,7 @@ def _release_digest(registry: str, prov: dict[str, Any]) -> dict[str, Any] | Non
 
 def build_record(run_dir: Path, stage: Path, registry: str) -> dict[str, Any]:
     """Write the model's files into ``stage``; return ``model.json``'s content (signed)."""
+    from nbship.runtime import serializers
     from nbship.serving.bundle import check_run, read_provenance
 
     prov = read_provenance(run_dir)
@@ -137,8 +138,6 @@ def build_record(run_dir: Path, stage: Path, registry: str) -> dict[str, Any]:
         tar = stage / f"value-{n}.tar"
         tar.write_bytes(_tar(folder))
         shutil.rmtree(folder)
-        from nbship.runtime import serializers
-
         s = serializers.by_name(str(meta["serializer"]))
         values[var] = {"file": tar.name, "sha256": sha256_file(tar), "from": info["from"],
                        "serializer": meta["serializer"], "type": meta.get("type"),
