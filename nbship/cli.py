@@ -246,8 +246,17 @@ def _parser() -> argparse.ArgumentParser:
                     help="where NAME is looked up (default: the embedded registry)")
 
     dp = sub.add_parser("deploy", help="Spinnaker pipelines: render them from a release, "
-                        "validate them offline",
-                        description="Validate Spinnaker pipeline JSON as strictly as Spinnaker "
+                        "validate them offline, rehearse them locally",
+                        description="render: write the Spinnaker pipelines a release needs "
+                        "(ML pipeline CD and rollback, continuous training, model delivery "
+                        "with a canary, and its rollback) into spinnaker/, every image and "
+                        "model by digest.\n\nrehearse: run one of those files here, stage "
+                        "by stage with Spinnaker's semantics: Run Job stages run their nbship "
+                        "command in this venv, InferenceServices become real model servers "
+                        "on 127.0.0.1 behind a real traffic split, manual judgments take "
+                        "--judge or ask; requests are sent throughout and counted. Each "
+                        "execution is recorded (nbship deploy history).\n\n"
+                        "validate: check Spinnaker pipeline JSON as strictly as Spinnaker "
                         "would: required fields (front50's name/application with --save), "
                         "the stage graph (string refIds, requisiteStageRefIds resolving, no "
                         "cycles), every stage type known with the fields Deck and orca "
@@ -261,17 +270,22 @@ def _parser() -> argparse.ArgumentParser:
                         "# -> spinnaker/\n"
                         "  nbship deploy render marker-classifier --env prod\n"
                         "  nbship deploy validate                 # spinnaker/*.json\n"
-                        "  nbship deploy validate my-pipeline.json --save\n\n"
+                        "  nbship deploy validate my-pipeline.json --save\n"
+                        "  nbship deploy rehearse spinnaker/marker-classifier-model-delivery.json "
+                        "\\\n      --stable 127.0.0.1:5000/models/marker-classifier@sha256:... "
+                        "--judge continue --time-scale 0.01\n"
+                        "  nbship deploy history\n\n"
                         "render reads [tool.nbship.deploy] (application, account, namespace, "
                         "kfp_host, service_account, docker_account, judgment; "
                         "[tool.nbship.deploy.<env>] overrides) and [tool.nbship.training] "
                         "(the schedule).",
                         formatter_class=argparse.RawDescriptionHelpFormatter)
-    dp.add_argument("action", choices=["render", "validate"])
+    dp.add_argument("action", choices=["render", "validate", "rehearse", "history"])
     dp.add_argument("files", nargs="*", metavar="FILE|RELEASE",
                     help="validate: pipeline JSON files (default: spinnaker/*.json); render: "
                     "the release (HOST:PORT/releases/NAME[:TAG], or NAME on the embedded "
-                    "registry)")
+                    "registry); rehearse: one pipeline file; history: a pipeline's name or "
+                    "an execution id (default: all)")
     dp.add_argument("-o", "--output", type=Path, default=Path("spinnaker"),
                     help="render: where the pipelines go (default: spinnaker/)")
     dp.add_argument("--env", default=None, help="render: the [tool.nbship.deploy.ENV] "
@@ -283,6 +297,23 @@ def _parser() -> argparse.ArgumentParser:
     dp.add_argument("--save", action="store_true",
                     help="as front50 saves it: name and application required")
     dp.add_argument("--quiet", action="store_true", help="errors only")
+    dp.add_argument("-p", "--parameter", action="append", default=[], metavar="NAME=VALUE",
+                    help="rehearse: a pipeline parameter (its parameterConfig), repeatable")
+    dp.add_argument("--stable", default=None, metavar="MODEL_REF",
+                    help="rehearse: the model release serving before the rehearsal (what "
+                    "production runs now; the canary is judged against it)")
+    dp.add_argument("--judge", choices=["continue", "stop"], default=None,
+                    help="rehearse: the answer to every manual judgment (default: ask on "
+                    "the terminal)")
+    dp.add_argument("--time-scale", type=float, default=1.0, metavar="X",
+                    help="rehearse: wait stages wait X times their waitTime (default 1)")
+    dp.add_argument("--traffic", type=float, default=20.0, metavar="PER_SECOND",
+                    help="rehearse: requests a second sent to each InferenceService "
+                    "throughout, and counted (default 20; 0: none)")
+    dp.add_argument("--kfp-host", default=None, metavar="URL",
+                    help="rehearse: where nbship kfp jobs go (default: the local pipeline "
+                    "host, kfp.local)")
+    dp.add_argument("--json", action="store_true", help="history: the records as JSON")
 
     sc = sub.add_parser("scheduler", help="continuous training: cron, new data, webhooks",
                         description="Start, stop or show the local training scheduler: one "
@@ -781,6 +812,10 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         if model is None:
             print("(no model release found: the model delivery is rendered with --model REF)")
         return 0
+    if args.action == "rehearse":
+        return _rehearse(args)
+    if args.action == "history":
+        return _history(args)
     files = [Path(f) for f in args.files] or sorted(Path("spinnaker").glob("*.json"))
     if not files:
         raise UnusableInputError("no pipeline files: give FILES, or render spinnaker/*.json")
@@ -797,6 +832,75 @@ def cmd_deploy(args: argparse.Namespace) -> int:
             print(problem)
     print(f"{len(files)} file(s): {errors} error(s), {warnings} warning(s)")
     return 1 if errors else 0
+
+
+def _rehearse(args: argparse.Namespace) -> int:
+    import sys
+
+    from nbship.errors import UnusableInputError
+    from nbship.spinnaker import rehearse
+
+    if len(args.files) != 1:
+        raise UnusableInputError("nbship deploy rehearse needs one pipeline FILE",
+                                 hint="nbship deploy render RELEASE writes them")
+    params = {}
+    for item in args.parameter:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UnusableInputError(f"-p {item}: NAME=VALUE")
+        params[key] = value
+    options = rehearse.Options(parameters=params, judge=args.judge,
+                               time_scale=args.time_scale, stable=args.stable,
+                               traffic=args.traffic, kfp_host=args.kfp_host,
+                               ask=input if sys.stdin.isatty() else None)
+    record, path = rehearse.rehearse(Path(args.files[0]), options,
+                                     echo=lambda line: print(line, flush=True))
+    print()
+    for line in rehearse.summary(record):
+        print(line)
+    print(f"record: {path} (nbship deploy history {record['id']})")
+    return 0 if record["status"] == "SUCCEEDED" else 1
+
+
+def _history(args: argparse.Namespace) -> int:
+    import json
+
+    from nbship.errors import UnusableInputError
+    from nbship.spinnaker import rehearse
+    from nbship.spinnaker.local_cluster import short
+
+    which = args.files[0] if args.files else None
+    records = rehearse.history()
+    if which:
+        one = [r for r in records if r["id"] == which]
+        if one:
+            if args.json:
+                print(json.dumps(one[0], indent=2, sort_keys=True))
+            else:
+                for line in rehearse.summary(one[0]):
+                    print(line)
+            return 0
+        records = [r for r in records if r["pipeline"]["name"] == which]
+        if not records:
+            raise UnusableInputError(f"no rehearsal of {which} and no execution {which} in "
+                                     ".nbship/deploy/executions",
+                                     hint="nbship deploy rehearse FILE records one")
+    if args.json:
+        print(json.dumps(records, indent=2, sort_keys=True))
+        return 0
+    if not records:
+        print("no rehearsals yet (nbship deploy rehearse FILE)")
+        return 0
+    print(f"{'execution':<25} {'pipeline':<36} {'status':<10} {'seconds':>8} "
+          f"{'sent':>6} {'failed':>6}  serving after")
+    for r in records:
+        t = r.get("traffic") or {}
+        final = "; ".join(f"{k}: {short(v['stable'] or '-')}" for k, v in
+                          (r.get("cluster", {}).get("final") or {}).items())
+        print(f"{r['id']:<25} {r['pipeline']['name'][:36]:<36} {r['status']:<10} "
+              f"{r['seconds']:>8.1f} {t.get('sent', '-'):>6} {t.get('failed', '-'):>6}  "
+              f"{final or '-'}")
+    return 0
 
 
 def cmd_scheduler(args: argparse.Namespace) -> int:

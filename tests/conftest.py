@@ -46,16 +46,16 @@ def write_notebook(path: Path, cells: list[tuple[list[str], str]]) -> Path:
     return path
 
 
-def run_showcase(folder: Path, epochs: int = 1) -> Path:
-    """The showcase notebook copied into ``folder`` and run once (a gate of 0.5), as
-    `nbship run` leaves it; the run's record folder."""
+def run_showcase(folder: Path, epochs: int = 1, **parameters: Any) -> Path:
+    """The showcase notebook copied into ``folder`` and run once (a gate of 0.5, unless
+    ``parameters`` say otherwise), as `nbship run` leaves it; the run's record folder."""
     from nbship.pipelines.compile import compile_graph
     from nbship.pipelines.local import run_compiled
 
     nb = folder / "marker_classifier.ipynb"
     shutil.copy(SHOWCASE, nb)
     compiled = compile_graph(build_graph(read_notebook(nb)), folder / "build")
-    result = run_compiled(compiled, {"epochs": epochs, "threshold": 0.5},
+    result = run_compiled(compiled, {"epochs": epochs, "threshold": 0.5, **parameters},
                           root=folder / "runs", echo=lambda line: None)
     assert result.status == "SUCCESS"
     return result.record_dir

@@ -119,11 +119,17 @@ def verdict(figures: dict[str, float], criteria: Criteria) -> list[tuple[str, bo
 
 def judge(stable_url: str, canary_url: str, stable_model: str, canary_model: str,
           inputs: np.ndarray, *, requests: int = 200, seconds: float = 0.0,
-          seed: int = 0, echo: Callable[[str], None] = print) -> dict[str, float]:
-    """Send the same rows to both servers (interleaved); the figures."""
+          seed: int = 0, warmup: int = 20, echo: Callable[[str], None] = print
+          ) -> dict[str, float]:
+    """Send the same rows to both servers (interleaved); the figures. The first
+    ``warmup`` requests to each are not counted: a server just started answers its first
+    requests slower (lazy initialisation), which says nothing of its steady latency."""
     rng = np.random.default_rng(seed)
     rows = np.asarray(inputs)
     order = rng.permutation(len(rows))
+    for n in range(warmup):
+        for url, model in ((stable_url, stable_model), (canary_url, canary_model)):
+            infer(url, model, rows[order[n % len(order)]])
     stable, canary = Side([], 0, []), Side([], 0, [])
     started = time.monotonic()
     n = 0

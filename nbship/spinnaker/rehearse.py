@@ -1,0 +1,615 @@
+"""``nbship deploy rehearse``: run a Spinnaker pipeline's JSON on this machine.
+
+The very file ``spin pipeline save`` takes is validated (as ``nbship deploy validate``
+does), then run stage by stage in ``refId``/``requisiteStageRefIds`` order with
+Spinnaker's semantics for the stage types nbship renders. Each stage type has one
+handler in :data:`HANDLERS` (a registry, as papermill's engines): a handler first says
+whether it can rehearse a stage (:meth:`Handler.check`, all stages are checked before
+anything starts), then runs it.
+
+* ``runJobManifest``: the Job's ``python -m nbship ...`` command in this venv, its
+  in-cluster addresses mapped to the local ones; ``SPINNAKER_PROPERTY_k=v`` lines become
+  the stage's outputs; a non-zero exit fails the stage.
+* ``deployManifest`` / ``patchManifest``: InferenceServices on the local cluster
+  (:mod:`nbship.spinnaker.local_cluster`: real model servers behind a real traffic split).
+* ``manualJudgment``: ``--judge continue|stop``, or asked on the terminal.
+* ``wait``: waits ``waitTime`` times ``--time-scale``.
+* ``checkPreconditions``: expression preconditions.
+
+A stage whose ``stageEnabled`` expression is false is SKIPPED and counts as done (as in
+Spinnaker); a failing stage with ``failPipeline: false`` is FAILED_CONTINUE and the
+pipeline goes on; any other failure ends the execution TERMINAL. While it runs, a load
+generator sends requests to every InferenceService (``--traffic`` per second) and counts
+what failed. The execution record (stages, timings, outputs, decisions, the traffic, the
+cluster's events, the models' and releases' provenance) is written atomically under
+``.nbship/deploy/executions/PIPELINE/`` and listed by ``nbship deploy history``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from nbship.errors import NbshipError, ReleaseError, UnusableInputError
+from nbship.spinnaker.expressions import ExpressionError, Scope, evaluate, resolve
+from nbship.spinnaker.local_cluster import Cluster, ClusterError
+
+SCHEMA = "nbship.rehearsal/v1"
+PROPERTY = re.compile(r"^SPINNAKER_PROPERTY_([A-Za-z0-9_.-]+)=(.*)$")
+DONE = {"SUCCEEDED", "SKIPPED", "FAILED_CONTINUE"}
+
+
+class RehearsalError(NbshipError):
+    """A pipeline the rehearsal cannot run, or a stage that cannot be rehearsed."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class Options:
+    parameters: Mapping[str, str] = field(default_factory=dict)
+    judge: str | None = None  # continue | stop for every manual judgment; None: ask
+    time_scale: float = 1.0
+    stable: str | None = None  # the model release in production before the rehearsal
+    traffic: float = 20.0  # requests a second to each InferenceService; 0: none
+    kfp_host: str | None = None  # None: nbship kfp's local pipeline host
+    root: Path = Path(".nbship/deploy")
+    ask: Callable[[str], str] | None = None  # the terminal's input(), when there is one
+
+
+@dataclass
+class Outcome:
+    status: str  # SUCCEEDED | TERMINAL | FAILED_CONTINUE
+    outputs: dict[str, Any] = field(default_factory=dict)
+    message: str = ""
+    decision: str | None = None
+
+
+class Handler(Protocol):
+    def check(self, stage: dict[str, Any]) -> str | None: ...
+
+    def run(self, stage: dict[str, Any], rehearsal: Rehearsal) -> Outcome: ...
+
+
+# --- the stage handlers ------------------------------------------------------------------
+
+
+def _is_isvc(doc: Any) -> bool:
+    return isinstance(doc, dict) and doc.get("kind") == "InferenceService" \
+        and str(doc.get("apiVersion", "")).startswith("serving.kserve.io/")
+
+
+class DeployManifest:
+    def check(self, stage: dict[str, Any]) -> str | None:
+        if stage.get("source", "text") != "text":
+            return "a rehearsal deploys manifests given as text (source: text)"
+        bad = [str(m.get("kind")) if isinstance(m, dict) else "?"
+               for m in stage.get("manifests") or [] if not _is_isvc(m)]
+        return (f"a rehearsal deploys InferenceServices only, not {', '.join(bad)}"
+                if bad else None)
+
+    def run(self, stage: dict[str, Any], rehearsal: Rehearsal) -> Outcome:
+        names = []
+        for doc in stage["manifests"]:
+            rehearsal.cluster.apply_isvc(doc)
+            names.append(f"inferenceservice {doc['metadata']['name']}")
+        return Outcome("SUCCEEDED", {"manifestNamesByNamespace": {
+            str(stage["manifests"][0]["metadata"].get("namespace", "default")): names}})
+
+
+CANARY_PATCH = re.compile(r"^inferenceservice (\S+)$")
+
+
+class PatchManifest:
+    def check(self, stage: dict[str, Any]) -> str | None:
+        if not CANARY_PATCH.match(str(stage.get("manifestName", ""))):
+            return "a rehearsal patches InferenceServices (manifestName: inferenceservice NAME)"
+        body = stage.get("patchBody")
+        bodies = body if isinstance(body, list) else [body]
+        for b in bodies:
+            predictor = (b or {}).get("spec", {}).get("predictor", {}) if isinstance(b, dict) \
+                else {}
+            if not isinstance(b, dict) or set(b) != {"spec"} or set(b["spec"]) != {"predictor"} \
+                    or set(predictor) != {"canaryTrafficPercent"}:
+                return "a rehearsal patches spec.predictor.canaryTrafficPercent only"
+        return None
+
+    def run(self, stage: dict[str, Any], rehearsal: Rehearsal) -> Outcome:
+        m = CANARY_PATCH.match(stage["manifestName"])
+        assert m
+        body = stage["patchBody"]
+        for b in body if isinstance(body, list) else [body]:
+            percent = b["spec"]["predictor"]["canaryTrafficPercent"]
+            if not isinstance(percent, int) or not 0 <= percent <= 100:
+                raise RehearsalError(f"canaryTrafficPercent {percent!r} is not 0-100")
+            rehearsal.cluster.patch_canary(m[1], percent)
+        return Outcome("SUCCEEDED")
+
+
+class ManualJudgment:
+    def check(self, stage: dict[str, Any]) -> str | None:
+        return None
+
+    def run(self, stage: dict[str, Any], rehearsal: Rehearsal) -> Outcome:
+        opts = rehearsal.options
+        if opts.judge is not None:
+            answer, how = opts.judge, "--judge"
+        else:
+            assert opts.ask is not None  # checked before the rehearsal starts
+            answer, how = "", "the terminal"
+            while answer not in ("continue", "stop"):
+                answer = opts.ask(f"  {stage.get('instructions') or stage.get('name')}\n"
+                                  "  continue or stop? ").strip().lower()
+        ok = answer == "continue"
+        return Outcome("SUCCEEDED" if ok else "TERMINAL", {"judgmentStatus": answer},
+                       f"judged {answer} ({how})", decision=answer)
+
+
+class Wait:
+    def check(self, stage: dict[str, Any]) -> str | None:
+        return None
+
+    def run(self, stage: dict[str, Any], rehearsal: Rehearsal) -> Outcome:
+        try:
+            seconds = float(stage.get("waitTime", 0))
+        except (TypeError, ValueError):
+            raise RehearsalError(f"waitTime {stage.get('waitTime')!r} is not seconds") from None
+        scaled = seconds * rehearsal.options.time_scale
+        time.sleep(scaled)
+        return Outcome("SUCCEEDED", message=f"waited {scaled:g} s ({seconds:g} s x "
+                       f"{rehearsal.options.time_scale:g})")
+
+
+class CheckPreconditions:
+    def check(self, stage: dict[str, Any]) -> str | None:
+        kinds = {str(p.get("type")) for p in stage.get("preconditions") or []
+                 if isinstance(p, dict)} - {"expression"}
+        return f"a rehearsal checks expression preconditions only, not {sorted(kinds)}" \
+            if kinds else None
+
+    def run(self, stage: dict[str, Any], rehearsal: Rehearsal) -> Outcome:
+        for p in stage.get("preconditions") or []:
+            context = p.get("context") or {}
+            value = context.get("expression")
+            if isinstance(value, str):
+                value = value.strip().lower() == "true"
+            if not value and p.get("failPipeline", True):
+                return Outcome("TERMINAL", message=str(context.get("failureMessage")
+                                                       or "a precondition is false"))
+        return Outcome("SUCCEEDED")
+
+
+class RunJob:
+    def check(self, stage: dict[str, Any]) -> str | None:
+        job = stage.get("manifest")
+        if not isinstance(job, dict) or job.get("kind") != "Job":
+            return "a rehearsal runs a batch/v1 Job given as text (manifest)"
+        containers = job.get("spec", {}).get("template", {}).get("spec", {}).get("containers")
+        if not isinstance(containers, list) or len(containers) != 1:
+            return "a rehearsal runs Jobs of one container"
+        argv = [*containers[0].get("command", []), *containers[0].get("args", [])]
+        if argv[:3] != ["python", "-m", "nbship"]:
+            return (f"a rehearsal runs nbship's own Jobs (python -m nbship ...) in this venv, "
+                    f"not {' '.join(map(str, argv[:3]))!r}")
+        return None
+
+    def run(self, stage: dict[str, Any], rehearsal: Rehearsal) -> Outcome:
+        container = stage["manifest"]["spec"]["template"]["spec"]["containers"][0]
+        argv = [str(a) for a in [*container.get("command", []), *container.get("args", [])]]
+        argv = rehearsal.local_argv(argv[3:])
+        mounts = [str(m.get("mountPath")) for m in container.get("volumeMounts") or []]
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        for var in container.get("env") or []:
+            value = var.get("value")
+            if isinstance(value, str) and not any(value.startswith(m) for m in mounts):
+                env[str(var["name"])] = value
+        rehearsal.echo(f"    $ nbship {' '.join(argv)}")
+        outputs: dict[str, Any] = {}
+        proc = subprocess.Popen([sys.executable, "-m", "nbship", *argv], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, text=True)
+        assert proc.stdout is not None
+        tail: list[str] = []
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            m = PROPERTY.match(line)
+            if m:
+                outputs[m[1]] = m[2]
+            tail = (tail + [line])[-5:]
+            rehearsal.echo(f"    | {line}")
+        code = proc.wait()
+        if code == 0:
+            return Outcome("SUCCEEDED", outputs, "the job succeeded")
+        return Outcome("TERMINAL", outputs, f"the job exited {code}: "
+                       + (tail[-1] if tail else "no output"))
+
+
+HANDLERS: dict[str, Handler] = {
+    "deployManifest": DeployManifest(), "patchManifest": PatchManifest(),
+    "manualJudgment": ManualJudgment(), "wait": Wait(),
+    "checkPreconditions": CheckPreconditions(), "runJobManifest": RunJob(),
+}
+WAITING_JOBS = (["canary", "ready"], ["canary", "judge"])  # observation, not work
+
+
+# --- the load during the rehearsal -------------------------------------------------------
+
+
+@dataclass
+class Load:
+    """Requests sent to the InferenceServices' routers during the whole rehearsal."""
+
+    cluster: Cluster
+    inputs: Any
+    rate: float
+    sent: int = 0
+    failed: int = 0
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def start(self, workers: int = 2) -> None:
+        for n in range(workers):
+            t = threading.Thread(target=self._work, args=(n, workers), daemon=True,
+                                 name=f"nbship-load-{n}")
+            t.start()
+            self._threads.append(t)
+
+    def _work(self, n: int, workers: int) -> None:
+        import numpy as np
+
+        from nbship.serving.canary import infer
+
+        rows = np.asarray(self.inputs)
+        period, i = workers / self.rate, n
+        started = time.monotonic()
+        while not self._stop.is_set():
+            with self.cluster._lock:  # noqa: SLF001 - our own module's lock
+                targets = [(s.name, s.router.url) for s in self.cluster.services.values()]
+            for name, url in targets:
+                value, _ = infer(url, name, rows[i % len(rows)], timeout=30)
+                with self._lock:
+                    self.sent += 1
+                    if value is None:
+                        self.failed += 1
+                        if len(self.failures) < 20:
+                            self.failures.append({"at": round(time.monotonic() - started, 3),
+                                                  "service": name})
+            i += workers
+            self._stop.wait(period)
+
+    def stop(self) -> dict[str, Any]:
+        self._stop.set()
+        for t in self._threads:
+            t.join(60)
+        return {"rate_per_second": self.rate, "sent": self.sent, "failed": self.failed,
+                "failures": self.failures}
+
+
+# --- the execution -----------------------------------------------------------------------
+
+
+def order(stages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Stages in an order that respects requisiteStageRefIds (validated acyclic), ties by
+    their place in the file."""
+    done: set[str] = set()
+    out: list[dict[str, Any]] = []
+    left = list(stages)
+    while left:
+        ready = [s for s in left
+                 if all(str(r) in done for r in s.get("requisiteStageRefIds") or [])]
+        if not ready:
+            raise RehearsalError("the stages' requisiteStageRefIds form a cycle")
+        stage = ready[0]
+        out.append(stage)
+        done.add(str(stage["refId"]))
+        left.remove(stage)
+    return out
+
+
+def _parameters(doc: dict[str, Any], given: Mapping[str, str], file: str) -> dict[str, str]:
+    config = [p for p in doc.get("parameterConfig") or [] if isinstance(p, dict)]
+    known = {str(p["name"]) for p in config}
+    unknown = set(given) - known
+    if unknown:
+        raise RehearsalError(f"{file}: no parameter {', '.join(sorted(unknown))}",
+                             hint="its parameters: " + (", ".join(sorted(known)) or "none"))
+    values: dict[str, str] = {}
+    for p in config:
+        name = str(p["name"])
+        if name in given:
+            values[name] = given[name]
+        elif p.get("default") not in (None, ""):
+            values[name] = str(p["default"])
+        elif p.get("required"):
+            raise RehearsalError(f"{file}: parameter {name} is required and has no default",
+                                 hint=f"-p {name}=VALUE ({p.get('description', '')})")
+        else:
+            values[name] = ""
+    return values
+
+
+def provenance(reference: str) -> dict[str, Any] | None:
+    """What a model release or a pipeline release says of where it came from."""
+    from nbship.release import oci
+
+    try:
+        ref = oci.Reference.parse(reference)
+    except (ValueError, NbshipError):
+        return None
+    try:
+        if "/models/" in f"/{ref.repository}":
+            from nbship.release.model import show as show_model
+
+            rec, digest, _ = show_model(reference)
+            return {"kind": "model", "reference": reference, "digest": digest,
+                    "name": rec.get("name"), "run": rec.get("run", {}).get("id"),
+                    "trigger": rec.get("run", {}).get("trigger"), "commit": rec.get("commit"),
+                    "notebook": rec.get("notebook"), "metrics": rec.get("metrics"),
+                    "data": rec.get("data"), "release": rec.get("pipeline", {}).get("release")}
+        from nbship.release.publish import show
+
+        rec, digest, _ = show(reference)
+        return {"kind": "release", "reference": reference, "digest": digest,
+                "name": rec.get("name"), "commit": rec.get("commit"),
+                "notebook": rec.get("notebook"),
+                "images": {k: v.get("reference") for k, v in rec.get("images", {}).items()}}
+    except (ReleaseError, OSError, ValueError):
+        return None
+
+
+@dataclass
+class Rehearsal:
+    path: Path
+    doc: dict[str, Any]
+    options: Options
+    echo: Callable[[str], None]
+    cluster: Cluster
+    parameters: dict[str, str]
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)  # by name, for #stage
+
+    def scope(self) -> Scope:
+        return Scope(self.parameters, self.stages)
+
+    def local_argv(self, argv: list[str]) -> list[str]:
+        """In-cluster addresses -> this machine's; ``--host`` of ``nbship kfp`` -> the
+        local pipeline host (or ``--kfp-host``)."""
+        urls = self.cluster.urls()
+        out: list[str] = []
+        i = 0
+        while i < len(argv):
+            arg = argv[i]
+            if argv[:1] == ["kfp"] and arg == "--host" and i + 1 < len(argv):
+                if self.options.kfp_host:
+                    out += ["--host", self.options.kfp_host]
+                i += 2
+                continue
+            for cluster_url, local in sorted(urls.items(), key=lambda kv: -len(kv[0])):
+                if arg == cluster_url or arg.startswith(cluster_url + "/"):
+                    arg = local + arg[len(cluster_url):]
+                    break
+            out.append(arg)
+            i += 1
+        return out
+
+    def enabled(self, stage: dict[str, Any]) -> bool:
+        cond = stage.get("stageEnabled")
+        if not isinstance(cond, dict) or cond.get("type") != "expression":
+            return True
+        expr = str(cond.get("expression", "true"))
+        value = evaluate(expr if "${" in expr else "${" + expr + "}", self.scope())
+        return value is True or str(value).strip().lower() == "true"
+
+    def run(self) -> dict[str, Any]:
+        started_at = datetime.now(UTC)
+        t0 = time.monotonic()
+        records: list[dict[str, Any]] = []
+        status, message = "SUCCEEDED", ""
+        failed: set[str] = set()
+        for stage in order(list(self.doc["stages"])):
+            ref, name = str(stage["refId"]), str(stage.get("name") or stage["type"])
+            row: dict[str, Any] = {"refId": ref, "name": name, "type": stage["type"]}
+            records.append(row)
+            if status == "TERMINAL" or any(str(r) in failed for r in
+                                           stage.get("requisiteStageRefIds") or []):
+                row["status"] = "NOT_STARTED"
+                continue
+            begun = time.monotonic()
+            row["started"] = round(begun - t0, 3)
+            try:
+                if not self.enabled(stage):
+                    outcome = Outcome("SKIPPED", message="stageEnabled is false")
+                else:
+                    self.echo(f"stage {ref} {name} ({stage['type']})")
+                    resolved = resolve({k: v for k, v in stage.items()
+                                        if k != "stageEnabled"}, self.scope())
+                    outcome = HANDLERS[stage["type"]].run(resolved, self)
+            except (ExpressionError, ClusterError, RehearsalError) as exc:
+                outcome = Outcome("TERMINAL", message=str(exc))
+            if outcome.status == "TERMINAL" and stage.get("failPipeline") is False:
+                outcome.status = "FAILED_CONTINUE"
+            row.update(status=outcome.status, seconds=round(time.monotonic() - begun, 3),
+                       outputs=outcome.outputs, message=outcome.message,
+                       waiting=_waiting(stage, outcome))
+            if outcome.decision:
+                row["decision"] = outcome.decision
+            self.stages[name] = {"status": outcome.status, "outputs": outcome.outputs,
+                                 "context": {**outcome.outputs}}
+            if outcome.status != "SKIPPED":
+                self.echo(f"  -> {outcome.status}" + (f": {outcome.message}"
+                                                      if outcome.message else ""))
+            if outcome.status == "TERMINAL":
+                failed.add(ref)
+                status, message = "TERMINAL", f"stage {ref} {name}: {outcome.message}"
+        return {"started_at": started_at.isoformat(timespec="seconds"),
+                "seconds": round(time.monotonic() - t0, 3), "status": status,
+                "message": message, "stages": records}
+
+
+def _waiting(stage: dict[str, Any], outcome: Outcome) -> bool:
+    """Whether the stage's time is waiting (for time, a person, readiness, observation)."""
+    if outcome.status == "SKIPPED":
+        return False
+    if stage["type"] in ("wait", "manualJudgment"):
+        return True
+    if stage["type"] == "runJobManifest":
+        container = stage["manifest"]["spec"]["template"]["spec"]["containers"][0]
+        return list(container.get("command", [])[3:5]) in WAITING_JOBS
+    return False
+
+
+def _services(stages: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(name, namespace) of the InferenceServices the pipeline deploys or patches."""
+    out: list[tuple[str, str]] = []
+    for s in stages:
+        for doc in s.get("manifests") or [] if s.get("type") == "deployManifest" else []:
+            if _is_isvc(doc):
+                meta = doc.get("metadata") or {}
+                pair = (str(meta.get("name")), str(meta.get("namespace") or "default"))
+                if pair not in out:
+                    out.append(pair)
+    return out
+
+
+def rehearse(path: Path, options: Options, echo: Callable[[str], None] = print
+             ) -> tuple[dict[str, Any], Path]:
+    """Run the pipeline in ``path``; (the execution record, where it was written)."""
+    from nbship.files import sha256_file, write_atomic
+    from nbship.spinnaker.validate import ERROR, validate_file
+
+    problems = [p for p in validate_file(path) if p.severity == ERROR]
+    if problems:
+        raise UnusableInputError(f"{path} does not validate:\n  "
+                                 + "\n  ".join(str(p) for p in problems),
+                                 hint=f"nbship deploy validate {path}")
+    doc = json.loads(path.read_text())
+    stages = list(doc.get("stages") or [])
+    cannot = []
+    for i, stage in enumerate(stages):
+        handler = HANDLERS.get(stage["type"])
+        why = f"Spinnaker-only (a rehearsal runs {', '.join(sorted(HANDLERS))})" \
+            if handler is None else handler.check(stage)
+        if why:
+            cannot.append(f"{path}: $.stages[{i}] ({stage['type']} {stage.get('name', '')!r}): "
+                          f"{why}")
+    if cannot:
+        raise RehearsalError("cannot rehearse:\n  " + "\n  ".join(cannot))
+    if options.judge not in (None, "continue", "stop"):
+        raise RehearsalError(f"--judge {options.judge}: continue or stop")
+    if options.judge is None and options.ask is None and \
+            any(s["type"] == "manualJudgment" for s in stages):
+        raise RehearsalError(f"{path} has manual judgments and there is no terminal to ask on",
+                             hint="--judge continue (or stop)")
+    if options.time_scale < 0 or options.traffic < 0:
+        raise RehearsalError("--time-scale and --traffic are not negative")
+    parameters = _parameters(doc, options.parameters, str(path))
+    name = str(doc.get("name") or path.stem)
+    run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+    workdir = options.root / "rehearsals" / run_id
+    cluster = Cluster(workdir, echo=echo)
+    rehearsal = Rehearsal(path, doc, options, echo, cluster, parameters)
+    services = _services(stages)
+    load: Load | None = None
+    echo(f"rehearsing {name} ({path}), execution {run_id}")
+    try:
+        if options.stable:
+            if not services:
+                raise RehearsalError(f"--stable: {path} deploys no InferenceService")
+            echo(f"  production before the rehearsal: {options.stable}")
+            for svc, namespace in services:
+                cluster.serve(svc, options.stable, namespace)
+        if services and options.traffic > 0:
+            from nbship.release.model import load_model
+
+            inputs_from = options.stable or next(
+                (v for v in parameters.values() if "/models/" in v), None)
+            inputs = load_model(inputs_from).reference_inputs if inputs_from else None
+            if inputs is not None:
+                load = Load(cluster, inputs, options.traffic)
+                load.start()
+                echo(f"  sending {options.traffic:g} requests/s to "
+                     f"{', '.join(s for s, _ in services)} throughout")
+        begun = time.monotonic()
+        execution = rehearsal.run()
+        cluster.settle()  # deploys return at once (as for custom resources); rollouts end
+        execution["seconds"] = round(time.monotonic() - begun, 3)
+    finally:
+        traffic = load.stop() if load else None
+        final = cluster.state()
+        cluster.close()
+    refs = {k: v for k, v in parameters.items() if "/" in v and ("@" in v or ":" in v)}
+    if options.stable:
+        refs["stable"] = options.stable
+    record: dict[str, Any] = {
+        "schema": SCHEMA, "id": run_id,
+        "pipeline": {"name": name, "application": doc.get("application"),
+                     "file": str(path), "sha256": sha256_file(path)},
+        "parameters": parameters,
+        "options": {"judge": options.judge, "time_scale": options.time_scale,
+                    "stable": options.stable, "traffic": options.traffic,
+                    "kfp_host": options.kfp_host},
+        **execution,
+        "traffic": traffic, "cluster": {"events": cluster.events, "final": final},
+        "provenance": {k: provenance(v) for k, v in sorted(refs.items())},
+    }
+    out = options.root / "executions" / _safe(name) / f"{run_id}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(out, json.dumps(record, indent=2, sort_keys=True) + "\n")
+    return record, out
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:100] or "pipeline"
+
+
+def history(root: Path = Path(".nbship/deploy"), pipeline: str | None = None
+            ) -> list[dict[str, Any]]:
+    """The execution records, oldest first (unreadable ones are left out)."""
+    folder = root / "executions"
+    files = sorted((folder / _safe(pipeline)).glob("*.json") if pipeline
+                   else folder.glob("*/*.json"))
+    out = []
+    for f in files:
+        try:
+            doc = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(doc, dict) and doc.get("schema") == SCHEMA:
+            out.append({**doc, "_file": str(f)})
+    return sorted(out, key=lambda d: str(d.get("id")))
+
+
+def summary(record: dict[str, Any]) -> list[str]:
+    """An execution record, as a person reads it."""
+    lines = [f"execution {record['id']}: {record['pipeline']['name']} {record['status']} in "
+             f"{record['seconds']:.1f} s" + (f" ({record['message']})" if record.get("message")
+                                             else "")]
+    waited = sum(s.get("seconds", 0) for s in record["stages"] if s.get("waiting"))
+    lines.append(f"  {'stage':<44} {'status':<16} {'seconds':>8}")
+    for s in record["stages"]:
+        title = f"{s['refId']} {s['name']}"[:44]
+        lines.append(f"  {title:<44} {s['status']:<16} {s.get('seconds', 0):>8.2f}"
+                     + ("  (waiting)" if s.get("waiting") else "")
+                     + (f"  judged {s['decision']}" if s.get("decision") else ""))
+    lines.append(f"  waiting: {waited:.1f} s of {record['seconds']:.1f} s")
+    traffic = record.get("traffic")
+    if traffic:
+        lines.append(f"  traffic: {traffic['sent']} requests sent during the rehearsal, "
+                     f"{traffic['failed']} failed")
+    for service, state in (record.get("cluster", {}).get("final") or {}).items():
+        lines.append(f"  {service} serves {state['stable']}"
+                     + (f" (canary {state['canary']} at {state['canary_percent']} %)"
+                        if state.get("canary") else ""))
+    return lines
