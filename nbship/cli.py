@@ -713,7 +713,10 @@ def _kfp_here(args: argparse.Namespace) -> int:
         print(f"{result.status}: " + ", ".join(f"{k}={v:.4g}" for k, v in
                                               result.metrics.items()))
         print(f"provenance: {result.provenance}")
-        props = {"run_id": result.record_dir.name, "run_state": result.status}
+        props = {"run_id": result.record_dir.name,  # in KFP's v2beta1 words, as a cluster's
+                 "run_state": {"SUCCESS": "SUCCEEDED", "FAILURE": "FAILED"}.get(
+                     result.status, result.status),
+                 **{f"metric_{k}": f"{v:.6g}" for k, v in sorted(result.metrics.items())}}
     else:
         cron, params = _schedule_of(name, args)
         sched, replaced = kfp_local.schedule(ref, cron, params, project,

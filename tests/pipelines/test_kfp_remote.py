@@ -161,7 +161,7 @@ def test_the_same_verbs_on_this_machine(release: str, tmp_path: Path) -> None:
     prov_path = Path(run.stdout.split("provenance: ")[1].split()[0])
     prov = json.loads(prov_path.read_text())
     assert prov["trigger"]["release"].startswith(release.rsplit(":", 1)[0] + "@sha256:")
-    assert prov["pipeline"]["yaml_sha256"] != "" and props(run.stdout)["run_state"] == "SUCCESS"
+    assert prov["pipeline"]["yaml_sha256"] != "" and props(run.stdout)["run_state"] == "SUCCEEDED"
 
     first = here("schedule", release, "--cron", "*/2 * * * * *")
     assert first.returncode == 0 and "replacing" not in first.stdout, first.stderr
