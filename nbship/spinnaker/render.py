@@ -273,7 +273,8 @@ def _isvc(record: dict[str, Any], model_ref: str, server: str, model: str,
 def model_delivery(record: dict[str, Any], model_ref: str, cfg: DeployConfig
                    ) -> dict[str, Any]:
     """Canary, readiness, judgment against the stable server, approval, promotion; on a
-    failed judgment the canary gets 0 % and the pipeline fails."""
+    failed judgment, or a "stop" at the approval, the canary gets 0 % and the pipeline
+    fails."""
     name = str(record["name"])
     server = str(record["images"]["nbship-server"]["reference"])
     canary, stable = _service_url("latest", name, cfg), _service_url("prev", name, cfg)
@@ -288,8 +289,14 @@ def model_delivery(record: dict[str, Any], model_ref: str, cfg: DeployConfig
         del doc["spec"]["template"]["spec"]["volumes"]
         return doc
 
-    judged = "${ #stage('Judge the canary')['status'].toString() == 'SUCCEEDED' }"
-    failed = "${ #stage('Judge the canary')['status'].toString() != 'SUCCEEDED' }"
+    approval = "Promote the canary?"
+    passed = "#stage('Judge the canary')['status'].toString() == 'SUCCEEDED'"
+    if cfg.judgment:  # promoted: the judge passed and a person said continue
+        promoted = f"${{ {passed} and #judgment('{approval}') == 'continue' }}"
+        not_promoted = (f"${{ {passed.replace('==', '!=')} or "
+                        f"#judgment('{approval}') == 'stop' }}")
+    else:
+        promoted, not_promoted = f"${{ {passed} }}", f"${{ {passed.replace('==', '!=')} }}"
     manifest_name = f"inferenceservice {name}"
     selector = {"account": cfg.account, "cloudProvider": "kubernetes", "mode": "static",
                 "location": cfg.namespace, "manifestName": manifest_name, "source": "text",
@@ -309,30 +316,33 @@ def model_delivery(record: dict[str, Any], model_ref: str, cfg: DeployConfig
             "--seconds", str(cfg.canary_seconds)]), cfg),
          "failPipeline": False, "continuePipeline": True},
     ]
-    promote_after = "3"
-    if cfg.judgment:
+    decided = "3"
+    if cfg.judgment:  # "stop" goes on to the rollback (FAILED_CONTINUE), not to a halt
         stages.append({"refId": "4", "requisiteStageRefIds": ["3"], "type": "manualJudgment",
-                       "name": "Promote the canary?", "judgmentInputs": [],
+                       "name": approval, "judgmentInputs": [],
                        "instructions": f"The canary of {name} passed its judgment against "
-                       "the stable server. Send it all traffic?", "failPipeline": True,
-                       "stageEnabled": {"type": "expression", "expression": judged}})
-        promote_after = "4"
+                       "the stable server. Send it all traffic? (stop rolls it back)",
+                       "failPipeline": False, "continuePipeline": True,
+                       "stageEnabled": {"type": "expression",
+                                        "expression": f"${{ {passed} }}"}})
+        decided = "4"
+    why = "the canary failed its judgment" + (" or was stopped at the approval"
+                                              if cfg.judgment else "")
     stages += [
-        {**selector, "refId": "5", "requisiteStageRefIds": [promote_after],
+        {**selector, "refId": "5", "requisiteStageRefIds": [decided],
          "type": "patchManifest", "name": "Promote (100 %)",
          "patchBody": [{"spec": {"predictor": {"canaryTrafficPercent": 100}}}],
-         "stageEnabled": {"type": "expression", "expression": judged}},
-        {**selector, "refId": "6", "requisiteStageRefIds": ["3"], "type": "patchManifest",
+         "stageEnabled": {"type": "expression", "expression": promoted}},
+        {**selector, "refId": "6", "requisiteStageRefIds": [decided], "type": "patchManifest",
          "name": "Roll back the canary (0 %)",
          "patchBody": [{"spec": {"predictor": {"canaryTrafficPercent": 0}}}],
-         "stageEnabled": {"type": "expression", "expression": failed}},
+         "stageEnabled": {"type": "expression", "expression": not_promoted}},
         {"refId": "7", "requisiteStageRefIds": ["6"], "type": "checkPreconditions",
          "name": "Fail after a rollback", "stageEnabled": {"type": "expression",
-                                                             "expression": failed},
+                                                             "expression": not_promoted},
          "preconditions": [{"type": "expression", "failPipeline": True,
-                            "context": {"expression": judged,
-                                        "failureMessage": "the canary failed its judgment "
-                                        "and was rolled back"}}]},
+                            "context": {"expression": promoted,
+                                        "failureMessage": f"{why} and was rolled back"}}]},
     ]
     return _pipeline(
         cfg, f"{name}-model-delivery",

@@ -121,7 +121,8 @@ def test_a_broken_candidate_is_rolled_back_and_no_request_fails(
         cwd=delivery["project"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 1, done.stdout + done.stderr
     assert "Traceback" not in done.stderr
-    assert "the canary failed its judgment and was rolled back" in done.stdout
+    assert "the canary failed its judgment or was stopped at the approval and was rolled " \
+        "back" in done.stdout
     record = history(delivery["project"] / ".nbship" / "deploy")[-1]
     stages = by_name(record)
     assert record["status"] == "TERMINAL"
@@ -139,6 +140,22 @@ def test_a_broken_candidate_is_rolled_back_and_no_request_fails(
                             cwd=delivery["project"], capture_output=True, text=True,
                             timeout=120)
     assert record["id"] in listed.stdout and "TERMINAL" in listed.stdout
+
+
+def test_stop_at_the_approval_rolls_a_good_candidate_back(delivery: dict[str, Any],
+                                                          tmp_path: Path) -> None:
+    refs = delivery["refs"]
+    record, _ = rehearse(delivery["spinnaker"] / "marker-classifier-model-delivery.json",
+                         Options(stable=refs["stable"], judge="stop", root=tmp_path),
+                         echo=lambda line: None)
+    stages = by_name(record)
+    assert stages["Judge the canary"]["status"] == "SUCCEEDED"
+    assert stages["Promote the canary?"]["status"] == "FAILED_CONTINUE"
+    assert stages["Promote (100 %)"]["status"] == "SKIPPED"
+    assert stages["Roll back the canary (0 %)"]["status"] == "SUCCEEDED"
+    assert record["status"] == "TERMINAL" and "stopped at the approval" in record["message"]
+    assert record["cluster"]["final"]["marker-classifier"]["stable"] == refs["stable"]
+    assert record["traffic"]["failed"] == 0
 
 
 def test_the_rollback_pipeline_serves_the_previous_model_again(

@@ -182,6 +182,11 @@ def test_model_delivery_canary_judgment_promotion_and_rollback(
         {"spec": {"predictor": {"canaryTrafficPercent": 100}}}]
     assert delivery["stages"][5]["patchBody"] == [
         {"spec": {"predictor": {"canaryTrafficPercent": 0}}}]
+    # a "stop" at the approval goes on to the rollback, as a failed judgment does
+    assert delivery["stages"][3]["continuePipeline"] is True
+    assert delivery["stages"][5]["requisiteStageRefIds"] == ["4"]
+    assert "#judgment('Promote the canary?') == 'stop'" in \
+        delivery["stages"][5]["stageEnabled"]["expression"]
     rollback = json.loads(written[-1].read_text())
     back = rollback["stages"][0]["manifests"][0]["spec"]["predictor"]
     assert "canaryTrafficPercent" not in back
