@@ -952,7 +952,18 @@ def cmd_canary(args: argparse.Namespace) -> int:
         ok = canary.wait_ready(args.url, args.model, args.timeout)
         print(f"{args.model} at {args.url}: " + ("ready" if ok else
                                                  f"not ready after {args.timeout:g} s"))
-        return 0 if ok else 1
+        if not ok:
+            return 1
+        # what a Run Job stage reads (Spinnaker fails one whose property file is empty):
+        # the runs serving as canary and stable, the scopes of a Kayenta analysis
+        props = {"canary_ready": "true"}
+        for side, url in (("canary", args.url), ("stable", args.stable)):
+            if url:
+                prov = canary.provenance(url, args.model)
+                props.update({f"{side}_run": prov["run"], f"{side}_model": prov["model"]})
+        for prop, text in props.items():
+            print(f"SPINNAKER_PROPERTY_{prop}={text}")
+        return 0
     if not args.stable or not args.canary:
         raise UnusableInputError("nbship canary judge needs --stable URL and --canary URL")
     if args.inputs is not None:

@@ -42,12 +42,18 @@ MODEL = Info("nbship_model", "Where the served model comes from: run, commit, mo
              ["model"])
 
 
+def run_id(provenance: dict[str, Any]) -> str:
+    """The run a served model comes from (a run folder says its id; a model release says
+    ``{"id": ...}``)."""
+    run = provenance.get("run")
+    return str((run.get("id") if isinstance(run, dict) else run) or "")
+
+
 def describe_model(model: str, provenance: dict[str, Any]) -> None:
     """``nbship_model_info{model, run, commit, release}``: alerts and dashboards can name
     the run and commit of the model that drifted."""
-    run = provenance.get("run")
     MODEL.labels(model=model).info({
-        "run": str(run.get("id") if isinstance(run, dict) else run or ""),
+        "run": run_id(provenance),
         "commit": str(provenance.get("commit") or ""),
         "release": str(provenance.get("model") or ""),
     })

@@ -160,3 +160,19 @@ def wait_ready(url: str, model: str, timeout: float = 600) -> bool:
             pass
         time.sleep(1.0)
     return False
+
+
+def provenance(url: str, model: str, timeout: float = 10) -> dict[str, Any]:
+    """What a server says its model comes from (``/v2/models/NAME/provenance``): its run
+    id and model release, as strings ("" where it does not say)."""
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/v2/models/{model}/provenance",
+                                    timeout=timeout) as reply:
+            doc = json.loads(reply.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return {"run": "", "model": ""}
+    run = doc.get("run") if isinstance(doc, dict) else None
+    run = run.get("id") if isinstance(run, dict) else run
+    return {"run": str(run or ""), "model": str(doc.get("model") or "")
+            if isinstance(doc, dict) else ""}
+

@@ -129,11 +129,12 @@ def serve(served: Served, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
              f"(v1 /v1/models/{served.name}:predict, v2 /v2/models/{served.name}/infer)")
     entry = None
     if monitor_root is not None:  # nbship monitor's Prometheus finds it here
+        from nbship.monitoring.metrics import run_id
         from nbship.monitoring.stack import register_target
 
         try:
             entry = register_target(monitor_root, served.name, f"{host}:{bound_port}",
-                                    {"run": str(served.provenance.get("run") or "")})
+                                    {"run": run_id(served.provenance)})
         except OSError as exc:  # a read-only file system in a container: serve anyway
             announce(f"(not registered with nbship monitor: {exc})")
     try:

@@ -77,7 +77,7 @@ class Outcome:
 
 
 class Handler(Protocol):
-    def check(self, stage: dict[str, Any]) -> str | None: ...
+    def check(self, stage: dict[str, Any], folder: Path) -> str | None: ...
 
     def run(self, stage: dict[str, Any], rehearsal: Rehearsal) -> Outcome: ...
 
@@ -91,7 +91,7 @@ def _is_isvc(doc: Any) -> bool:
 
 
 class DeployManifest:
-    def check(self, stage: dict[str, Any]) -> str | None:
+    def check(self, stage: dict[str, Any], folder: Path) -> str | None:
         if stage.get("source", "text") != "text":
             return "a rehearsal deploys manifests given as text (source: text)"
         bad = [str(m.get("kind")) if isinstance(m, dict) else "?"
@@ -112,7 +112,7 @@ CANARY_PATCH = re.compile(r"^inferenceservice (\S+)$")
 
 
 class PatchManifest:
-    def check(self, stage: dict[str, Any]) -> str | None:
+    def check(self, stage: dict[str, Any], folder: Path) -> str | None:
         if not CANARY_PATCH.match(str(stage.get("manifestName", ""))):
             return "a rehearsal patches InferenceServices (manifestName: inferenceservice NAME)"
         body = stage.get("patchBody")
@@ -138,7 +138,7 @@ class PatchManifest:
 
 
 class ManualJudgment:
-    def check(self, stage: dict[str, Any]) -> str | None:
+    def check(self, stage: dict[str, Any], folder: Path) -> str | None:
         return None
 
     def run(self, stage: dict[str, Any], rehearsal: Rehearsal) -> Outcome:
@@ -157,7 +157,7 @@ class ManualJudgment:
 
 
 class Wait:
-    def check(self, stage: dict[str, Any]) -> str | None:
+    def check(self, stage: dict[str, Any], folder: Path) -> str | None:
         return None
 
     def run(self, stage: dict[str, Any], rehearsal: Rehearsal) -> Outcome:
@@ -172,7 +172,7 @@ class Wait:
 
 
 class CheckPreconditions:
-    def check(self, stage: dict[str, Any]) -> str | None:
+    def check(self, stage: dict[str, Any], folder: Path) -> str | None:
         kinds = {str(p.get("type")) for p in stage.get("preconditions") or []
                  if isinstance(p, dict)} - {"expression"}
         return f"a rehearsal checks expression preconditions only, not {sorted(kinds)}" \
@@ -191,7 +191,7 @@ class CheckPreconditions:
 
 
 class RunJob:
-    def check(self, stage: dict[str, Any]) -> str | None:
+    def check(self, stage: dict[str, Any], folder: Path) -> str | None:
         job = stage.get("manifest")
         if not isinstance(job, dict) or job.get("kind") != "Job":
             return "a rehearsal runs a batch/v1 Job given as text (manifest)"
@@ -229,13 +229,101 @@ class RunJob:
             tail = (tail + [line])[-5:]
             rehearsal.echo(f"    | {line}")
         code = proc.wait()
+        if code == 0 and stage.get("propertyFile") and not outputs:  # as orca says it
+            return Outcome("TERMINAL", message=f"Expected properties file "
+                           f"{stage['propertyFile']} but it was either missing, empty or "
+                           "contained invalid syntax (no SPINNAKER_PROPERTY_ lines)")
         if code == 0:
             return Outcome("SUCCEEDED", outputs, "the job succeeded")
         return Outcome("TERMINAL", outputs, f"the job exited {code}: "
                        + (tail[-1] if tail else "no output"))
 
 
+def canary_configs(folder: Path) -> dict[str, tuple[Path, dict[str, Any]]]:
+    """Kayenta canary configs beside a pipeline (``kayenta/*.json``), by id and by name."""
+    found: dict[str, tuple[Path, dict[str, Any]]] = {}
+    for path in sorted((folder / "kayenta").glob("*.json")):
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(doc, dict):
+            for key in ("id", "name"):
+                if isinstance(doc.get(key), str):
+                    found.setdefault(doc[key], (path, doc))
+    return found
+
+
+class KayentaCanary:
+    """Judged from the rehearsal's Prometheus (:mod:`nbship.spinnaker.kayenta`)."""
+
+    def check(self, stage: dict[str, Any], folder: Path) -> str | None:
+        from nbship.release.tools import which
+        from nbship.spinnaker.kayenta import config_problems
+
+        config = stage.get("canaryConfig") or {}
+        wanted = str(config.get("canaryConfigId", ""))
+        found = canary_configs(folder).get(wanted)
+        if found is None:
+            return (f"no canary config {wanted!r} in {folder / 'kayenta'} (a rehearsal reads "
+                    "the config Kayenta would: nbship deploy render writes it there)")
+        problems = config_problems(found[1])
+        if problems:
+            return f"{found[0]}: " + "; ".join(problems)
+        scopes = config.get("scopes") or []
+        if len(scopes) != 1:
+            return "a rehearsal judges one scope (controlScope and experimentScope)"
+        if which("prometheus") is None:
+            return "judging a canary here needs Prometheus (make tools; apt-get install " \
+                "prometheus)"
+        return None
+
+    def run(self, stage: dict[str, Any], rehearsal: Rehearsal) -> Outcome:
+        from nbship.monitoring.stack import api
+        from nbship.spinnaker.kayenta import duration_seconds, judge
+
+        config = stage["canaryConfig"]
+        _, doc = canary_configs(rehearsal.path.parent)[str(config["canaryConfigId"])]
+        scope = config["scopes"][0]
+        control, experiment = str(scope["controlScope"]), str(scope["experimentScope"])
+        if not control or not experiment:
+            raise RehearsalError(f"the canary's scopes are empty (control {control!r}, "
+                                 f"experiment {experiment!r})")
+        seconds = duration_seconds(config.get("lifetimeDuration") or
+                                   f"PT{float(config.get('lifetimeHours') or 0)}H")
+        prometheus = rehearsal.prometheus
+        assert prometheus is not None  # started before the stages when one is kayentaCanary
+        rehearsal.echo(f"    observing control {control} and experiment {experiment} for "
+                       f"{seconds:g} s (Prometheus {prometheus})")
+        start = time.time()
+        time.sleep(seconds)
+        end = time.time()
+
+        def series(template: str) -> tuple[list[float], list[float]]:
+            out = []
+            for value in (control, experiment):
+                promql = template.replace("${scope}", value).replace(
+                    "${location}", str(scope.get("controlLocation", "")))
+                found = api(prometheus, "query_range", {"query": promql, "start": start,
+                                                        "end": end, "step": 1}).get("result")
+                out.append([float(v) for _, v in found[0]["values"]] if found else [])
+            return out[0], out[1]
+
+        verdict = judge(doc, series, {k: v for k, v in (config.get("scoreThresholds") or {})
+                                      .items() if v is not None})
+        for m in verdict.metrics:
+            rehearsal.echo(f"    {'pass' if m['passed'] else 'FAIL'}  {m['name']:<20} "
+                           f"{m['classification']:<7} {m['why']}")
+        outputs = {"overallScore": verdict.score, "overallResult": verdict.result,
+                   "canaryScores": [verdict.score],
+                   "metrics": {m["name"]: m["classification"] for m in verdict.metrics}}
+        ok = verdict.result == "pass"
+        return Outcome("SUCCEEDED" if ok else "TERMINAL", outputs,
+                       f"canary score {verdict.score:g} ({verdict.result})")
+
+
 HANDLERS: dict[str, Handler] = {
+    "kayentaCanary": KayentaCanary(),
     "deployManifest": DeployManifest(), "patchManifest": PatchManifest(),
     "manualJudgment": ManualJudgment(), "wait": Wait(),
     "checkPreconditions": CheckPreconditions(), "runJobManifest": RunJob(),
@@ -273,13 +361,15 @@ class Load:
         from nbship.serving.canary import infer
 
         rows = np.asarray(self.inputs)
-        period, i = workers / self.rate, n
+        rng = np.random.default_rng(n)  # rows in random order: a data set's own order (the
+        period = workers / self.rate  # digits cycle 0-9) would meet the split's period
         started = time.monotonic()
         while not self._stop.is_set():
+            row = rows[rng.integers(len(rows))]
             with self.cluster._lock:  # noqa: SLF001 - our own module's lock
                 targets = [(s.name, s.router.url) for s in self.cluster.services.values()]
             for name, url in targets:
-                value, _ = infer(url, name, rows[i % len(rows)], timeout=30)
+                value, _ = infer(url, name, row, timeout=30)
                 with self._lock:
                     self.sent += 1
                     if value is None:
@@ -287,7 +377,6 @@ class Load:
                         if len(self.failures) < 20:
                             self.failures.append({"at": round(time.monotonic() - started, 3),
                                                   "service": name})
-            i += workers
             self._stop.wait(period)
 
     def stop(self) -> dict[str, Any]:
@@ -379,6 +468,7 @@ class Rehearsal:
     cluster: Cluster
     parameters: dict[str, str]
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)  # by name, for #stage
+    prometheus: str | None = None  # the rehearsal's own, when a stage judges from it
 
     def scope(self) -> Scope:
         return Scope(self.parameters, self.stages)
@@ -445,8 +535,11 @@ class Rehearsal:
                        waiting=_waiting(stage, outcome))
             if outcome.decision:
                 row["decision"] = outcome.decision
+            context = {**outcome.outputs}  # Run Job properties: both ways orca keeps them
+            if stage["type"] == "runJobManifest":
+                context["propertyFileContents"] = dict(outcome.outputs)
             self.stages[name] = {"status": outcome.status, "outputs": outcome.outputs,
-                                 "context": {**outcome.outputs}}
+                                 "context": context}
             if outcome.status != "SKIPPED":
                 self.echo(f"  -> {outcome.status}" + (f": {outcome.message}"
                                                       if outcome.message else ""))
@@ -462,7 +555,7 @@ def _waiting(stage: dict[str, Any], outcome: Outcome) -> bool:
     """Whether the stage's time is waiting (for time, a person, readiness, observation)."""
     if outcome.status == "SKIPPED":
         return False
-    if stage["type"] in ("wait", "manualJudgment"):
+    if stage["type"] in ("wait", "manualJudgment", "kayentaCanary"):
         return True
     if stage["type"] == "runJobManifest":
         container = stage["manifest"]["spec"]["template"]["spec"]["containers"][0]
@@ -500,7 +593,7 @@ def rehearse(path: Path, options: Options, echo: Callable[[str], None] = print
     for i, stage in enumerate(stages):
         handler = HANDLERS.get(stage["type"])
         why = f"Spinnaker-only (a rehearsal runs {', '.join(sorted(HANDLERS))})" \
-            if handler is None else handler.check(stage)
+            if handler is None else handler.check(stage, path.parent)
         if why:
             cannot.append(f"{path}: $.stages[{i}] ({stage['type']} {stage.get('name', '')!r}): "
                           f"{why}")
@@ -523,7 +616,16 @@ def rehearse(path: Path, options: Options, echo: Callable[[str], None] = print
     services = _services(stages)
     load: Load | None = None
     echo(f"rehearsing {name} ({path}), execution {run_id}")
+    monitor = None
     try:
+        if any(s["type"] == "kayentaCanary" for s in stages):
+            from nbship.monitoring import stack
+            from nbship.spinnaker.local_cluster import free_port
+
+            monitor = stack.up(workdir / "monitor", prometheus_port=free_port(),
+                               alertmanager_port=free_port(), scrape_interval="1s")
+            rehearsal.prometheus = monitor.prometheus
+            echo(f"  Prometheus {monitor.prometheus} scrapes the servers (canary analysis)")
         if options.stable:
             if not services:
                 raise RehearsalError(f"--stable: {path} deploys no InferenceService")
@@ -549,6 +651,10 @@ def rehearse(path: Path, options: Options, echo: Callable[[str], None] = print
         traffic = load.stop() if load else None
         final = cluster.state()
         cluster.close()
+        if monitor is not None:
+            from nbship.monitoring import stack
+
+            stack.down(workdir / "monitor")
     refs = {k: v for k, v in parameters.items() if "/" in v and ("@" in v or ":" in v)}
     if options.stable:
         refs["stable"] = options.stable

@@ -45,13 +45,17 @@ class DeployConfig:
     judgment: bool = True
     canary_percent: int = 10
     canary_seconds: int = 600
+    canary_config: str | None = None  # a Kayenta canary config id: judge with kayentaCanary
+    metrics_account: str = "prometheus"  # Kayenta's accounts, for kayentaCanary
+    storage_account: str = "kayenta-storage"
     ci_parameters: dict[str, Any] = field(default_factory=dict)
     cron: str | None = None  # KFP's 6 fields
     parameters: dict[str, Any] = field(default_factory=dict)
 
 
 KEYS = {"application", "account", "namespace", "kfp_host", "service_account",
-        "docker_account", "judgment", "canary_percent", "canary_seconds"}
+        "docker_account", "judgment", "canary_percent", "canary_seconds", "canary_config",
+        "metrics_account", "storage_account"}
 TYPES: dict[str, type] = {"judgment": bool, "canary_percent": int, "canary_seconds": int}
 
 
@@ -81,6 +85,10 @@ def read_config(pyproject: Path, name: str, env: str | None,
                 or value == "":
             raise UnusableInputError(f"{pyproject} [tool.nbship.deploy]: {key} must be "
                                      f"{'true or false' if kind is bool else 'a ' + kind.__name__}")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", str(values.get("canary_config",
+                                                                          "x"))):
+        raise UnusableInputError(f"{pyproject} [tool.nbship.deploy]: canary_config is a "
+                                 "Kayenta config id: letters, digits, '.', '_', '-'")
     if not 1 <= int(values.get("canary_percent", 10)) <= 99:
         raise UnusableInputError(f"{pyproject} [tool.nbship.deploy]: canary_percent is 1-99")
     from nbship.pipelines.training import read_config as training
@@ -308,8 +316,9 @@ def model_delivery(record: dict[str, Any], model_ref: str, cfg: DeployConfig
          "manifests": [_isvc(record, model_ref, server, "${parameters.model}", cfg,
                              cfg.canary_percent)]},
         _run_job("2", ["1"], "Wait until the canary is ready",
-                 server_job("ready", ["canary", "ready", canary, "--model", name,
-                                      "--timeout", "600"]), cfg),
+                 server_job("ready", ["canary", "ready", canary, "--stable", stable,
+                                      "--model", name, "--timeout", "600"]), cfg),
+        _kayenta(cfg) if cfg.canary_config else
         {**_run_job("3", ["2"], "Judge the canary", server_job("judge", [
             "canary", "judge", "--stable", stable, "--canary", canary, "--model", name,
             "--reference", "${parameters.model}",
@@ -350,6 +359,27 @@ def model_delivery(record: dict[str, Any], model_ref: str, cfg: DeployConfig
         f"from commit {record['commit']}).",
         "model", "the model release (by digest) to deliver", model_ref,
         [{"type": "webhook", "enabled": True, "source": f"nbship-model-{name}"}], stages)
+
+
+def _kayenta(cfg: DeployConfig) -> dict[str, Any]:
+    """Kayenta judges the canary (stable and canary scoped by the runs they serve, which
+    the readiness job reports) when a canary config is set."""
+    ready = "#stage('Wait until the canary is ready')['context']['propertyFileContents']"
+    return {"refId": "3", "requisiteStageRefIds": ["2"], "type": "kayentaCanary",
+            "name": "Judge the canary", "analysisType": "realTime",
+            "failPipeline": False, "continuePipeline": True,
+            "canaryConfig": {
+                "canaryConfigId": cfg.canary_config,
+                "metricsAccountName": cfg.metrics_account,
+                "storageAccountName": cfg.storage_account,
+                "lifetimeDuration": f"PT{cfg.canary_seconds}S",
+                "beginCanaryAnalysisAfterMins": "0",
+                "scopes": [{"scopeName": "default", "extendedScopeParams": {},
+                            "controlScope": f"${{{ready}['stable_run']}}",
+                            "experimentScope": f"${{{ready}['canary_run']}}",
+                            "controlLocation": cfg.namespace,
+                            "experimentLocation": cfg.namespace}],
+                "scoreThresholds": {"pass": 75, "marginal": 50}}}
 
 
 def model_rollback(record: dict[str, Any], model_ref: str, cfg: DeployConfig
@@ -414,4 +444,12 @@ def render(reference: str, out: Path, *, pyproject: Path = Path("pyproject.toml"
     for file, doc in docs.items():
         write_atomic(out / file, json.dumps(doc, indent=2, sort_keys=True) + "\n")
         written.append(out / file)
+    if model is not None and cfg.canary_config:
+        from nbship.spinnaker.kayenta import canary_config
+
+        (out / "kayenta").mkdir(exist_ok=True)
+        target = out / "kayenta" / f"{cfg.canary_config}.json"
+        write_atomic(target, json.dumps(canary_config(cfg.canary_config, cfg.application),
+                                        indent=2, sort_keys=True) + "\n")
+        written.append(target)
     return written

@@ -71,7 +71,8 @@ def delivery(local_registry: str, tmp_path_factory: pytest.TempPathFactory
 
     render(release, project / "spinnaker", pyproject=project / "pyproject.toml",
            model=refs["good"])
-    return {"refs": refs, "project": project, "spinnaker": project / "spinnaker"}
+    return {"refs": refs, "project": project, "spinnaker": project / "spinnaker",
+            "release": release}
 
 
 def by_name(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -171,3 +172,50 @@ def test_the_rollback_pipeline_serves_the_previous_model_again(
     assert record["status"] == "SUCCEEDED"
     assert record["cluster"]["final"]["marker-classifier"]["stable"] == refs["stable"]
     assert record["traffic"]["failed"] == 0
+
+
+@pytest.fixture(scope="module")
+def kayenta(delivery: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The model delivery rendered with a Kayenta canary config: the folder it went to."""
+    from nbship.release.tools import which
+    from nbship.spinnaker.render import render
+
+    if which("prometheus") is None:
+        pytest.skip("not installed: prometheus (make tools; .ci/run installs it)")
+    project = tmp_path_factory.mktemp("kayenta")
+    (project / "notebooks").mkdir()
+    (project / "notebooks" / "marker_classifier.ipynb").write_bytes(
+        (ROOT / "notebooks" / "marker_classifier.ipynb").read_bytes())
+    (project / "pyproject.toml").write_text(
+        '[tool.nbship.deploy]\ncanary_seconds = 20\ncanary_config = "nbship-model-server"\n'
+        '[tool.nbship.training."notebooks/marker_classifier.ipynb"]\ncron = "0 0 3 * * *"\n')
+    written = render(delivery["release"], project / "spinnaker",
+                     pyproject=project / "pyproject.toml", model=delivery["refs"]["good"])
+    assert project / "spinnaker" / "kayenta" / "nbship-model-server.json" in written
+    return project / "spinnaker"
+
+
+def test_kayenta_judges_from_prometheus_a_good_and_a_broken_candidate(
+        delivery: dict[str, Any], kayenta: Path, tmp_path: Path) -> None:
+    """The kayentaCanary stage, scoped by the runs the readiness job reports, judged from
+    the rehearsal's own Prometheus scraping both servers."""
+    refs = delivery["refs"]
+    pipeline = kayenta / "marker-classifier-model-delivery.json"
+    doc = json.loads(pipeline.read_text())
+    assert doc["stages"][2]["type"] == "kayentaCanary"
+    good, _ = rehearse(pipeline, Options(stable=refs["stable"], judge="continue",
+                                         root=tmp_path), echo=lambda line: None)
+    judged = by_name(good)["Judge the canary"]
+    assert good["status"] == "SUCCEEDED", judged
+    assert judged["outputs"]["overallResult"] == "pass"
+    assert judged["outputs"]["metrics"]["class concentration"] == "Pass"
+    assert good["cluster"]["final"]["marker-classifier"]["stable"] == refs["good"]
+    broken, _ = rehearse(pipeline, Options(stable=refs["stable"], judge="continue",
+                                           parameters={"model": refs["broken"]},
+                                           root=tmp_path), echo=lambda line: None)
+    judged = by_name(broken)["Judge the canary"]
+    assert broken["status"] == "TERMINAL" and judged["status"] == "FAILED_CONTINUE"
+    assert judged["outputs"]["metrics"]["class concentration"] == "High"
+    assert judged["outputs"]["overallScore"] == 0
+    assert broken["cluster"]["final"]["marker-classifier"]["stable"] == refs["stable"]
+    assert good["traffic"]["failed"] == broken["traffic"]["failed"] == 0

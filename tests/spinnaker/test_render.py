@@ -193,6 +193,41 @@ def test_model_delivery_canary_judgment_promotion_and_rollback(
     assert back["containers"][0]["args"][0] == "${parameters.previous_model}"
 
 
+def test_a_kayenta_canary_config_judges_with_kayenta(local_registry: str,
+                                                     tmp_path: Path) -> None:
+    release, target, _ = release_with_model(local_registry, tmp_path)
+    (tmp_path / "notebooks").mkdir(exist_ok=True)
+    (tmp_path / "notebooks" / "marker_classifier.ipynb").write_bytes(
+        (ROOT / "notebooks" / "marker_classifier.ipynb").read_bytes())
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text('[tool.nbship.deploy]\ncanary_config = "markers-canary"\n'
+                         'metrics_account = "prom"\ncanary_seconds = 900\n'
+                         '[tool.nbship.training."notebooks/marker_classifier.ipynb"]\n'
+                         'cron = "0 0 3 * * *"\n')
+    written = render(release, tmp_path / "out", pyproject=pyproject, model=target)
+    assert written[-1] == tmp_path / "out" / "kayenta" / "markers-canary.json"
+    delivery = json.loads((tmp_path / "out" / "marker-classifier-model-delivery.json")
+                          .read_text())
+    stage = delivery["stages"][2]
+    assert stage["type"] == "kayentaCanary" and stage["name"] == "Judge the canary"
+    assert stage["canaryConfig"]["canaryConfigId"] == "markers-canary"
+    assert stage["canaryConfig"]["metricsAccountName"] == "prom"
+    assert stage["canaryConfig"]["lifetimeDuration"] == "PT900S"
+    scope = stage["canaryConfig"]["scopes"][0]
+    assert "['propertyFileContents']['stable_run']" in scope["controlScope"]
+    assert "['propertyFileContents']['canary_run']" in scope["experimentScope"]
+    assert [str(p) for p in validate_file(tmp_path / "out" /
+                                          "marker-classifier-model-delivery.json",
+                                          save=True)] == []
+    ready = jobs(delivery)[0]["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert "--stable" in ready  # it reports both runs: the scopes
+    pyproject.write_text('[tool.nbship.deploy]\ncanary_config = "../../etc/x"\n')
+    from nbship.errors import UnusableInputError
+
+    with pytest.raises(UnusableInputError, match="canary_config is a Kayenta config id"):
+        render(release, tmp_path / "out2", pyproject=pyproject, model=target)
+
+
 def test_cli_renders_with_the_model_beside_the_release(local_registry: str,
                                                        tmp_path: Path) -> None:
     """Without --model, the CLI finds models/NAME:latest beside the release itself."""
