@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/build.py
 	$(BIN)/python benchmarks/serving.py
 	$(BIN)/python benchmarks/scheduler.py
+	$(BIN)/python benchmarks/delivery.py
 
 # The programs `nbship build/publish`, `nbship monitor` and their tests use (Debian's
 # packages). Without them those tests are skipped, with the reason shown; .ci/run

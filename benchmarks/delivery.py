@@ -167,6 +167,8 @@ def main() -> None:
         costs = router_cost(stable, args.requests, args.rounds)
     finally:
         registry.down(work / "registry")
+        os.chdir(ROOT)
+        shutil.rmtree(work, ignore_errors=True)
 
     stages: list[dict[str, Any]] = record["stages"]
     waited = sum(s.get("seconds", 0) for s in stages if s.get("waiting"))
