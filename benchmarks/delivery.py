@@ -161,7 +161,8 @@ def main() -> None:
         rendered = time.perf_counter() - began
         os.chdir(project)
         record, _ = rehearse(project / "spinnaker" / "marker-classifier-model-delivery.json",
-                             Options(stable=stable, judge="continue", root=project / "deploy"),
+                             Options(jobs="venv", stable=stable, judge="continue",
+                                     root=project / "deploy"),
                              echo=lambda line: None)
         total = time.perf_counter() - began
         costs = router_cost(stable, args.requests, args.rounds)

@@ -313,6 +313,9 @@ def _parser() -> argparse.ArgumentParser:
     dp.add_argument("--kfp-host", default=None, metavar="URL",
                     help="rehearse: where nbship kfp jobs go (default: the local pipeline "
                     "host, kfp.local)")
+    dp.add_argument("--jobs", choices=["image", "venv"], default="image",
+                    help="rehearse: run the Run Job stages in their released image (buildah, "
+                    "the default) or in this venv")
     dp.add_argument("--json", action="store_true", help="history: the records as JSON")
 
     sc = sub.add_parser("scheduler", help="continuous training: cron, new data, webhooks",
@@ -855,6 +858,7 @@ def _rehearse(args: argparse.Namespace) -> int:
     options = rehearse.Options(parameters=params, judge=args.judge,
                                time_scale=args.time_scale, stable=args.stable,
                                traffic=args.traffic, kfp_host=args.kfp_host,
+                               jobs=args.jobs,
                                ask=input if sys.stdin.isatty() else None)
     record, path = rehearse.rehearse(Path(args.files[0]), options,
                                      echo=lambda line: print(line, flush=True))

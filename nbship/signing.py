@@ -65,6 +65,12 @@ def _key() -> bytes:
     return path.read_bytes()
 
 
+def key_hex() -> str:
+    """This machine's key in hex: what ``NBSHIP_ARTIFACT_KEY`` gives a container that must
+    verify what this machine signed (a cluster's ``nbship-key`` secret; a rehearsal's Job)."""
+    return _key().hex()
+
+
 def mac(data: bytes) -> bytes:
     """HMAC-SHA256 of ``data`` with this machine's key."""
     return hmac.new(_key(), data, hashlib.sha256).digest()

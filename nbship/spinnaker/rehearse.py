@@ -27,6 +27,7 @@ cluster's events, the models' and releases' provenance) is written atomically un
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -35,7 +36,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -64,6 +65,7 @@ class Options:
     stable: str | None = None  # the model release in production before the rehearsal
     traffic: float = 20.0  # requests a second to each InferenceService; 0: none
     kfp_host: str | None = None  # None: nbship kfp's local pipeline host
+    jobs: str = "image"  # Run Jobs in their released image (buildah) or in this venv
     root: Path = Path(".nbship/deploy")
     ask: Callable[[str], str] | None = None  # the terminal's input(), when there is one
 
@@ -204,19 +206,50 @@ class RunJob:
                     f"not {' '.join(map(str, argv[:3]))!r}")
         return None
 
+    @staticmethod
+    def job_env(container: dict[str, Any]) -> dict[str, str]:
+        """The Job's environment as a rehearsal can give it: plain values (not those
+        pointing into a volume the cluster would mount), the ``nbship-key`` secret as this
+        machine's key, and a KFP token from this environment."""
+        from nbship.signing import KEY_ENV, key_hex
+
+        mounts = [str(m.get("mountPath")) for m in container.get("volumeMounts") or []]
+        env = {"PYTHONUNBUFFERED": "1"}
+        for var in container.get("env") or []:
+            value = var.get("value")
+            secret = ((var.get("valueFrom") or {}).get("secretKeyRef") or {}).get("name")
+            if isinstance(value, str) and not any(value.startswith(m) for m in mounts):
+                env[str(var["name"])] = value
+            elif secret == "nbship-key":
+                env[str(var["name"])] = key_hex()
+        if os.environ.get("KFP_TOKEN"):
+            env["KFP_TOKEN"] = os.environ["KFP_TOKEN"]
+        if KEY_ENV in os.environ:
+            env[KEY_ENV] = os.environ[KEY_ENV]
+        return env
+
     def run(self, stage: dict[str, Any], rehearsal: Rehearsal) -> Outcome:
         container = stage["manifest"]["spec"]["template"]["spec"]["containers"][0]
         argv = [str(a) for a in [*container.get("command", []), *container.get("args", [])]]
         argv = rehearsal.local_argv(argv[3:])
-        mounts = [str(m.get("mountPath")) for m in container.get("volumeMounts") or []]
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        for var in container.get("env") or []:
-            value = var.get("value")
-            if isinstance(value, str) and not any(value.startswith(m) for m in mounts):
-                env[str(var["name"])] = value
-        rehearsal.echo(f"    $ nbship {' '.join(argv)}")
+        env = self.job_env(container)
+        rehearsal.echo(f"    $ nbship {' '.join(argv)}"
+                       + (f"   (in {container.get('image')})"
+                          if rehearsal.options.jobs == "image" else ""))
         outputs: dict[str, Any] = {}
-        proc = subprocess.Popen([sys.executable, "-m", "nbship", *argv], env=env,
+        if rehearsal.options.jobs == "image":
+            image = str(container.get("image", ""))
+            with in_image(image, env) as prefix:
+                if isinstance(prefix, str):
+                    return Outcome("TERMINAL", message=prefix)
+                return self._run([*prefix, "python", "-m", "nbship", *argv], None, stage,
+                                 rehearsal, outputs)
+        return self._run([sys.executable, "-m", "nbship", *argv], {**os.environ, **env},
+                         stage, rehearsal, outputs)
+
+    def _run(self, cmd: list[str], env: dict[str, str] | None, stage: dict[str, Any],
+             rehearsal: Rehearsal, outputs: dict[str, Any]) -> Outcome:
+        proc = subprocess.Popen(cmd, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, text=True)
         assert proc.stdout is not None
@@ -320,6 +353,38 @@ class KayentaCanary:
         ok = verdict.result == "pass"
         return Outcome("SUCCEEDED" if ok else "TERMINAL", outputs,
                        f"canary score {verdict.score:g} ({verdict.result})")
+
+
+@contextlib.contextmanager
+def in_image(image: str, env: dict[str, str]) -> Iterator[list[str] | str]:
+    """A working container of ``image`` (pulled by buildah): the command prefix that runs
+    in it (chroot isolation: the host's network, where the local servers and registry
+    are) with the project folder mounted where it is here; a message instead when the
+    image cannot be had. The container is removed afterwards."""
+    from nbship.release.tools import which
+
+    buildah = which("buildah")
+    if buildah is None:
+        yield "buildah is not installed: it runs a Job in its image (make tools), or " \
+            "rehearse with --jobs venv"
+        return
+    made = subprocess.run([buildah, "from", "--quiet", "--tls-verify=false",
+                           f"docker://{image}"], capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL)
+    if made.returncode != 0:
+        why = (made.stderr.strip().splitlines() or ["no output"])[-1]
+        yield f"cannot pull {image}: {why} (--jobs venv runs the same nbship from this venv)"
+        return
+    name = made.stdout.strip().splitlines()[-1]
+    cwd = str(Path.cwd())
+    try:
+        # chroot isolation (as nbship build's smoke runs): no namespaces of its own, so the
+        # host's network (the local servers and registry) and no cgroup setup to fail
+        yield [buildah, "run", "--isolation", "chroot", "-v", f"{cwd}:{cwd}",
+               "--workingdir", cwd,
+               *[f"--env={k}={v}" for k, v in sorted(env.items())], name, "--"]
+    finally:
+        subprocess.run([buildah, "rm", name], capture_output=True, stdin=subprocess.DEVNULL)
 
 
 HANDLERS: dict[str, Handler] = {
@@ -546,7 +611,7 @@ class Rehearsal:
             if outcome.status == "TERMINAL":
                 failed.add(ref)
                 status, message = "TERMINAL", f"stage {ref} {name}: {outcome.message}"
-        return {"started_at": started_at.isoformat(timespec="seconds"),
+        return {"started_at": started_at.isoformat(timespec="microseconds"),
                 "seconds": round(time.monotonic() - t0, 3), "status": status,
                 "message": message, "stages": records}
 
@@ -605,6 +670,8 @@ def rehearse(path: Path, options: Options, echo: Callable[[str], None] = print
             any(s["type"] == "manualJudgment" for s in stages):
         raise RehearsalError(f"{path} has manual judgments and there is no terminal to ask on",
                              hint="--judge continue (or stop)")
+    if options.jobs not in ("image", "venv"):
+        raise RehearsalError(f"--jobs {options.jobs}: image or venv")
     if options.time_scale < 0 or options.traffic < 0:
         raise RehearsalError("--time-scale and --traffic are not negative")
     parameters = _parameters(doc, options.parameters, str(path))
@@ -664,6 +731,7 @@ def rehearse(path: Path, options: Options, echo: Callable[[str], None] = print
                      "file": str(path), "sha256": sha256_file(path)},
         "parameters": parameters,
         "options": {"judge": options.judge, "time_scale": options.time_scale,
+                    "jobs": options.jobs,
                     "stable": options.stable, "traffic": options.traffic,
                     "kfp_host": options.kfp_host},
         **execution,
@@ -694,7 +762,7 @@ def history(root: Path = Path(".nbship/deploy"), pipeline: str | None = None
             continue
         if isinstance(doc, dict) and doc.get("schema") == SCHEMA:
             out.append({**doc, "_file": str(f)})
-    return sorted(out, key=lambda d: str(d.get("id")))
+    return sorted(out, key=lambda d: (str(d.get("started_at")), str(d.get("id"))))
 
 
 def summary(record: dict[str, Any]) -> list[str]:

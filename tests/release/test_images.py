@@ -141,6 +141,63 @@ def test_the_model_server_image_serves(published: Published) -> None:
     assert config["Cmd"] == ["/mnt/models", "--host", "0.0.0.0", "--port", "8080"]
 
 
+def test_a_rehearsal_runs_a_run_job_in_the_released_image(published: Published,
+                                                          tmp_path: Path) -> None:
+    """`nbship deploy rehearse` (default --jobs image) runs a Run Job's nbship command in
+    the Job's image, pulled by digest from the registry with buildah, on the host's
+    network; an image that cannot be pulled fails the stage with a message."""
+    import http.server
+
+    from nbship.spinnaker.rehearse import Options, rehearse
+    from tests.conftest import serving
+
+    steps = published.record()["images"]["nbship-steps"]["reference"]
+    seen: list[str] = []
+
+    class Ready(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            seen.append(self.path)
+            body = json.dumps({"run": {"id": "run-7"}, "model": "m@sha256:x"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    def job(ref: str, image: str, args: list[str]) -> dict[str, Any]:
+        return {"refId": ref, "requisiteStageRefIds": [] if ref == "1" else ["1"],
+                "type": "runJobManifest", "name": f"job {ref}", "account": "k8s",
+                "cloudProvider": "kubernetes", "source": "text", "alias": "runJob",
+                "propertyFile": "nbship", "failPipeline": False, "continuePipeline": True,
+                "manifest": {"apiVersion": "batch/v1", "kind": "Job",
+                             "metadata": {"generateName": "j-", "namespace": "default"},
+                             "spec": {"template": {"spec": {
+                                 "restartPolicy": "Never", "containers": [{
+                                     "name": "nbship", "image": image,
+                                     "command": ["python", "-m", "nbship", *args]}]}}}}}
+
+    with serving(http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ready)) as server:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        doc = {"application": "markers", "name": "in-the-image", "triggers": [], "stages": [
+            job("1", steps, ["canary", "ready", url, "--model", "m", "--timeout", "60"]),
+            job("2", f"{published.address}/nbship-steps@sha256:" + "0" * 64,
+                ["canary", "ready", url, "--model", "m"])]}
+        (tmp_path / "pipeline.json").write_text(json.dumps(doc))
+        lines: list[str] = []
+        record, _ = rehearse(tmp_path / "pipeline.json", Options(root=tmp_path / "deploy"),
+                             echo=lines.append)
+    first, second = record["stages"]
+    assert first["status"] == "SUCCEEDED", "\n".join(lines)
+    assert first["outputs"] == {"canary_ready": "true", "canary_run": "run-7",
+                                "canary_model": "m@sha256:x"}
+    assert f"(in {steps})" in "\n".join(lines)
+    assert "/v2/models/m/ready" in seen  # asked from inside the container, over the host's net
+    assert second["status"] == "FAILED_CONTINUE"
+    assert second["message"].startswith(f"cannot pull {published.address}/nbship-steps@")
+
+
 def test_rebuild_without_change_does_no_work(published: Published) -> None:
     started = time.perf_counter()
     done = nbship(published.project, "build", NB, "--only", "steps", "-o", str(published.out))

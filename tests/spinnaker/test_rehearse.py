@@ -120,7 +120,7 @@ def test_semantics_waits_judgments_failures_and_the_record(tmp_path: Path) -> No
     ], parameterConfig=[{"name": "name", "default": "m"}])
     lines: list[str] = []
     record, path = rehearse(write(tmp_path, doc), Options(judge="stop", time_scale=0.001,
-                                                          root=tmp_path / "deploy"),
+                                                          jobs="venv", root=tmp_path / "deploy"),
                             echo=lines.append)
     stages = {s["name"]: s for s in record["stages"]}
     assert record["status"] == "TERMINAL"
@@ -137,7 +137,7 @@ def test_semantics_waits_judgments_failures_and_the_record(tmp_path: Path) -> No
     assert path.parent == tmp_path / "deploy" / "executions" / "hand-written"
     assert [r["id"] for r in history(tmp_path / "deploy")] == [record["id"]]
     again, _ = rehearse(write(tmp_path, doc), Options(judge="continue", time_scale=0.001,
-                                                      root=tmp_path / "deploy"),
+                                                      jobs="venv", root=tmp_path / "deploy"),
                         echo=lines.append)
     assert again["status"] == "SUCCEEDED"
     assert [r["id"] for r in history(tmp_path / "deploy", "hand-written")] == \

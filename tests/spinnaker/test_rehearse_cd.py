@@ -70,7 +70,7 @@ def test_the_cd_pipeline_uploads_runs_and_schedules_here(in_project: Path,
 
     lines: list[str] = []
     record, _ = rehearse(Path("spinnaker/marker-classifier-ml-pipeline-cd.json"),
-                         Options(judge="continue"), echo=lines.append)
+                         Options(judge="continue", jobs="venv"), echo=lines.append)
     assert record["status"] == "SUCCEEDED", record["message"]
     by = stages(record)
     assert by["Upload the pipeline version"]["outputs"]["pipeline_version_id"].startswith(
@@ -97,7 +97,7 @@ def test_the_rollback_reschedules_and_a_kfp_api_can_stand_in(
         with serving(api.server()) as server:
             host = f"http://127.0.0.1:{server.server_address[1]}"
             record, _ = rehearse(Path("spinnaker/marker-classifier-ml-pipeline-rollback.json"),
-                                 Options(parameters={"previous_release": project[1]},
+                                 Options(jobs="venv", parameters={"previous_release": project[1]},
                                          kfp_host=host), echo=lambda line: None)
     finally:
         del os.environ["KFP_TOKEN"]

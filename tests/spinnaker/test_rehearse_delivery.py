@@ -83,8 +83,8 @@ def test_a_good_candidate_is_promoted_and_the_old_server_stopped(
         delivery: dict[str, Any], tmp_path: Path) -> None:
     refs = delivery["refs"]
     record, path = rehearse(delivery["spinnaker"] / "marker-classifier-model-delivery.json",
-                            Options(stable=refs["stable"], judge="continue", time_scale=0.01,
-                                    root=tmp_path), echo=lambda line: None)
+                            Options(jobs="venv", stable=refs["stable"], judge="continue",
+                                    time_scale=0.01, root=tmp_path), echo=lambda line: None)
     stages = by_name(record)
     assert record["status"] == "SUCCEEDED", record["message"]
     assert stages["Judge the canary"]["outputs"]["canary_verdict"] == "pass"
@@ -118,7 +118,8 @@ def test_a_broken_candidate_is_rolled_back_and_no_request_fails(
     done = subprocess.run(
         [sys.executable, "-m", "nbship", "deploy", "rehearse",
          "spinnaker/marker-classifier-model-delivery.json", "--stable", refs["stable"],
-         "-p", f"model={refs['broken']}", "--judge", "continue", "--time-scale", "0.01"],
+         "-p", f"model={refs['broken']}", "--judge", "continue", "--time-scale", "0.01",
+         "--jobs", "venv"],
         cwd=delivery["project"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 1, done.stdout + done.stderr
     assert "Traceback" not in done.stderr
@@ -147,7 +148,7 @@ def test_stop_at_the_approval_rolls_a_good_candidate_back(delivery: dict[str, An
                                                           tmp_path: Path) -> None:
     refs = delivery["refs"]
     record, _ = rehearse(delivery["spinnaker"] / "marker-classifier-model-delivery.json",
-                         Options(stable=refs["stable"], judge="stop", root=tmp_path),
+                         Options(jobs="venv", stable=refs["stable"], judge="stop", root=tmp_path),
                          echo=lambda line: None)
     stages = by_name(record)
     assert stages["Judge the canary"]["status"] == "SUCCEEDED"
@@ -166,7 +167,7 @@ def test_the_rollback_pipeline_serves_the_previous_model_again(
                      .read_text())
     assert doc["parameterConfig"][0]["name"] == "previous_model"
     record, _ = rehearse(delivery["spinnaker"] / "marker-classifier-model-rollback.json",
-                         Options(stable=refs["good"],
+                         Options(jobs="venv", stable=refs["good"],
                                  parameters={"previous_model": refs["stable"]},
                                  root=tmp_path), echo=lambda line: None)
     assert record["status"] == "SUCCEEDED"
@@ -203,14 +204,14 @@ def test_kayenta_judges_from_prometheus_a_good_and_a_broken_candidate(
     pipeline = kayenta / "marker-classifier-model-delivery.json"
     doc = json.loads(pipeline.read_text())
     assert doc["stages"][2]["type"] == "kayentaCanary"
-    good, _ = rehearse(pipeline, Options(stable=refs["stable"], judge="continue",
+    good, _ = rehearse(pipeline, Options(jobs="venv", stable=refs["stable"], judge="continue",
                                          root=tmp_path), echo=lambda line: None)
     judged = by_name(good)["Judge the canary"]
     assert good["status"] == "SUCCEEDED", judged
     assert judged["outputs"]["overallResult"] == "pass"
     assert judged["outputs"]["metrics"]["class concentration"] == "Pass"
     assert good["cluster"]["final"]["marker-classifier"]["stable"] == refs["good"]
-    broken, _ = rehearse(pipeline, Options(stable=refs["stable"], judge="continue",
+    broken, _ = rehearse(pipeline, Options(jobs="venv", stable=refs["stable"], judge="continue",
                                            parameters={"model": refs["broken"]},
                                            root=tmp_path), echo=lambda line: None)
     judged = by_name(broken)["Judge the canary"]
