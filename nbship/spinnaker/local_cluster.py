@@ -192,6 +192,11 @@ class Cluster:
                 out[f"http://latest-{host}"] = canary
         return out
 
+    def entrances(self) -> list[tuple[str, str]]:
+        """(name, router URL) of every InferenceService: where its clients send requests."""
+        with self._lock:
+            return [(s.name, s.router.url) for s in self.services.values()]
+
     def state(self) -> dict[str, Any]:
         with self._lock:
             return {name: s.summary() for name, s in self.services.items()}

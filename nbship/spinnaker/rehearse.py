@@ -431,9 +431,7 @@ class Load:
         started = time.monotonic()
         while not self._stop.is_set():
             row = rows[rng.integers(len(rows))]
-            with self.cluster._lock:  # noqa: SLF001 - our own module's lock
-                targets = [(s.name, s.router.url) for s in self.cluster.services.values()]
-            for name, url in targets:
+            for name, url in self.cluster.entrances():
                 value, _ = infer(url, name, row, timeout=30)
                 with self._lock:
                     self.sent += 1
