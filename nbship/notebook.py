@@ -154,11 +154,18 @@ def read_notebook(path: str | Path, *, require_code: bool = True) -> Notebook:
 
     ``require_code=False`` accepts a notebook without code (a test runner still runs it).
     """
+    p = Path(path)
+    return parse_notebook(_read_bounded(p, Location(str(p))), p, require_code=require_code)
+
+
+def parse_notebook(raw: bytes, p: Path, *, require_code: bool = True) -> Notebook:
+    """A notebook's bytes, validated as :func:`read_notebook` does, named ``p`` in every
+    message: what an editor holds before it is saved (the JupyterLab extension)."""
     nbformat = import_nbformat()
 
-    p = Path(path)
     where = Location(str(p))
-    raw = _read_bounded(p, where)
+    if len(raw) > MAX_NOTEBOOK_BYTES:
+        raise UnusableInputError(f"larger than {MAX_NOTEBOOK_BYTES} bytes", where=where)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
