@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.nbship-installed
 SHOWCASE := notebooks/marker_classifier.ipynb
 
-.PHONY: venv demo test test-notebooks test-fast lint bench tools clean
+.PHONY: venv demo test test-notebooks test-fast lint bench tools clean labextension lab
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(BIN)/nbship check $(SHOWCASE)
 	$(BIN)/nbship run $(SHOWCASE)
 
-test: $(STAMP)
+test: $(STAMP) labextension
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 	$(BIN)/nbship test notebooks/
 
@@ -32,6 +32,23 @@ test-notebooks: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# The JupyterLab extension's front end (labextension/, TypeScript) built into
+# nbship/labextension with JupyterLab's builder, when Node is here; without Node the
+# browser tests skip, saying why.
+LABEXT := nbship/labextension/package.json
+labextension: $(STAMP)
+	@if ! command -v node >/dev/null; then \
+	  echo "labextension: Node is not installed: the JupyterLab front end is not built"; \
+	elif [ ! -f $(LABEXT) ] || [ -n "$$(find labextension/src labextension/style \
+	     labextension/package.json labextension/package-lock.json -newer $(LABEXT))" ]; then \
+	  cd labextension && npm ci --no-audit --no-fund --loglevel=error && npx tsc && \
+	  PATH="$(CURDIR)/$(BIN):$$PATH" jupyter-builder build . ; \
+	else echo "labextension: up to date"; fi
+
+# JupyterLab with nbship's extensions on the showcase; prints the URL to open
+lab: $(STAMP) labextension
+	$(BIN)/nbship lab $(SHOWCASE)
 
 lint: $(STAMP)
 	$(BIN)/ruff check nbship tests benchmarks
@@ -45,10 +62,11 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/scheduler.py
 	$(BIN)/python benchmarks/delivery.py
 
-# The programs `nbship build/publish`, `nbship monitor` and their tests use (Debian's
-# packages). Without them those tests are skipped, with the reason shown; .ci/run
+# The programs `nbship build/publish`, `nbship monitor` and their tests use, and the
+# browser the JupyterLab tests drive (Debian's packages). Without them those tests are skipped, with the reason shown; .ci/run
 # installs them.
-IMAGE_TOOLS := buildah skopeo docker-registry debootstrap prometheus prometheus-alertmanager
+IMAGE_TOOLS := buildah skopeo docker-registry debootstrap prometheus prometheus-alertmanager \
+               chromium
 tools:
 	@missing=""; for t in $(IMAGE_TOOLS); do \
 	  command -v $$t >/dev/null || [ -x /usr/sbin/$$t ] || missing="$$missing $$t"; done; \

@@ -347,6 +347,19 @@ def _parser() -> argparse.ArgumentParser:
     sc.add_argument("--port", type=_port, default=9096, help="webhook and status (default 9096)")
     sc.add_argument("--root", type=Path, default=Path(".nbship/scheduler"), metavar="DIR")
 
+    lb = sub.add_parser("lab", help="JupyterLab with nbship on the cells and a side panel",
+                        description="Start JupyterLab on 127.0.0.1 with nbship's extensions: "
+                        "each cell's role and step as a badge (the step's colour at its "
+                        "margin), the analysis's problems on the cells and lines they name "
+                        "while you type, a side panel with the step graph, parameters and "
+                        "metrics, Run as pipeline and Test buttons, and a form for a cell's "
+                        "step. It prints the URL to open. The front end is built by `make "
+                        "labextension` (Node); its configuration lives in .nbship/lab/.",
+                        epilog="Example:\n  nbship lab notebooks/marker_classifier.ipynb",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    lb.add_argument("notebook", nargs="?", default=None, help="open this notebook first")
+    lb.add_argument("--port", type=_port, default=8888, help="default 8888")
+
     cn = sub.add_parser("canary", help="judge a canary model server against the stable one",
                         description="judge: send the same inputs to the stable and the canary "
                         "server (KServe v2 /infer, one row a request) and compare error ratio, "
@@ -944,6 +957,13 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lab(args: argparse.Namespace) -> int:
+    from nbship.lab.launch import launch
+
+    launch(args.notebook, args.port)
+    return 0  # not reached: jupyter lab replaced this process
+
+
 def cmd_canary(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -1255,7 +1275,7 @@ def main(argv: list[str] | None = None) -> int:
     verbs = {"check": cmd_check, "compile": cmd_compile, "run": cmd_run, "test": cmd_test,
              "build": cmd_build, "publish": cmd_publish, "release": cmd_release,
              "model": cmd_model, "scheduler": cmd_scheduler, "serve": cmd_serve,
-             "kfp": cmd_kfp, "deploy": cmd_deploy, "canary": cmd_canary,
+             "kfp": cmd_kfp, "deploy": cmd_deploy, "canary": cmd_canary, "lab": cmd_lab,
              "monitor": cmd_monitor, "trigger": cmd_trigger,
              "registry": cmd_registry}
     stopped = _stop_on_sigterm()
