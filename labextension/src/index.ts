@@ -344,6 +344,20 @@ class NbshipPanel extends Widget {
         `${kind === 'run' ? 'run' : 'test'} ${end.status}` +
         (metrics ? ` — ${metrics[1]}` : '') +
         (passed && kind === 'test' ? ` — ${passed[1]} passed` : '');
+      const provenance = /^provenance: (.*)$/m.exec(lines);
+      if (provenance) {
+        const p = document.createElement('div');
+        p.className = 'nbship-provenance';
+        p.textContent = `provenance: ${provenance[1]}`;
+        this.state.appendChild(p);
+      }
+      const error = /^nbship: error: (.*)$/m.exec(lines);
+      if (end.status === 'failed' && error) {
+        const e = document.createElement('div');
+        e.className = 'nbship-error-message';
+        e.textContent = error[1];
+        this.state.appendChild(e);
+      }
       const where = /cell (\d+)(?: \(id [^)]*\))?, line (\d+)/.exec(lines);
       if (end.status === 'failed' && where && this.current) {
         this.current.content.activeCellIndex = Number(where[1]);

@@ -1,7 +1,8 @@
 """nbship's JupyterLab extension in a real browser (Playwright driving Debian's
 chromium) against a real `jupyter lab` with the server extension: the steps' badges,
 a problem appearing on its cell and line while typing and going away when fixed, Run
-as pipeline (then cached), Test, and a cell's step changed from the form. Screenshots of
+as pipeline (then cached), Test, a failed run selecting the cell it names, and a cell's
+step changed from the form. Screenshots of
 each state go to .nbship/test/lab/."""
 
 from __future__ import annotations
@@ -152,6 +153,7 @@ def test_run_as_pipeline_then_again_from_the_cache(page: Any, lab: tuple[str, Pa
     assert {s for s, status in ran if status == "ran"} >= {
         "load", "preprocess", "train", "evaluate", "validate"}
     assert "accuracy=" in state.inner_text()
+    assert page.locator(".nbship-provenance").inner_text().endswith("provenance.json")
     shot(page, "3-run")
     page.locator("button.nbship-run").click()
     page.locator(".nbship-state[data-status='running']").wait_for(timeout=30_000)
@@ -171,6 +173,26 @@ def test_test_button_passes(page: Any) -> None:
     shot(page, "5-test")
 
 
+def test_a_failed_run_selects_the_cell_and_line_it_names(page: Any) -> None:
+    params = page.locator(".jp-Cell", has=page.locator(".nbship-badge[data-role='parameters']"))
+    editor = params.locator(".cm-content")
+    before = editor.inner_text()
+    editor.click()
+    page.keyboard.press("Control+a")
+    page.keyboard.insert_text(before.replace("threshold = 0.9", "threshold = 1.1"))
+    page.locator("button.nbship-run").click()
+    page.locator(".nbship-state[data-status='failed']").wait_for(timeout=300_000)
+    assert "validate" in page.locator(".nbship-step-status[data-status='failed']").inner_text()
+    active = page.locator(".jp-Cell.jp-mod-active .nbship-badge[data-step='validate']")
+    active.wait_for(timeout=5_000)  # the failing cell is selected
+    assert "line 2: step 'validate' failed" in page.locator(".nbship-error-message").inner_text()
+    shot(page, "6-failed")
+    editor.click()
+    page.keyboard.press("Control+a")
+    page.keyboard.insert_text(before)
+    page.keyboard.press("Control+s")
+
+
 def test_a_cells_step_changed_from_the_form_is_saved_in_its_tags(
         page: Any, lab: tuple[str, Path]) -> None:
     _, root = lab
@@ -180,11 +202,14 @@ def test_a_cells_step_changed_from_the_form_is_saved_in_its_tags(
     form = page.locator(".nbship-form")
     form.locator("input[name='step']").fill("gate")
     form.locator("input[name='prev']").fill("evaluate")
-    shot(page, "6-form")
+    shot(page, "7-form")
     page.locator(".jp-Dialog-button.jp-mod-accept").click()
 
     def saved() -> bool:
-        nb = nbformat.read(root / NB, 4)
+        try:
+            nb = nbformat.read(root / NB, 4)
+        except Exception:  # noqa: BLE001 - caught while Jupyter writes it
+            return False
         return any("step:gate" in c.metadata.get("tags", []) for c in nb.cells)
 
     wait_for("the tags saved", saved, 10)
