@@ -89,23 +89,38 @@ export function withRole(
   tags: string[],
   role: string,
   step: string,
-  prev: string
+  prev: string,
+  image = '',
+  limits = ''
 ): string[] {
   const kept = tags.filter(
     t =>
       !t.startsWith('step:') &&
       !t.startsWith('block:') &&
       !t.startsWith('prev:') &&
+      !t.startsWith('image:') &&
+      !t.startsWith('limit:') &&
       !ROLES.includes(t) &&
       t !== 'pipeline-parameters'
   );
-  if (role === 'step' && step) {
-    kept.push(`step:${step}`);
-    for (const p of prev
+  const words = (text: string) =>
+    text
       .split(/[ ,]+/)
       .map(s => s.trim())
-      .filter(Boolean)) {
+      .filter(Boolean);
+  if (role === 'step' && step) {
+    kept.push(`step:${step}`);
+    for (const p of words(prev)) {
       kept.push(`prev:${p}`);
+    }
+    if (image.trim()) {
+      kept.push(`image:${image.trim()}`);
+    }
+    for (const limit of words(limits)) {
+      const [resource, value] = limit.split('=');
+      if (resource && value) {
+        kept.push(`limit:${resource}:${value}`);
+      }
     }
   } else if (ROLES.includes(role)) {
     kept.push(role);
@@ -179,6 +194,7 @@ class CellMarks {
 /** The side panel: graph, parameters, metrics, Run/Test and their output. */
 class NbshipPanel extends Widget {
   private current: NotebookPanel | null = null;
+  private publish: HTMLButtonElement | null = null;
   private readonly graph = document.createElement('div');
   private readonly facts = document.createElement('div');
   private readonly steps = document.createElement('table');
@@ -195,7 +211,8 @@ class NbshipPanel extends Widget {
     buttons.className = 'nbship-buttons';
     for (const [label, kind] of [
       ['Run as pipeline', 'run'],
-      ['Test', 'test']
+      ['Test', 'test'],
+      ['Publish', 'publish']
     ]) {
       const b = document.createElement('button');
       b.className = `jp-mod-styled jp-mod-accept nbship-${kind}`;
@@ -203,6 +220,8 @@ class NbshipPanel extends Widget {
       b.onclick = () => void this.start(kind);
       buttons.appendChild(b);
     }
+    this.publish = buttons.querySelector('button.nbship-publish');
+    void this.configure();
     const edit = document.createElement('button');
     edit.className = 'jp-mod-styled nbship-edit';
     edit.textContent = 'Step of this cell…';
@@ -222,6 +241,17 @@ class NbshipPanel extends Widget {
       this.output
     ]) {
       this.node.appendChild(e);
+    }
+  }
+
+  /** Publish only where the server has a registry to publish to. */
+  private async configure(): Promise<void> {
+    const config = await api('config').catch(() => ({ registry: null }));
+    if (this.publish) {
+      this.publish.disabled = !config.registry;
+      this.publish.title = config.registry
+        ? `nbship publish to ${config.registry}`
+        : 'no registry: set [tool.nbship] registry in pyproject.toml, or nbship registry up';
     }
   }
 
@@ -286,8 +316,11 @@ class NbshipPanel extends Widget {
       buttons: [Dialog.cancelButton(), Dialog.okButton({ label: 'Set' })]
     });
     if (answer.button.accept) {
-      const { role, step, prev } = form.values();
-      cell.model.setMetadata('tags', withRole(tags, role, step, prev));
+      const { role, step, prev, image, limits } = form.values();
+      cell.model.setMetadata(
+        'tags',
+        withRole(tags, role, step, prev, image, limits)
+      );
       await panel.context.save();
     }
   }
@@ -300,7 +333,12 @@ class NbshipPanel extends Widget {
     await panel.context.save();
     this.output.textContent = '';
     this.steps.replaceChildren();
-    this.state.textContent = `${kind === 'run' ? 'running' : 'testing'} ${panel.context.path}…`;
+    const doing: Record<string, string> = {
+      run: 'running',
+      test: 'testing',
+      publish: 'publishing'
+    };
+    this.state.textContent = `${doing[kind]} ${panel.context.path}…`;
     this.state.dataset.status = 'running';
     const job = await api('jobs', {
       method: 'POST',
@@ -341,7 +379,7 @@ class NbshipPanel extends Widget {
       const passed = /(\d+) passed/.exec(lines);
       this.state.dataset.status = end.status;
       this.state.textContent =
-        `${kind === 'run' ? 'run' : 'test'} ${end.status}` +
+        `${kind} ${end.status}` +
         (metrics ? ` — ${metrics[1]}` : '') +
         (passed && kind === 'test' ? ` — ${passed[1]} passed` : '');
       const provenance = /^provenance: (.*)$/m.exec(lines);
@@ -372,6 +410,8 @@ class StepForm extends Widget {
   private role = document.createElement('select');
   private step = document.createElement('input');
   private prev = document.createElement('input');
+  private image = document.createElement('input');
+  private limits = document.createElement('input');
 
   constructor(tags: string[]) {
     super();
@@ -392,10 +432,24 @@ class StepForm extends Widget {
       .filter(t => t.startsWith('prev:'))
       .map(t => t.slice(5))
       .join(', ');
+    this.image.name = 'image';
+    this.image.value = (tags.find(t => t.startsWith('image:')) ?? '').slice(6);
+    this.limits.name = 'limits';
+    this.limits.placeholder = 'cpu=2, memory=4Gi';
+    this.limits.value = tags
+      .filter(t => t.startsWith('limit:'))
+      .map(t => {
+        const rest = t.slice(6);
+        const at = rest.indexOf(':');
+        return `${rest.slice(0, at)}=${rest.slice(at + 1)}`;
+      })
+      .join(', ');
     for (const [label, input] of [
       ['role', this.role],
       ['step name', this.step],
-      ['after steps (prev:)', this.prev]
+      ['after steps (prev:)', this.prev],
+      ['image (image:)', this.image],
+      ['limits (limit:)', this.limits]
     ] as [string, HTMLElement][]) {
       const l = document.createElement('label');
       l.textContent = label;
@@ -404,11 +458,19 @@ class StepForm extends Widget {
     }
   }
 
-  values(): { role: string; step: string; prev: string } {
+  values(): {
+    role: string;
+    step: string;
+    prev: string;
+    image: string;
+    limits: string;
+  } {
     return {
       role: this.role.value,
       step: this.step.value.trim(),
-      prev: this.prev.value
+      prev: this.prev.value,
+      image: this.image.value,
+      limits: this.limits.value
     };
   }
 }

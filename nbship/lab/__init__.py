@@ -10,9 +10,11 @@ token or cookie, and XSRF for cookie-authenticated writes):
   (``nbship check --format json``), the Mermaid graph, parameters and metrics;
 * ``POST nbship/analysis`` ``{"path": NB, "content": {...}}`` — the same for what the
   editor holds before it is saved (analysis while typing);
-* ``POST nbship/jobs`` ``{"kind": "run"|"test", "path": NB}`` — start ``nbship run NB``
-  or ``nbship test NB``; ``GET nbship/jobs/ID`` its state and output so far;
-  ``GET nbship/jobs/ID/events`` the output as server-sent events, to its end.
+* ``POST nbship/jobs`` ``{"kind": "run"|"test"|"publish", "path": NB}`` — start
+  ``nbship run NB``, ``nbship test NB`` or ``nbship publish NB --registry R`` (R from
+  ``[tool.nbship] registry`` or the embedded registry running there; 409 without one);
+  ``GET nbship/jobs/ID`` its state and output so far; ``GET nbship/jobs/ID/events`` the
+  output as server-sent events, to its end; ``GET nbship/config`` the registry.
 
 ``NB`` is a path relative to the server's root; a path that leaves the root, or names
 anything but an ``.ipynb`` file there, is refused before anything runs.

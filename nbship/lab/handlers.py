@@ -12,7 +12,7 @@ import tornado.web
 from jupyter_server.base.handlers import APIHandler
 
 from nbship.errors import NbshipError
-from nbship.lab.jobs import KINDS, Jobs
+from nbship.lab.jobs import KINDS, Jobs, registry_of
 
 MAX_CONTENT = 64 << 20  # bytes of notebook JSON in one analysis request
 
@@ -100,8 +100,24 @@ class JobsHandler(NotebookHandler):
             raise tornado.web.HTTPError(400, f"kind: one of {', '.join(sorted(KINDS))}")
         relative = self.notebook(doc.get("path"))
         job = self.jobs.start(str(kind), relative)
+        if job is None:
+            self.set_status(409)
+            self.finish(json.dumps({"message": "no registry to publish to: set [tool.nbship] "
+                                    "registry in pyproject.toml, or start the embedded one "
+                                    "(nbship registry up)"}))
+            return
         self.set_status(201)
         self.finish(json.dumps(job.to_json()))
+
+
+class ConfigHandler(NotebookHandler):
+    """What the panel offers: Publish only where a registry is configured."""
+
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        registry = await asyncio.get_running_loop().run_in_executor(None, registry_of,
+                                                                    self.root)
+        self.finish(json.dumps({"registry": registry, "kinds": sorted(KINDS)}))
 
 
 class JobHandler(NotebookHandler):
@@ -148,6 +164,7 @@ def handlers(base_url: str, root_dir: str) -> list[tuple[str, type, dict[str, An
     args = {"root": root, "jobs": Jobs(root)}
     at = f"{base_url.rstrip('/')}/nbship"
     return [(f"{at}/analysis", AnalysisHandler, args),
+            (f"{at}/config", ConfigHandler, args),
             (f"{at}/jobs", JobsHandler, args),
             (f"{at}/jobs/([0-9a-f]{{16}})", JobHandler, args),
             (f"{at}/jobs/([0-9a-f]{{16}})/events", JobEventsHandler, args)]

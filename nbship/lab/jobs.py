@@ -1,5 +1,6 @@
-"""The nbship commands a Jupyter server runs for its users: ``nbship run`` and ``nbship
-test`` of one notebook, each a process of its own, its output kept line by line.
+"""The nbship commands a Jupyter server runs for its users: ``nbship run``, ``nbship
+test`` and ``nbship publish`` of one notebook, each a process of its own, its output
+kept line by line.
 
 What a job may run is a registry (:data:`KINDS`, kind -> the nbship arguments for one
 notebook path), not text from a request: a request chooses a kind and names a notebook,
@@ -19,10 +20,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-KINDS: dict[str, Callable[[str], list[str]]] = {
-    "run": lambda notebook: ["run", notebook],
-    "test": lambda notebook: ["test", notebook],
+KINDS: dict[str, Callable[[str, str | None], list[str] | None]] = {
+    "run": lambda notebook, registry: ["run", notebook],
+    "test": lambda notebook, registry: ["test", notebook],
+    # publishing needs a registry the project configured, never one a request names
+    "publish": lambda notebook, registry: (["publish", notebook, "--registry", registry]
+                                           if registry else None),
 }
+
+
+def registry_of(root: Path) -> str | None:
+    """Where Publish pushes: ``[tool.nbship] registry`` in the root's pyproject.toml, else
+    the embedded registry when it runs there (``nbship registry up``); None: no Publish."""
+    import tomllib
+
+    try:
+        doc = tomllib.loads((root / "pyproject.toml").read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        doc = {}
+    named = doc.get("tool", {}).get("nbship", {}).get("registry")
+    if isinstance(named, str) and named.strip():
+        return named.strip()
+    from nbship.release import registry
+
+    state = registry.status(root / ".nbship" / "registry")
+    return state.address if state is not None and state.running else None
 KEEP = 20  # finished jobs kept for their output
 
 
@@ -31,6 +53,7 @@ class Job:
     id: str
     kind: str
     notebook: str  # relative to the server's root
+    command: list[str]  # the nbship arguments it runs
     process: subprocess.Popen[str]
     started: float = field(default_factory=time.time)
     lines: list[str] = field(default_factory=list)
@@ -45,6 +68,7 @@ class Job:
 
     def to_json(self, since: int = 0) -> dict[str, Any]:
         return {"id": self.id, "kind": self.kind, "path": self.notebook,
+                "command": ["nbship", *self.command],
                 "status": self.status, "exit_code": self.exit_code,
                 "started": self.started, "lines": self.lines[since:],
                 "next": len(self.lines)}
@@ -62,15 +86,18 @@ class Jobs:
     jobs: dict[str, Job] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def start(self, kind: str, notebook: str) -> Job:
+    def start(self, kind: str, notebook: str) -> Job | None:
         """``nbship <kind> NOTEBOOK`` in the server's root (the notebook already checked
-        to be an .ipynb file under it)."""
-        argv = KINDS[kind](notebook)
+        to be an .ipynb file under it); None when the kind cannot run here (Publish
+        without a registry)."""
+        argv = KINDS[kind](notebook, registry_of(self.root) if kind == "publish" else None)
+        if argv is None:
+            return None
         process = subprocess.Popen(
             [sys.executable, "-m", "nbship", *argv], cwd=self.root, text=True,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        job = Job(secrets.token_hex(8), kind, notebook, process)
+        job = Job(secrets.token_hex(8), kind, notebook, argv, process)
         threading.Thread(target=self._follow, args=(job,), daemon=True,
                          name=f"nbship-lab-{job.id}").start()
         with self._lock:

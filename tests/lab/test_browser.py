@@ -124,6 +124,7 @@ def test_the_five_steps_show_on_their_cells(page: Any) -> None:
     assert page.locator(".nbship-problem").count() == 0
     page.locator(".jp-SideBar [title^='nbship']").first.click()  # the side panel
     page.wait_for_selector(".nbship-parameters")
+    assert page.locator("button.nbship-publish").is_disabled()  # no registry configured
     shot(page, "1-steps")
 
 
@@ -202,6 +203,7 @@ def test_a_cells_step_changed_from_the_form_is_saved_in_its_tags(
     form = page.locator(".nbship-form")
     form.locator("input[name='step']").fill("gate")
     form.locator("input[name='prev']").fill("evaluate")
+    form.locator("input[name='limits']").fill("cpu=2, memory=4Gi")
     shot(page, "7-form")
     page.locator(".jp-Dialog-button.jp-mod-accept").click()
 
@@ -216,4 +218,5 @@ def test_a_cells_step_changed_from_the_form_is_saved_in_its_tags(
     nb = nbformat.read(root / NB, 4)
     tags = next(c.metadata["tags"] for c in nb.cells if "step:gate" in c.metadata.get("tags", []))
     assert "step:validate" not in tags and "prev:evaluate" in tags
+    assert "limit:cpu:2" in tags and "limit:memory:4Gi" in tags
     page.locator(".nbship-badge[data-step='gate']").wait_for(timeout=5_000)

@@ -178,3 +178,27 @@ def test_run_then_test_from_the_server_with_their_output_as_events(
     end = [data for kind, data in got if kind == "end"][0]
     assert end["status"] == "succeeded", "\n".join(d for k, d in got if k == "line")
     assert any("passed" in d for k, d in got if k == "line")
+
+
+def test_publish_only_to_the_registry_the_project_configured(server: tuple[str, Path]) -> None:
+    url, root = server
+    code, config = call("GET", f"{url}/nbship/config")
+    assert code == 200 and config["registry"] is None
+    code, doc = call("POST", f"{url}/nbship/jobs", {"kind": "publish", "path": NB,
+                                                    "registry": "evil.example.com"})
+    assert code == 409 and "no registry to publish to" in doc["message"]
+    pyproject = root / "pyproject.toml"
+    before = pyproject.read_text()
+    try:
+        pyproject.write_text('[tool.nbship]\nregistry = "127.0.0.1:1"\n' + before)
+        assert call("GET", f"{url}/nbship/config")[1]["registry"] == "127.0.0.1:1"
+        code, job = call("POST", f"{url}/nbship/jobs", {"kind": "publish", "path": NB,
+                                                        "registry": "evil.example.com"})
+        assert code == 201
+        assert job["command"] == ["nbship", "publish", NB, "--registry", "127.0.0.1:1"]
+        got = events(f"{url}/nbship/jobs/{job['id']}/events")
+        end = [data for kind, data in got if kind == "end"][0]
+        assert end["status"] == "failed"  # the served folder is no git repository
+        assert any("is not in a git repository" in d for k, d in got if k == "line")
+    finally:
+        pyproject.write_text(before)
