@@ -75,6 +75,11 @@ tools:
 	  echo "installing:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(IMAGE_TOOLS); \
 	else echo "missing:$$missing; run as root: apt-get install $(IMAGE_TOOLS)"; exit 1; fi
+	@if command -v node >/dev/null; then echo "tools: node $$(node --version)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing: nodejs npm (the JupyterLab extension's build)"; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm; \
+	else echo "missing: node (the JupyterLab front end is not built; its tests skip)"; fi
 
 clean:
 	rm -rf .nbship build benchmarks/out
