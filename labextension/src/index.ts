@@ -398,8 +398,13 @@ class NbshipPanel extends Widget {
       }
       const where = /cell (\d+)(?: \(id [^)]*\))?, line (\d+)/.exec(lines);
       if (end.status === 'failed' && where && this.current) {
-        this.current.content.activeCellIndex = Number(where[1]);
-        this.current.content.scrollToItem(Number(where[1]));
+        const notebook = this.current.content;
+        notebook.activeCellIndex = Number(where[1]);
+        void notebook.scrollToItem(Number(where[1]));
+        notebook.activeCell?.editor?.setCursorPosition({
+          line: Number(where[2]) - 1,
+          column: 0
+        });
       }
     });
   }

@@ -185,7 +185,8 @@ def test_a_failed_run_selects_the_cell_and_line_it_names(page: Any) -> None:
     page.locator(".nbship-state[data-status='failed']").wait_for(timeout=300_000)
     assert "validate" in page.locator(".nbship-step-status[data-status='failed']").inner_text()
     active = page.locator(".jp-Cell.jp-mod-active .nbship-badge[data-step='validate']")
-    active.wait_for(timeout=5_000)  # the failing cell is selected
+    active.wait_for(timeout=5_000)  # the failing cell is selected, its line under the cursor
+    page.locator(".jp-StatusBar-Widget", has_text="Ln 2, Col 1").first.wait_for(timeout=5_000)
     assert "line 2: step 'validate' failed" in page.locator(".nbship-error-message").inner_text()
     shot(page, "6-failed")
     editor.click()
