@@ -44,7 +44,10 @@ def _rate(series: str, window: str = "15s", labels: str = "") -> str:
 # concentration is Simpson's index with its unbiased estimator, sum c(c-1) / n(n-1) over
 # the classes' counts in the last minute: the chance that two predictions name the same
 # class (0.1 for ten balanced classes, 1 for a model that answers one class), whatever
-# n is; the largest class share would not do (its expectation grows as n shrinks). Each
+# n is; the largest class share would not do (its expectation grows as n shrinks). A
+# minute holding fewer than 10 predictions gives no point at all: with one or two, the
+# estimator says 1 (one prediction agrees with itself), which failed a sound canary in
+# CI while it was still warming up. Each
 # metric fails only past an effect size (Kayenta's effectSize.allowedIncrease), not on
 # any significant difference.
 METRICS: list[dict[str, Any]] = [
@@ -58,7 +61,8 @@ METRICS: list[dict[str, Any]] = [
                + _rate("nbship_request_seconds_bucket") + "))"},
     {"name": "class concentration", "group": "Predictions", "critical": True,
      "direction": "increase", "allowed_increase": 3.0,
-     "promql": "sum(({c}) * (({c}) - 1)) / (sum({c}) * (sum({c}) - 1))".format(
+     "promql": "(sum(({c}) * (({c}) - 1)) / (sum({c}) * (sum({c}) - 1))) "
+               "and on() (sum({c}) >= 10)".format(
          c="sum by (class) (increase(nbship_predictions_total[60s])" + JOIN + ")")},
 ]
 WEIGHTS = {"Errors": 25, "Latency": 25, "Predictions": 50}

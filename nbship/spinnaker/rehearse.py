@@ -349,7 +349,9 @@ class KayentaCanary:
                            f"{m['classification']:<7} {m['why']}")
         outputs = {"overallScore": verdict.score, "overallResult": verdict.result,
                    "canaryScores": [verdict.score],
-                   "metrics": {m["name"]: m["classification"] for m in verdict.metrics}}
+                   "metrics": {m["name"]: m["classification"] for m in verdict.metrics},
+                   "analysis": [{k: m[k] for k in ("name", "classification", "why", "points")}
+                                for m in verdict.metrics]}
         ok = verdict.result == "pass"
         return Outcome("SUCCEEDED" if ok else "TERMINAL", outputs,
                        f"canary score {verdict.score:g} ({verdict.result})")

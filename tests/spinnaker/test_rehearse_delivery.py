@@ -188,7 +188,7 @@ def kayenta(delivery: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) 
     (project / "notebooks" / "marker_classifier.ipynb").write_bytes(
         (ROOT / "notebooks" / "marker_classifier.ipynb").read_bytes())
     (project / "pyproject.toml").write_text(
-        '[tool.nbship.deploy]\ncanary_seconds = 20\ncanary_config = "nbship-model-server"\n'
+        '[tool.nbship.deploy]\ncanary_seconds = 30\ncanary_config = "nbship-model-server"\n'
         '[tool.nbship.training."notebooks/marker_classifier.ipynb"]\ncron = "0 0 3 * * *"\n')
     written = render(delivery["release"], project / "spinnaker",
                      pyproject=project / "pyproject.toml", model=delivery["refs"]["good"])
@@ -207,7 +207,7 @@ def test_kayenta_judges_from_prometheus_a_good_and_a_broken_candidate(
     good, _ = rehearse(pipeline, Options(jobs="venv", stable=refs["stable"], judge="continue",
                                          root=tmp_path), echo=lambda line: None)
     judged = by_name(good)["Judge the canary"]
-    assert good["status"] == "SUCCEEDED", judged
+    assert good["status"] == "SUCCEEDED", judged["outputs"]
     assert judged["outputs"]["overallResult"] == "pass"
     assert judged["outputs"]["metrics"]["class concentration"] == "Pass"
     assert good["cluster"]["final"]["marker-classifier"]["stable"] == refs["good"]
