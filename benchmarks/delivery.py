@@ -21,7 +21,6 @@ the split (one client, sequential, `--requests` each, alternating rounds).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import signal
@@ -40,42 +39,18 @@ SERVER = "127.0.0.1:5000/nbship-server@sha256:" + "6" * 64
 STEPS = "127.0.0.1:5000/nbship-steps@sha256:" + "5" * 64
 
 
-def showcase_run(folder: Path, seed: int) -> Path:
-    from nbship.extract.graph import build_graph
-    from nbship.notebook import read_notebook
-    from nbship.pipelines.compile import compile_graph
-    from nbship.pipelines.local import run_compiled
-
-    nb = folder / "marker_classifier.ipynb"
-    folder.mkdir(parents=True, exist_ok=True)
-    shutil.copy(ROOT / "notebooks" / "marker_classifier.ipynb", nb)
-    compiled = compile_graph(build_graph(read_notebook(nb)), folder / "build")
-    result = run_compiled(compiled, {"seed": seed}, root=folder / "runs", echo=lambda line: None)
-    return Path(result.record_dir)
-
-
 def release(registry: str, folder: Path) -> str:
     """A release record as `nbship publish` lays it out, naming a server image (the
     rehearsal runs the server from this venv, so no image is built)."""
-    from nbship.files import sha256_file
-    from nbship.release import oci
-    from nbship.release.publish import PIPELINE_MEDIA_TYPE, RELEASE_MEDIA_TYPE
+    from tests.conftest import push_release
 
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "pipeline.yaml").write_text("# not run by the delivery\n")
     record = {"schema": "nbship.release/v1", "name": "marker-classifier",
               "commit": "0" * 40, "manifests": [], "steps": {},
               "notebook": {"path": "notebooks/marker_classifier.ipynb", "sha256": "0" * 64},
               "images": {name: {"reference": ref, "digest": ref.split("@")[1]}
-                         for name, ref in (("nbship-steps", STEPS), ("nbship-server", SERVER))},
-              "pipeline": {"file": "pipeline.yaml",
-                           "sha256": sha256_file(folder / "pipeline.yaml")}}
-    (folder / "release.json").write_text(json.dumps(record))
-    ref = f"{registry}/releases/marker-classifier:latest"
-    oci.push_files(oci.Reference.parse(ref), folder,
-                   [("release.json", RELEASE_MEDIA_TYPE), ("pipeline.yaml", PIPELINE_MEDIA_TYPE)],
-                   ("release.json", RELEASE_MEDIA_TYPE), "the release", "")
-    return ref
+                         for name, ref in (("nbship-steps", STEPS), ("nbship-server", SERVER))}}
+    return push_release(registry, folder, record, b"# not run by the delivery\n")
 
 
 def router_cost(model: str, requests: int, rounds: int) -> list[tuple[str, float, float]]:
@@ -132,6 +107,7 @@ def main() -> None:
     from nbship.spinnaker.local_cluster import free_port
     from nbship.spinnaker.rehearse import Options, rehearse
     from nbship.spinnaker.render import render
+    from tests.conftest import run_showcase, showcase_project
 
     work = Path(tempfile.mkdtemp(prefix="nbship-bench-delivery-"))
     os.environ.setdefault("NBSHIP_KEY_FILE", str(work / "key"))
@@ -140,17 +116,16 @@ def main() -> None:
         print("setting up (not timed): registry, two showcase runs, model releases ...",
               flush=True)
         refs = []
-        for seed in (0, 1):
-            pushed = model.push(showcase_run(work / f"seed{seed}", seed), state.address,
-                                echo=lambda line: None)
+        for seed in (0, 1):  # the showcase's own epochs and gate
+            (work / f"seed{seed}").mkdir()
+            run = run_showcase(work / f"seed{seed}", epochs=8, seed=seed, threshold=0.9)
+            pushed = model.push(run, state.address, echo=lambda line: None)
             refs.append(f"{pushed.reference.registry}/{pushed.reference.repository}"
                         f"@{pushed.digest}")
         stable, candidate = refs
         rel = release(state.address, work / "release")
-        project = work / "project"
-        (project / "notebooks").mkdir(parents=True)
-        shutil.copy(ROOT / "notebooks" / "marker_classifier.ipynb", project / "notebooks")
-        (project / "pyproject.toml").write_text(
+        project = showcase_project(
+            work / "project",
             f"[tool.nbship.deploy]\ncanary_seconds = {args.canary_seconds}\n"
             + ('canary_config = "nbship-model-server"\n' if args.kayenta else "")
             + '[tool.nbship.training."notebooks/marker_classifier.ipynb"]\n'

@@ -46,6 +46,15 @@ def write_notebook(path: Path, cells: list[tuple[list[str], str]]) -> Path:
     return path
 
 
+def showcase_project(folder: Path, pyproject: str) -> Path:
+    """``folder`` as a checkout of the showcase: its notebook at
+    notebooks/marker_classifier.ipynb and this pyproject.toml; the folder."""
+    (folder / "notebooks").mkdir(parents=True, exist_ok=True)
+    shutil.copy(SHOWCASE, folder / "notebooks" / "marker_classifier.ipynb")
+    (folder / "pyproject.toml").write_text(pyproject)
+    return folder
+
+
 def run_showcase(folder: Path, epochs: int = 1, **parameters: Any) -> Path:
     """The showcase notebook copied into ``folder`` and run once (a gate of 0.5, unless
     ``parameters`` say otherwise), as `nbship run` leaves it; the run's record folder."""

@@ -12,7 +12,7 @@ import tornado.web
 from jupyter_server.base.handlers import APIHandler
 
 from nbship.errors import NbshipError
-from nbship.lab.jobs import KINDS, Jobs, registry_of
+from nbship.lab.jobs import KINDS, Job, Jobs, registry_of
 
 MAX_CONTENT = 64 << 20  # bytes of notebook JSON in one analysis request
 
@@ -39,6 +39,12 @@ class NotebookHandler(APIHandler):
         if must_exist and not target.is_file():
             raise tornado.web.HTTPError(404, f"no notebook {relative}")
         return str(relative)
+
+    def job(self, job_id: str) -> Job:
+        found = self.jobs.get(job_id)
+        if found is None:
+            raise tornado.web.HTTPError(404, f"no job {job_id}")
+        return found
 
     def body(self) -> dict[str, Any]:
         if len(self.request.body) > MAX_CONTENT:
@@ -99,7 +105,9 @@ class JobsHandler(NotebookHandler):
         if kind not in KINDS:
             raise tornado.web.HTTPError(400, f"kind: one of {', '.join(sorted(KINDS))}")
         relative = self.notebook(doc.get("path"))
-        job = self.jobs.start(str(kind), relative)
+        # off the event loop: Publish looks for the registry (pyproject.toml, a probe)
+        job = await asyncio.get_running_loop().run_in_executor(None, self.jobs.start,
+                                                               str(kind), relative)
         if job is None:
             self.set_status(409)
             self.finish(json.dumps({"message": "no registry to publish to: set [tool.nbship] "
@@ -123,11 +131,11 @@ class ConfigHandler(NotebookHandler):
 class JobHandler(NotebookHandler):
     @tornado.web.authenticated
     async def get(self, job_id: str) -> None:
-        job = self.jobs.get(job_id)
-        if job is None:
-            raise tornado.web.HTTPError(404, f"no job {job_id}")
-        since = int(self.get_argument("since", "0") or 0)
-        self.finish(json.dumps(job.to_json(max(0, since))))
+        job = self.job(job_id)
+        since = self.get_argument("since", "0") or "0"
+        if not since.isdigit():
+            raise tornado.web.HTTPError(400, "since: a line number (0, 1, ...)")
+        self.finish(json.dumps(job.to_json(int(since))))
 
 
 class JobEventsHandler(NotebookHandler):
@@ -135,9 +143,7 @@ class JobEventsHandler(NotebookHandler):
 
     @tornado.web.authenticated
     async def get(self, job_id: str) -> None:
-        job = self.jobs.get(job_id)
-        if job is None:
-            raise tornado.web.HTTPError(404, f"no job {job_id}")
+        job = self.job(job_id)
         self.set_header("Content-Type", "text/event-stream")
         self.set_header("Cache-Control", "no-cache")
         sent = 0

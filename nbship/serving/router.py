@@ -6,7 +6,8 @@ request goes to one upstream, chosen by smooth weighted round robin, so 10 % is
 exactly every tenth request, not 10 % on average. :meth:`Router.route` changes the
 weights at once; :meth:`Router.drain` waits until no request is in flight to an
 upstream, so a revision is stopped only after the last request it took has answered:
-moving traffic never fails a request. Counts per upstream are kept for the record.
+moving traffic never fails a request. Requests and errors per upstream are counted
+(:meth:`Router.counts`).
 """
 
 from __future__ import annotations

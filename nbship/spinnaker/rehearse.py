@@ -48,7 +48,6 @@ from nbship.spinnaker.local_cluster import Cluster, ClusterError
 
 SCHEMA = "nbship.rehearsal/v1"
 PROPERTY = re.compile(r"^SPINNAKER_PROPERTY_([A-Za-z0-9_.-]+)=(.*)$")
-DONE = {"SUCCEEDED", "SKIPPED", "FAILED_CONTINUE"}
 
 
 class RehearsalError(NbshipError):
@@ -202,7 +201,7 @@ class RunJob:
             return "a rehearsal runs Jobs of one container"
         argv = [*containers[0].get("command", []), *containers[0].get("args", [])]
         if argv[:3] != ["python", "-m", "nbship"]:
-            return (f"a rehearsal runs nbship's own Jobs (python -m nbship ...) in this venv, "
+            return (f"a rehearsal runs nbship's own Jobs (python -m nbship ...), "
                     f"not {' '.join(map(str, argv[:3]))!r}")
         return None
 
@@ -211,7 +210,7 @@ class RunJob:
         """The Job's environment as a rehearsal can give it: plain values (not those
         pointing into a volume the cluster would mount), the ``nbship-key`` secret as this
         machine's key, and a KFP token from this environment."""
-        from nbship.signing import KEY_ENV, key_hex
+        from nbship.signing import key_hex
 
         mounts = [str(m.get("mountPath")) for m in container.get("volumeMounts") or []]
         env = {"PYTHONUNBUFFERED": "1"}
@@ -224,8 +223,6 @@ class RunJob:
                 env[str(var["name"])] = key_hex()
         if os.environ.get("KFP_TOKEN"):
             env["KFP_TOKEN"] = os.environ["KFP_TOKEN"]
-        if KEY_ENV in os.environ:
-            env[KEY_ENV] = os.environ[KEY_ENV]
         return env
 
     def run(self, stage: dict[str, Any], rehearsal: Rehearsal) -> Outcome:
@@ -236,19 +233,20 @@ class RunJob:
         rehearsal.echo(f"    $ nbship {' '.join(argv)}"
                        + (f"   (in {container.get('image')})"
                           if rehearsal.options.jobs == "image" else ""))
-        outputs: dict[str, Any] = {}
         if rehearsal.options.jobs == "image":
             image = str(container.get("image", ""))
             with in_image(image, env) as prefix:
                 if isinstance(prefix, str):
                     return Outcome("TERMINAL", message=prefix)
                 return self._run([*prefix, "python", "-m", "nbship", *argv], None, stage,
-                                 rehearsal, outputs)
+                                 rehearsal)
         return self._run([sys.executable, "-m", "nbship", *argv], {**os.environ, **env},
-                         stage, rehearsal, outputs)
+                         stage, rehearsal)
 
-    def _run(self, cmd: list[str], env: dict[str, str] | None, stage: dict[str, Any],
-             rehearsal: Rehearsal, outputs: dict[str, Any]) -> Outcome:
+    @staticmethod
+    def _run(cmd: list[str], env: dict[str, str] | None, stage: dict[str, Any],
+             rehearsal: Rehearsal) -> Outcome:
+        outputs: dict[str, Any] = {}
         proc = subprocess.Popen(cmd, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, text=True)

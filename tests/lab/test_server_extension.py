@@ -173,6 +173,7 @@ def test_run_then_test_from_the_server_with_their_output_as_events(
     assert (root / ".nbship" / "runs" / "marker-classifier").is_dir()  # in the root
     code, again = call("GET", f"{url}/nbship/jobs/{job['id']}?since=2")
     assert code == 200 and again["lines"] == lines[2:]
+    assert call("GET", f"{url}/nbship/jobs/{job['id']}?since=two")[0] == 400
     code, test = call("POST", f"{url}/nbship/jobs", {"kind": "test", "path": NB})
     got = events(f"{url}/nbship/jobs/{test['id']}/events")
     end = [data for kind, data in got if kind == "end"][0]

@@ -15,7 +15,7 @@ from nbship.extract.graph import build_graph
 from nbship.notebook import read_notebook
 from nbship.pipelines.compile import compile_graph
 from nbship.spinnaker.rehearse import Options, rehearse
-from tests.conftest import SHOWCASE, push_release, serving
+from tests.conftest import SHOWCASE, push_release, serving, showcase_project
 from tests.pipelines.kfp_standin import StandIn
 
 pytestmark = pytest.mark.slow
@@ -39,13 +39,10 @@ def project(local_registry: str, tmp_path_factory: pytest.TempPathFactory
               "images": {"nbship-steps": {"reference": STEPS, "digest": STEPS.split("@")[1]}},
               "manifests": [], "steps": {}}
     release = push_release(local_registry, tmp, record, compiled.yaml.read_bytes())
-    root = tmp_path_factory.mktemp("project")
-    (root / "notebooks").mkdir()
-    (root / "notebooks" / "marker_classifier.ipynb").write_bytes(SHOWCASE.read_bytes())
-    (root / "pyproject.toml").write_text(
+    root = showcase_project(tmp_path_factory.mktemp("project"), (
         "[tool.nbship.parameter_sets.ci]\nepochs = 1\nthreshold = 0.5\n"
         '[tool.nbship.training."notebooks/marker_classifier.ipynb"]\n'
-        'cron = "0 0 3 * * *"\nparameters = { epochs = 2 }\n')
+        'cron = "0 0 3 * * *"\nparameters = { epochs = 2 }\n'))
     render(release, root / "spinnaker", pyproject=root / "pyproject.toml")
     return root, release
 

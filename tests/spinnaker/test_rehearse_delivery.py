@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from nbship.spinnaker.rehearse import Options, history, rehearse
-from tests.conftest import ROOT, push_release, run_showcase
+from tests.conftest import ROOT, push_release, run_showcase, showcase_project
 
 pytestmark = pytest.mark.slow
 
@@ -60,13 +60,9 @@ def delivery(local_registry: str, tmp_path_factory: pytest.TempPathFactory
               "manifests": [], "steps": {}}
     (folder / "release").mkdir()
     release = push_release(local_registry, folder / "release", record, b"# the pipeline\n")
-    project = folder / "project"
-    (project / "notebooks").mkdir(parents=True)
-    (project / "notebooks" / "marker_classifier.ipynb").write_bytes(
-        (ROOT / "notebooks" / "marker_classifier.ipynb").read_bytes())
-    (project / "pyproject.toml").write_text(
+    project = showcase_project(folder / "project", (
         "[tool.nbship.deploy]\ncanary_seconds = 3\n"
-        '[tool.nbship.training."notebooks/marker_classifier.ipynb"]\ncron = "0 0 3 * * *"\n')
+        '[tool.nbship.training."notebooks/marker_classifier.ipynb"]\ncron = "0 0 3 * * *"\n'))
     from nbship.spinnaker.render import render
 
     render(release, project / "spinnaker", pyproject=project / "pyproject.toml",
@@ -183,13 +179,9 @@ def kayenta(delivery: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) 
 
     if which("prometheus") is None:
         pytest.skip("not installed: prometheus (make tools; .ci/run installs it)")
-    project = tmp_path_factory.mktemp("kayenta")
-    (project / "notebooks").mkdir()
-    (project / "notebooks" / "marker_classifier.ipynb").write_bytes(
-        (ROOT / "notebooks" / "marker_classifier.ipynb").read_bytes())
-    (project / "pyproject.toml").write_text(
+    project = showcase_project(tmp_path_factory.mktemp("kayenta"), (
         '[tool.nbship.deploy]\ncanary_seconds = 30\ncanary_config = "nbship-model-server"\n'
-        '[tool.nbship.training."notebooks/marker_classifier.ipynb"]\ncron = "0 0 3 * * *"\n')
+        '[tool.nbship.training."notebooks/marker_classifier.ipynb"]\ncron = "0 0 3 * * *"\n'))
     written = render(delivery["release"], project / "spinnaker",
                      pyproject=project / "pyproject.toml", model=delivery["refs"]["good"])
     assert project / "spinnaker" / "kayenta" / "nbship-model-server.json" in written

@@ -11,7 +11,7 @@ import pytest
 
 from nbship.spinnaker.render import render
 from nbship.spinnaker.validate import validate_file
-from tests.conftest import ROOT, push_release
+from tests.conftest import ROOT, push_release, showcase_project
 
 STEPS = "127.0.0.1:5000/nbship-steps@sha256:" + "5" * 64
 
@@ -64,15 +64,11 @@ def test_the_ml_pipeline_cd_from_the_release(release: str, tmp_path: Path) -> No
 def test_env_variants_and_config_mistakes(release: str, tmp_path: Path) -> None:
     from nbship.errors import UnusableInputError
 
-    (tmp_path / "notebooks").mkdir()
-    (tmp_path / "notebooks" / "marker_classifier.ipynb").write_bytes(
-        (ROOT / "notebooks" / "marker_classifier.ipynb").read_bytes())
-    pyproject = tmp_path / "pyproject.toml"
-    pyproject.write_text('[tool.nbship.deploy]\napplication = "markers"\naccount = "staging-k8s"\n'
-                         'judgment = false\n[tool.nbship.deploy.prod]\naccount = "prod-k8s"\n'
-                         'judgment = true\n'
-                         '[tool.nbship.training."notebooks/marker_classifier.ipynb"]\n'
-                         'cron = "0 30 2 * * *"\n')
+    pyproject = showcase_project(tmp_path, (
+        '[tool.nbship.deploy]\napplication = "markers"\naccount = "staging-k8s"\n'
+        'judgment = false\n[tool.nbship.deploy.prod]\naccount = "prod-k8s"\n'
+        'judgment = true\n[tool.nbship.training."notebooks/marker_classifier.ipynb"]\n'
+        'cron = "0 30 2 * * *"\n')) / "pyproject.toml"
     staging = json.loads(render(release, tmp_path / "s", pyproject=pyproject,
                                 env="staging")[0].read_text())
     prod = json.loads(render(release, tmp_path / "p", pyproject=pyproject,
@@ -196,14 +192,10 @@ def test_model_delivery_canary_judgment_promotion_and_rollback(
 def test_a_kayenta_canary_config_judges_with_kayenta(local_registry: str,
                                                      tmp_path: Path) -> None:
     release, target, _ = release_with_model(local_registry, tmp_path)
-    (tmp_path / "notebooks").mkdir(exist_ok=True)
-    (tmp_path / "notebooks" / "marker_classifier.ipynb").write_bytes(
-        (ROOT / "notebooks" / "marker_classifier.ipynb").read_bytes())
-    pyproject = tmp_path / "pyproject.toml"
-    pyproject.write_text('[tool.nbship.deploy]\ncanary_config = "markers-canary"\n'
-                         'metrics_account = "prom"\ncanary_seconds = 900\n'
-                         '[tool.nbship.training."notebooks/marker_classifier.ipynb"]\n'
-                         'cron = "0 0 3 * * *"\n')
+    pyproject = showcase_project(tmp_path, (
+        '[tool.nbship.deploy]\ncanary_config = "markers-canary"\nmetrics_account = "prom"\n'
+        'canary_seconds = 900\n[tool.nbship.training."notebooks/marker_classifier.ipynb"]\n'
+        'cron = "0 0 3 * * *"\n')) / "pyproject.toml"
     written = render(release, tmp_path / "out", pyproject=pyproject, model=target)
     assert written[-1] == tmp_path / "out" / "kayenta" / "markers-canary.json"
     delivery = json.loads((tmp_path / "out" / "marker-classifier-model-delivery.json")
