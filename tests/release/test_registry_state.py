@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from nbship import processes
 from nbship.cli import main
 from nbship.errors import ReleaseError
 from nbship.release import registry
@@ -30,6 +31,7 @@ CORRUPT = [
 def no_signals(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
     sent: list[tuple[int, int]] = []
     monkeypatch.setattr(os, "kill", lambda pid, sig: sent.append((pid, sig)))
+    monkeypatch.setattr(signal, "pidfd_send_signal", lambda fd, sig: sent.append((fd, sig)))
     return sent
 
 
@@ -49,9 +51,9 @@ def test_a_corrupt_state_file_is_a_message_and_signals_nothing(
 def test_a_live_process_that_is_not_the_registry_is_left_alone(tmp_path: Path) -> None:
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        (tmp_path / "registry.json").write_text(json.dumps({
-            "address": "127.0.0.1:5000", "pid": other.pid,
-            "argv": ["/usr/bin/docker-registry", "serve", "x"], "started": 1}))
+        # sealed as nbship seals it: the pid, start time and command line still decide
+        processes.write_state(tmp_path / "registry.json", processes.Started(
+            "127.0.0.1:5000", other.pid, ["/usr/bin/docker-registry", "serve", "x"], 1))
         assert registry.status(tmp_path).pid is None  # type: ignore[union-attr]
         assert registry.down(tmp_path) is False
         assert other.poll() is None, "an unrelated process was signalled"
