@@ -197,8 +197,11 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--root", type=Path, default=Path(".nbship/runs"), metavar="DIR",
                    help="where runs are (default: .nbship/runs)")
     v.add_argument("--verbose", action="store_true", help="KServe's and uvicorn's own logs")
-    v.add_argument("--max-body", type=int, default=64 << 20, metavar="BYTES",
-                   help="larger request bodies get a 413 (default: 64 MiB)")
+    v.add_argument("--max-body", type=int, default=None, metavar="BYTES",
+                   help="larger request bodies get a 413 (default: --max-rows rows of the "
+                   "model's reference inputs as JSON, 1-16 MiB; 4 MiB without them)")
+    v.add_argument("--max-rows", type=int, default=None, metavar="ROWS",
+                   help="requests with more rows (inputs) get a 413 (default: 1000)")
     v.add_argument("--monitor", type=Path, default=Path(".nbship/monitor"), metavar="DIR",
                    help="where `nbship monitor`'s Prometheus looks for servers to scrape "
                    "(default: .nbship/monitor)")
@@ -234,6 +237,10 @@ def _parser() -> argparse.ArgumentParser:
                     help="the service account token file in a pod "
                     "(default: $KF_PIPELINES_SA_TOKEN_PATH)")
     kf.add_argument("--kube-context", default=None, help="a kubeconfig context")
+    kf.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS",
+                    help="--host: seconds to wait for a connection to the KFP API (default 10)")
+    kf.add_argument("--read-timeout", type=float, default=60.0, metavar="SECONDS",
+                    help="--host: seconds to wait for each answer of the KFP API (default 60)")
     kf.add_argument("--experiment", default=None, help="default: the pipeline's name")
     kf.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
                     help="run/schedule parameters (JSON values: 2, 0.5, \"text\", true)")
@@ -316,6 +323,10 @@ def _parser() -> argparse.ArgumentParser:
     dp.add_argument("--jobs", choices=["image", "venv"], default="image",
                     help="rehearse: run the Run Job stages in their released image (buildah, "
                     "the default) or in this venv")
+    dp.add_argument("--release", default=None, metavar="RELEASE_REF",
+                    help="rehearse: the release whose images (by digest, as its release.json "
+                    "records them) may have this machine's key, the nbship-key secret "
+                    "(default: the release a model release parameter records)")
     dp.add_argument("--json", action="store_true", help="history: the records as JSON")
 
     sc = sub.add_parser("scheduler", help="continuous training: cron, new data, webhooks",
@@ -747,6 +758,8 @@ def _kfp_here(args: argparse.Namespace) -> int:
 
 
 def cmd_kfp(args: argparse.Namespace) -> int:
+    from nbship.errors import UnusableInputError
+    from nbship.jsonhttp import Timeouts
     from nbship.pipelines import kfp_remote
 
     if not args.host:
@@ -754,8 +767,11 @@ def cmd_kfp(args: argparse.Namespace) -> int:
     say = lambda line: print(line, flush=True)  # noqa: E731
     name = _pipeline_of(args.release)
     experiment = args.experiment or name
+    if not (args.connect_timeout > 0 and args.read_timeout > 0):
+        raise UnusableInputError("--connect-timeout and --read-timeout are seconds above 0")
     remote = kfp_remote.Remote(args.host, kfp_remote.Auth(args.token, args.sa_token,
-                                                          args.kube_context), echo=say)
+                                                          args.kube_context), echo=say,
+                               timeouts=Timeouts(args.connect_timeout, args.read_timeout))
     if args.action == "status":
         doc = remote.status(name, experiment)
         print(f"pipeline {name}: {doc['pipeline_id'] or 'not uploaded'}")
@@ -871,7 +887,7 @@ def _rehearse(args: argparse.Namespace) -> int:
     options = rehearse.Options(parameters=params, judge=args.judge,
                                time_scale=args.time_scale, stable=args.stable,
                                traffic=args.traffic, kfp_host=args.kfp_host,
-                               jobs=args.jobs,
+                               jobs=args.jobs, release=args.release,
                                ask=input if sys.stdin.isatty() else None)
     record, path = rehearse.rehearse(Path(args.files[0]), options,
                                      echo=lambda line: print(line, flush=True))
@@ -940,7 +956,11 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
         print("scheduler: stopped" if scheduler.down(args.root) else "scheduler: not running")
         return 0
     doc = scheduler.status(args.root)
-    print("scheduler: running" if doc else "scheduler: not running (what it stored:)")
+    if doc is None and scheduler.exited(args.root):
+        print("scheduler: not running: it exited without `nbship scheduler down` (see "
+              f"{args.root / 'scheduler.log'}; what it stored:)")
+    else:
+        print("scheduler: running" if doc else "scheduler: not running (what it stored:)")
     doc = doc or scheduler.stored(args.root)
     for s in doc["schedules"]:
         triggers = ", ".join(filter(None, [f"cron {s['cron']}" if s["cron"] else None,
@@ -954,6 +974,10 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
               f"{r['message'] or ''}")
     if doc.get("running"):
         print(f"  running: {doc['running']}")
+    worker = doc.get("worker") or {}
+    if worker and (worker.get("restarts") or not worker.get("alive")):
+        print(f"  worker: {'alive' if worker.get('alive') else 'dead'}, restarted "
+              f"{worker.get('restarts')} time(s); last error: {worker.get('last_error')}")
     return 0
 
 
@@ -1167,7 +1191,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
           f"(commit {served.provenance.get('commit') or 'none'})", flush=True)
     serve(served, host=args.host, port=args.port, verbose=args.verbose,
           announce=lambda line: print(line, flush=True), monitor_root=args.monitor,
-          max_body=args.max_body)
+          max_body=args.max_body, max_rows=args.max_rows)
     return 0
 
 

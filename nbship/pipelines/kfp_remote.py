@@ -17,7 +17,10 @@ which a Spinnaker Run Job stage passes on to later stages.
 
 Auth as KFP users have it: none, a bearer token (``--token`` or
 ``KFP_TOKEN``), the in-cluster service-account token (``KF_PIPELINES_SA_TOKEN_PATH``,
-``--sa-token``), or a kubeconfig context (``--kube-context``).
+``--sa-token``), or a kubeconfig context (``--kube-context``). Credentials go only to the
+origin (scheme, host, port) of ``--host``: a redirect elsewhere is followed without them.
+Every call has a connect and a read timeout (``--connect-timeout``, ``--read-timeout``;
+10 s and 60 s): an API that does not answer is an error naming the host and the timeout.
 """
 
 from __future__ import annotations
@@ -36,9 +39,11 @@ from typing import Any
 
 from nbship.errors import NbshipError
 from nbship.files import sha256_file
+from nbship.jsonhttp import TimedOut, Timeouts, open_url
 
 TOKEN_ENV = "KFP_TOKEN"
 SA_TOKEN_ENV = "KF_PIPELINES_SA_TOKEN_PATH"
+DEFAULT_TIMEOUTS = Timeouts()  # 10 s to connect, 60 s to answer
 FINAL = frozenset({"SUCCEEDED", "FAILED", "SKIPPED", "CANCELED", "CANCELING"})
 
 
@@ -100,7 +105,33 @@ def release(reference: str) -> Iterator[Release]:
         yield pull_release(reference, Path(tmp))
 
 
-def _error(exc: Exception, host: str) -> KfpError:
+def _timed_out(exc: BaseException) -> str | None:
+    """"connect" or "read" when ``exc`` (or what it wraps: urllib3's MaxRetryError keeps
+    the timeout in ``reason``) is a timeout."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        name = type(current).__name__
+        if name == "ConnectTimeoutError" or isinstance(current, TimedOut) and \
+                current.phase == "connect":
+            return "connect"
+        if name == "ReadTimeoutError" or isinstance(current, (TimedOut, TimeoutError)):
+            return "read"
+        reason = getattr(current, "reason", None)
+        current = reason if isinstance(reason, BaseException) else current.__context__
+    return None
+
+
+def _error(exc: Exception, host: str, timeouts: Timeouts = DEFAULT_TIMEOUTS) -> KfpError:
+    phase = _timed_out(exc)
+    if phase is not None:
+        seconds = timeouts.connect if phase == "connect" else timeouts.read
+        verb = "connect" if phase == "connect" else "answer"
+        return KfpError(f"the KFP API at {host} did not {verb} within {seconds:g} s "
+                        f"({phase} timeout)",
+                        hint=f"is --host right and the API up? --{phase}-timeout SECONDS "
+                        "waits longer")
     status = getattr(exc, "status", None) or getattr(exc, "code", None)
     if status in (401, 403):
         return KfpError(f"the KFP API at {host} refused the credentials (HTTP {status})",
@@ -123,11 +154,21 @@ class Remote:
     host: str
     auth: Auth = Auth()
     echo: Callable[[str], None] = print
+    timeouts: Timeouts = DEFAULT_TIMEOUTS
 
     def __post_init__(self) -> None:
         import warnings
 
         from kfp import client as kfp_client
+
+        timeouts = self.timeouts
+
+        class Client(kfp_client.Client):  # type: ignore[misc]
+            def get_kfp_healthz(self, sleep_duration: int = 5) -> Any:
+                """Once, bounded (kfp's own tries five times, 5 s apart, unbounded): the
+                probe before has seen the API answer."""
+                _bound(self._healthz_api.api_client.rest_client, timeouts)
+                return self._healthz_api.healthz_service_get_healthz()
 
         credentials = None
         sa = self.auth.sa_token or (Path(os.environ[SA_TOKEN_ENV])
@@ -142,11 +183,11 @@ class Remote:
         try:
             with warnings.catch_warnings(), self._quiet():
                 warnings.simplefilter("ignore")
-                self.kfp = kfp_client.Client(host=self.host, existing_token=token,
-                                             credentials=credentials,
-                                             kube_context=self.auth.kube_context)
+                self.kfp = Client(host=self.host, existing_token=token,
+                                  credentials=credentials, kube_context=self.auth.kube_context)
         except Exception as exc:  # kfp_server_api's ApiException, urllib3's errors
-            raise _error(exc, self.host) from None
+            raise _error(exc, self.host, self.timeouts) from None
+        _bound(self.kfp._healthz_api.api_client.rest_client, self.timeouts)
 
     def _probe(self, bearer: str | None) -> None:
         """One healthz call before kfp.Client's own, which retries five times, logs
@@ -158,12 +199,12 @@ class Remote:
                                      headers={"Authorization": f"Bearer {bearer}"}
                                      if bearer else {})
         try:
-            with urllib.request.urlopen(req, timeout=30):
+            with open_url(req, self.timeouts):
                 return
         except urllib.error.HTTPError as exc:
-            raise _error(exc, self.host) from None
-        except (urllib.error.URLError, OSError) as exc:
-            raise _error(exc, self.host) from None
+            raise _error(exc, self.host, self.timeouts) from None
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            raise _error(exc, self.host, self.timeouts) from None
 
     @contextlib.contextmanager
     def _quiet(self) -> Iterator[None]:
@@ -186,7 +227,7 @@ class Remote:
         except Exception as exc:  # noqa: BLE001 - ApiException, urllib3 and ValueError
             if isinstance(exc, ValueError) and getattr(exc, "status", None) is None:
                 raise KfpError(f"the KFP API at {self.host}: {exc}") from None
-            raise _error(exc, self.host) from None
+            raise _error(exc, self.host, self.timeouts) from None
 
     def upload(self, rel: Release) -> tuple[str, str, bool]:
         """(pipeline id, version id, created now) for the release's pipeline version."""
@@ -292,6 +333,31 @@ class Remote:
         return {"pipeline_id": pipeline_id, "versions": versions, "schedules": schedules,
                 "runs": [{"id": r.run_id, "name": r.display_name, "state": r.state}
                          for r in (runs.runs or [])]}
+
+
+def _bound(rest_client: Any, timeouts: Timeouts) -> None:
+    """Give every request of kfp-server-api's REST client ``timeouts`` (it passes
+    ``timeout=None``, no timeout at all, unless a call names one) and retries that do not
+    repeat a request the API did not answer; its urllib3 follows redirects and drops
+    Authorization and Cookie on a redirect to another scheme, host or port."""
+    import urllib3
+
+    pool = rest_client.pool_manager
+    if getattr(pool, "_nbship_bound", False):
+        return
+    request = pool.request
+    retries = urllib3.Retry(total=3, connect=2, read=0, status=0, redirect=5,
+                            remove_headers_on_redirect=["Authorization", "Cookie",
+                                                        "Proxy-Authorization"])
+
+    def bounded(method: str, url: str, *args: Any, **kw: Any) -> Any:
+        if kw.get("timeout") is None:
+            kw["timeout"] = urllib3.Timeout(connect=timeouts.connect, read=timeouts.read)
+        kw.setdefault("retries", retries)
+        return request(method, url, *args, **kw)
+
+    pool.request = bounded
+    pool._nbship_bound = True
 
 
 def spinnaker(**properties: str) -> list[str]:
