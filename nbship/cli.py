@@ -197,11 +197,8 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--root", type=Path, default=Path(".nbship/runs"), metavar="DIR",
                    help="where runs are (default: .nbship/runs)")
     v.add_argument("--verbose", action="store_true", help="KServe's and uvicorn's own logs")
-    v.add_argument("--max-body", type=int, default=None, metavar="BYTES",
-                   help="larger request bodies get a 413 (default: --max-rows rows of the "
-                   "model's reference inputs as JSON, 1-16 MiB; 4 MiB without them)")
-    v.add_argument("--max-rows", type=int, default=None, metavar="ROWS",
-                   help="requests with more rows (inputs) get a 413 (default: 1000)")
+    v.add_argument("--max-body", type=int, default=64 << 20, metavar="BYTES",
+                   help="larger request bodies get a 413 (default: 64 MiB)")
     v.add_argument("--monitor", type=Path, default=Path(".nbship/monitor"), metavar="DIR",
                    help="where `nbship monitor`'s Prometheus looks for servers to scrape "
                    "(default: .nbship/monitor)")
@@ -323,10 +320,6 @@ def _parser() -> argparse.ArgumentParser:
     dp.add_argument("--jobs", choices=["image", "venv"], default="image",
                     help="rehearse: run the Run Job stages in their released image (buildah, "
                     "the default) or in this venv")
-    dp.add_argument("--release", default=None, metavar="RELEASE_REF",
-                    help="rehearse: the release whose images (by digest, as its release.json "
-                    "records them) may have this machine's key, the nbship-key secret "
-                    "(default: the release a model release parameter records)")
     dp.add_argument("--json", action="store_true", help="history: the records as JSON")
 
     sc = sub.add_parser("scheduler", help="continuous training: cron, new data, webhooks",
@@ -887,7 +880,7 @@ def _rehearse(args: argparse.Namespace) -> int:
     options = rehearse.Options(parameters=params, judge=args.judge,
                                time_scale=args.time_scale, stable=args.stable,
                                traffic=args.traffic, kfp_host=args.kfp_host,
-                               jobs=args.jobs, release=args.release,
+                               jobs=args.jobs,
                                ask=input if sys.stdin.isatty() else None)
     record, path = rehearse.rehearse(Path(args.files[0]), options,
                                      echo=lambda line: print(line, flush=True))
@@ -956,11 +949,7 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
         print("scheduler: stopped" if scheduler.down(args.root) else "scheduler: not running")
         return 0
     doc = scheduler.status(args.root)
-    if doc is None and scheduler.exited(args.root):
-        print("scheduler: not running: it exited without `nbship scheduler down` (see "
-              f"{args.root / 'scheduler.log'}; what it stored:)")
-    else:
-        print("scheduler: running" if doc else "scheduler: not running (what it stored:)")
+    print("scheduler: running" if doc else "scheduler: not running (what it stored:)")
     doc = doc or scheduler.stored(args.root)
     for s in doc["schedules"]:
         triggers = ", ".join(filter(None, [f"cron {s['cron']}" if s["cron"] else None,
@@ -974,10 +963,6 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
               f"{r['message'] or ''}")
     if doc.get("running"):
         print(f"  running: {doc['running']}")
-    worker = doc.get("worker") or {}
-    if worker and (worker.get("restarts") or not worker.get("alive")):
-        print(f"  worker: {'alive' if worker.get('alive') else 'dead'}, restarted "
-              f"{worker.get('restarts')} time(s); last error: {worker.get('last_error')}")
     return 0
 
 
@@ -1191,7 +1176,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
           f"(commit {served.provenance.get('commit') or 'none'})", flush=True)
     serve(served, host=args.host, port=args.port, verbose=args.verbose,
           announce=lambda line: print(line, flush=True), monitor_root=args.monitor,
-          max_body=args.max_body, max_rows=args.max_rows)
+          max_body=args.max_body)
     return 0
 
 
