@@ -197,8 +197,11 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--root", type=Path, default=Path(".nbship/runs"), metavar="DIR",
                    help="where runs are (default: .nbship/runs)")
     v.add_argument("--verbose", action="store_true", help="KServe's and uvicorn's own logs")
-    v.add_argument("--max-body", type=int, default=64 << 20, metavar="BYTES",
-                   help="larger request bodies get a 413 (default: 64 MiB)")
+    v.add_argument("--max-body", type=int, default=None, metavar="BYTES",
+                   help="larger request bodies get a 413 (default: --max-rows rows of the "
+                   "model's reference inputs as JSON, 1-16 MiB; 4 MiB without them)")
+    v.add_argument("--max-rows", type=int, default=None, metavar="ROWS",
+                   help="requests with more rows (inputs) get a 413 (default: 1000)")
     v.add_argument("--monitor", type=Path, default=Path(".nbship/monitor"), metavar="DIR",
                    help="where `nbship monitor`'s Prometheus looks for servers to scrape "
                    "(default: .nbship/monitor)")
@@ -1176,7 +1179,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
           f"(commit {served.provenance.get('commit') or 'none'})", flush=True)
     serve(served, host=args.host, port=args.port, verbose=args.verbose,
           announce=lambda line: print(line, flush=True), monitor_root=args.monitor,
-          max_body=args.max_body)
+          max_body=args.max_body, max_rows=args.max_rows)
     return 0
 
 

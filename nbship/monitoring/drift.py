@@ -184,11 +184,18 @@ class Window:
         self._values = np.zeros((self.size, len(self.profile.groups)))
         self._predictions = np.zeros(self.size)
 
-    def observe(self, inputs: np.ndarray, predictions: np.ndarray) -> None:
-        names, values = feature_groups(inputs)
-        if len(names) != len(self.profile.groups):
-            return  # not the reference's shape (predict() accepted it anyway): not compared
-        preds = np.asarray(predictions, dtype=np.float64).reshape(len(values), -1)[:, 0]
+    def observe(self, inputs: np.ndarray, predictions: np.ndarray) -> bool:
+        """Add a request's rows; False (nothing added) when the rows are not the
+        reference's features or there is not one prediction a row."""
+        inputs, preds = np.asarray(inputs), np.asarray(predictions)
+        if inputs.ndim == 0 or preds.ndim == 0 or len(preds) != len(inputs) \
+                or inputs.size == 0 or preds.size == 0:
+            return False  # no rows, or not one prediction a row
+        names, values = feature_groups(inputs[-self.size:])  # only the last rows stay
+        preds = preds[-self.size:]
+        if names != self.profile.groups:
+            return False  # not the reference's shape (predict() accepted it anyway)
+        preds = preds.reshape(len(values), -1)[:, 0].astype(np.float64)
         with self._lock:
             for start in range(0, len(values), self.size):
                 chunk, pchunk = values[start:start + self.size], preds[start:start + self.size]
@@ -197,6 +204,7 @@ class Window:
                 self._predictions[idx] = pchunk
                 self._next = int((self._next + len(chunk)) % self.size)
                 self._filled = min(self.size, self._filled + len(chunk))
+        return True
 
     def snapshot(self) -> tuple[np.ndarray, np.ndarray]:
         with self._lock:

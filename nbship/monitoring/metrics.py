@@ -16,6 +16,7 @@ Everything goes into prometheus_client's default registry, which KServe's
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -40,6 +41,8 @@ PREDICTIONS = Counter("nbship_predictions", "Predictions by class (classifiers)"
                       ["model", "class"])
 MODEL = Info("nbship_model", "Where the served model comes from: run, commit, model release",
              ["model"])
+MONITORING_ERRORS = Counter("nbship_monitoring_errors", "Requests predict() answered whose "
+                            "monitoring (prediction counts, drift window) failed", ["model"])
 
 
 def run_id(provenance: dict[str, Any]) -> str:
@@ -110,34 +113,49 @@ def _protocol(path: str) -> str | None:
     return None
 
 
+DRAIN = 64 << 20  # bytes: a too-large body up to this size is read away before the 413
+
+
 class BodyLimit:
-    """ASGI middleware: a request body over ``limit`` bytes gets a 413 before it is read.
+    """ASGI middleware: a request body over ``limit`` bytes gets a 413 naming the limit,
+    before it is read; at most ``concurrent`` inference requests are read and answered
+    at once (the others wait, their bodies unread), so memory stays bounded.
 
     Judged by Content-Length, and by counting for chunked bodies (the app then gets
-    no more than ``limit`` bytes and the client a 413).
+    no more than ``limit`` bytes and the client a 413). A too-large body up to
+    DRAIN bytes (or 4x the limit) is read away and dropped as it comes, so the client
+    hears the 413 instead of a reset while it sends, and the connection stays open for
+    the next request; a larger one is not read and the 413 says ``connection: close``.
     """
 
-    def __init__(self, app: Callable[..., Awaitable[None]], limit: int) -> None:
+    def __init__(self, app: Callable[..., Awaitable[None]], limit: int,
+                 concurrent: int = 8) -> None:
         self.app = app
         self.limit = limit
+        self.concurrent = concurrent
+        self._slots: asyncio.Semaphore | None = None
 
-    async def _refuse(self, send: Callable[..., Any]) -> None:
-        body = json.dumps({"error": f"the request body is larger than {self.limit} bytes"})
+    async def _refuse(self, send: Callable[..., Any], close: bool) -> None:
+        body = json.dumps({"error": f"the request body is larger than this server's limit "
+                                    f"of {self.limit} bytes (nbship serve --max-body)"})
+        headers = [(b"content-type", b"application/json"),
+                   (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
+                    "headers": headers + [(b"connection", b"close")] if close else headers})
         await send({"type": "http.response.body", "body": body.encode()})
 
-    async def _drain(self, receive: Callable[..., Any], declared: int) -> None:
-        """Read a too-large body away (up to 4x the limit), so the client hears the 413
-        instead of a reset connection; a larger one is not read at all."""
-        if declared > 4 * self.limit:
-            return
+    async def _drain(self, receive: Callable[..., Any], declared: int) -> bool:
+        """Read a too-large body away (up to DRAIN bytes or 4x the limit), so the client
+        hears the 413 instead of a reset connection; a larger one is not read at all.
+        Whether it was."""
+        if declared > max(DRAIN, 4 * self.limit):
+            return False
         while True:
             message = await receive()
-            if message.get("type") != "http.request" or not message.get("more_body"):
-                return
+            if message.get("type") != "http.request":
+                return False
+            if not message.get("more_body"):
+                return True
 
     async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any],
                        send: Callable[..., Any]) -> None:
@@ -146,9 +164,19 @@ class BodyLimit:
             return
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await self._drain(receive, int(declared))
-            await self._refuse(send)
+            drained = await self._drain(receive, int(declared))
+            await self._refuse(send, close=not drained)
             return
+        if _protocol(scope.get("path", "")) is None:
+            await self._read(scope, receive, send)
+            return
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.concurrent)
+        async with self._slots:
+            await self._read(scope, receive, send)
+
+    async def _read(self, scope: dict[str, Any], receive: Callable[..., Any],
+                    send: Callable[..., Any]) -> None:
         seen = 0
         started = False
 
@@ -162,18 +190,18 @@ class BodyLimit:
             message: dict[str, Any] = await receive()
             seen += len(message.get("body", b""))
             if seen > self.limit:
-                raise _TooLarge
+                raise TooLarge
             return message
 
         try:
             await self.app(scope, receiving, sending)
-        except _TooLarge:
+        except TooLarge:
             if not started:
-                await self._refuse(send)
+                await self._refuse(send, close=True)
 
 
-class _TooLarge(Exception):
-    pass
+class TooLarge(Exception):
+    """A chunked body went over the limit while the app read it."""
 
 
 class GoldenSignals:

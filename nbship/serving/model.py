@@ -4,12 +4,23 @@ Inputs become one numpy array (v1: ``{"instances": [...]}``; v2: the request's f
 input tensor). What the model cannot take is the client's mistake and gets a 400
 with a message: no instances, ragged or non-numeric data, NaN or infinity, or
 predict() refusing the array (its ValueError, TypeError, IndexError or
-RuntimeError — wrong shape, wrong dtype). The server stays up.
+RuntimeError — wrong shape, wrong dtype), or predict() answering another number of
+rows than it was given (an 8x8 image sent as 8 rows). More rows than the server's
+row limit is a 413 naming the limit. The server stays up.
+
+predict() runs in a thread pool, off the event loop: health, readiness and /metrics
+answer while a large batch is predicted. Monitoring (prediction counts, the drift
+window) never fails a request that predict() answered: its errors are counted
+(``nbship_monitoring_errors_total``) and logged.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -19,30 +30,69 @@ from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from kserve.utils.numpy_codec import from_np_dtype
 
 from nbship.monitoring.drift import Window
-from nbship.monitoring.metrics import observe_predictions
+from nbship.monitoring.metrics import MONITORING_ERRORS, observe_predictions
 from nbship.serving.bundle import Served
 
 OUTPUT = "predictions"
+DEFAULT_MAX_ROWS = 1000  # rows a request: a batch for an online server, not a data set
+WORKERS = 4  # predict() calls at once (threads off the event loop)
+
+log = logging.getLogger(__name__)
+
+
+class TooManyRows(Exception):
+    """A request with more rows than the server takes: a 413 naming the limit."""
+
+
+def row_shape(served: Served) -> tuple[int, ...] | None:
+    """The shape of one row of the serve cell's reference_inputs; None without them."""
+    if served.reference_inputs is None:
+        return None
+    try:
+        shape = np.shape(served.reference_inputs)
+    except (ValueError, TypeError):
+        return None
+    return tuple(int(n) for n in shape[1:]) if len(shape) >= 1 else None
 
 
 class NotebookModel(Model):  # type: ignore[misc]
     """One served notebook model; ``served.predict`` does the work."""
 
-    def __init__(self, served: Served, window: Window | None = None) -> None:
+    def __init__(self, served: Served, window: Window | None = None,
+                 max_rows: int = DEFAULT_MAX_ROWS) -> None:
         super().__init__(served.name)
         self.served = served
         self.window = window  # drift against the reference profile, when there is one
+        self.max_rows = max_rows
+        self.row_shape = row_shape(served)
+        self._pool: ThreadPoolExecutor | None = None
 
     def load(self) -> bool:
         self.ready = True
         return True
 
-    def predict(self, payload: Any, headers: dict[str, str] | None = None,
-                response_headers: dict[str, str] | None = None) -> Any:
+    async def predict(self, payload: Any, headers: dict[str, str] | None = None,
+                      response_headers: dict[str, str] | None = None) -> Any:
+        """:meth:`answer` in the thread pool: the event loop goes on serving meanwhile."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="nbship-predict")
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self.answer,
+                                                                payload)
+
+    def answer(self, payload: Any) -> Any:
+        """The reply to one decoded request (v2 InferRequest or v1 JSON object)."""
         if isinstance(payload, InferRequest):
             if not payload.inputs:
                 raise InvalidInput("the request has no inputs")
-            array = _input(lambda: payload.inputs[0].as_numpy())
+            tensor = payload.inputs[0]
+            shape = tensor.shape
+            if not isinstance(shape, list) or not all(
+                    isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
+                raise InvalidInput(f"the shape of input {tensor.name!r} must be a list of "
+                                   f"sizes (whole numbers, 0 or more), not {shape!r}"[:300])
+            if shape:
+                self._check_rows(shape[0])
+            array = _input(tensor.as_numpy)
             out = self._call(array)
             output = InferOutput(name=OUTPUT, shape=list(out.shape),
                                  datatype=from_np_dtype(out.dtype))
@@ -54,10 +104,19 @@ class NotebookModel(Model):  # type: ignore[misc]
         instances = payload["instances"]
         if not isinstance(instances, list) or not instances:
             raise InvalidInput('"instances" must be a non-empty list')
+        self._check_rows(len(instances))
         array = _input(lambda: np.asarray(instances))
         return {OUTPUT: self._call(array).tolist()}
 
+    def _check_rows(self, rows: int) -> None:
+        if rows > self.max_rows:
+            raise TooManyRows(f"the request has {rows} rows; this server takes at most "
+                              f"{self.max_rows} rows a request (nbship serve --max-rows): "
+                              "send smaller batches")
+
     def _call(self, array: np.ndarray) -> np.ndarray:
+        if array.ndim >= 1:
+            self._check_rows(len(array))
         try:
             out = self.served.predict(array)
         except (ValueError, TypeError, IndexError, RuntimeError, KeyError) as exc:
@@ -66,18 +125,39 @@ class NotebookModel(Model):  # type: ignore[misc]
         result = np.asarray(out)
         if result.dtype == object:
             raise InvalidInput("predict() returned values that are not numbers or strings")
-        observe_predictions(self.name, result)
-        if self.window is not None:
-            self.window.observe(array, result)
+        rows = len(array) if array.ndim >= 1 else 1
+        answered = len(result) if result.ndim >= 1 else 1
+        if answered != rows:
+            expected = "" if self.row_shape is None else \
+                f" (the model's reference inputs are rows of shape {list(self.row_shape)})"
+            raise InvalidInput(f"predict() answered {answered} prediction(s) for the "
+                               f"{rows} row(s) of an input of shape {list(array.shape)}: each "
+                               f"row is one input{expected}")
+        self._monitor(array, result)
         return result
 
+    def _monitor(self, array: np.ndarray, result: np.ndarray) -> None:
+        """Prediction counts and the drift window; a failure is counted and logged, and
+        the client still gets its predictions."""
+        try:
+            observe_predictions(self.name, result)
+            if self.window is not None:
+                self.window.observe(array, result)
+        except Exception as exc:  # noqa: BLE001 - monitoring must not fail a prediction
+            MONITORING_ERRORS.labels(self.name).inc()
+            log.warning("monitoring skipped a request of shape %s: %s: %s",
+                        list(array.shape), type(exc).__name__, exc)
 
-def _input(make: Any) -> np.ndarray:
+
+def _input(make: Callable[[], Any]) -> np.ndarray:
     """The request's array, made by ``make``: rectangular, numeric and finite, else a 400."""
     try:
         array = make()
-    except (ValueError, TypeError) as exc:
-        raise InvalidInput(f"the input is not a rectangular array: {exc}") from None
+    except InvalidInput:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever the client's data made numpy raise
+        raise InvalidInput(f"the input is not a rectangular array: {type(exc).__name__}: "
+                           f"{exc}") from None
     if not isinstance(array, np.ndarray) or array.dtype == object:
         raise InvalidInput("the input is not a rectangular array of numbers")
     if array.dtype.kind not in "biuf":

@@ -4,11 +4,21 @@ kserve 0.21's REST server binds 0.0.0.0 on its own. nbship binds the socket itse
 (127.0.0.1:PORT unless ``--host`` says otherwise) and hands it to KServe's
 RESTServer (``run(sockets=...)``, uvicorn's public way), so KServe's endpoints,
 exception handlers and metrics are all there and nothing listens elsewhere.
+
+Every request gets an answer and the server stays responsive: a request body is at
+most ``--max-body`` bytes (by default sized from the model's input: ``--max-rows``
+rows of the reference inputs' row as JSON numbers) and at most ``--max-rows`` rows,
+else a 413 naming the limit; at most a few inference requests are read at once;
+predict() runs off the event loop; what KServe cannot decode (a malformed binary
+header, say) is a 400; an unexpected error is a 500 that leaves the keep-alive
+connection open.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import math
 import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -21,7 +31,26 @@ if TYPE_CHECKING:
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
-MAX_BODY = 64 << 20  # bytes: a batch of inputs, not a data set
+MAX_BODY = 16 << 20  # bytes: the default limit's ceiling (a batch of inputs, not a data set)
+MIN_BODY = 1 << 20  # bytes: the default limit's floor
+UNSIZED_BODY = 4 << 20  # bytes: the default limit for a model without reference inputs
+NUMBER_BYTES = 24  # the most a JSON number and its comma take: -1.2345678901234567e-123,
+CONCURRENT = 8  # inference requests read and answered at once
+
+log = logging.getLogger(__name__)
+
+
+def body_limit(served: Served, max_rows: int) -> int:
+    """The default request body limit: ``max_rows`` rows of the model's reference input
+    as JSON numbers, between MIN_BODY and MAX_BODY (UNSIZED_BODY without reference
+    inputs). JSON decoding holds the interpreter for the whole body, so this also bounds
+    how long one request can hold up health checks."""
+    from nbship.serving.model import row_shape
+
+    shape = row_shape(served)
+    if shape is None:
+        return UNSIZED_BODY
+    return max(MIN_BODY, min(MAX_BODY, max_rows * math.prod(shape) * NUMBER_BYTES))
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -42,6 +71,65 @@ _CLIENT_ERROR_HANDLERS = frozenset({"invalid_input_handler", "model_not_found_ha
 
 def _no_client_errors(record: object) -> bool:
     return getattr(record, "funcName", "") not in _CLIENT_ERROR_HANDLERS
+
+
+class Answered:
+    """ASGI middleware: an exception nothing else handled is a 500 with a message, logged.
+
+    Raised further, uvicorn would close the connection after Starlette's 500, and a
+    keep-alive client's next request on it would be reset.
+    """
+
+    def __init__(self, app: Callable[..., Awaitable[None]]) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any],
+                       send: Callable[..., Any]) -> None:
+        from nbship.monitoring.metrics import TooLarge
+
+        if scope.get("type") != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def sending(message: dict[str, Any]) -> None:
+            nonlocal started
+            started = started or message.get("type") == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except TooLarge:
+            raise  # BodyLimit's, outside, answers it
+        except Exception as exc:
+            if started:
+                raise
+            log.exception("%s %s failed", scope.get("method"), scope.get("path"))
+            body = json.dumps({"error": f"internal error: {type(exc).__name__}: {exc}"}).encode()
+            await send({"type": "http.response.start", "status": 500,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+
+
+def guard_decoding(dataplane: Any) -> None:
+    """KServe's request decoding (JSON, CloudEvents, the v2 binary extension's
+    Inference-Header-Content-Length) raising anything but InvalidInput is still the
+    client's request at fault: a 400 with the message, not a 500."""
+    from kserve.errors import InvalidInput
+
+    decode = dataplane.decode
+
+    def decoding(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return decode(*args, **kwargs)
+        except InvalidInput:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the request's bytes made it raise
+            raise InvalidInput(f"the request cannot be decoded: {type(exc).__name__}: "
+                               f"{exc}") from None
+
+    dataplane.decode = decoding
 
 
 class FixedModel:
@@ -92,8 +180,10 @@ def monitor(served: Served) -> Window | None:
 
 def serve(served: Served, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
           announce: Callable[[str], None] = print, verbose: bool = False,
-          monitor_root: Path | None = None, max_body: int = MAX_BODY) -> None:
-    """Serve ``served`` until SIGINT/SIGTERM (uvicorn's graceful shutdown)."""
+          monitor_root: Path | None = None, max_body: int | None = None,
+          max_rows: int | None = None) -> None:
+    """Serve ``served`` until SIGINT/SIGTERM (uvicorn's graceful shutdown); ``max_body``
+    None: sized from the model's input (:func:`body_limit`)."""
     import logging
     import warnings
 
@@ -101,7 +191,7 @@ def serve(served: Served, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
     from kserve.protocol.rest.server import RESTServer
 
     from nbship.monitoring.metrics import BodyLimit, GoldenSignals, describe_model
-    from nbship.serving.model import NotebookModel
+    from nbship.serving.model import DEFAULT_MAX_ROWS, NotebookModel, TooManyRows
 
     sock = bind(host, port)
     server = ModelServer(http_port=port, enable_grpc=False, workers=1)
@@ -111,22 +201,33 @@ def serve(served: Served, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
         logging.getLogger("kserve").addFilter(_no_client_errors)
         warnings.filterwarnings("ignore", message=".*deprecated")  # fastapi, about kserve
     window = monitor(served)
-    model = NotebookModel(served, window)
+    max_rows = DEFAULT_MAX_ROWS if max_rows is None else max_rows
+    max_body = body_limit(served, max_rows) if max_body is None else max_body
+    model = NotebookModel(served, window, max_rows=max_rows)
     model.load()
+    guard_decoding(server.dataplane)
+    from fastapi.responses import JSONResponse
     from kserve.model_server import app
 
+    def too_many_rows(_request: Any, exc: Exception) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=413)
+
+    app.add_exception_handler(TooManyRows, too_many_rows)
     app.add_api_route(f"/v2/models/{served.name}/provenance", lambda: served.provenance,
                       methods=["GET"], summary="where the served model comes from")
     describe_model(served.name, served.provenance)
+    app.add_middleware(Answered)  # innermost: GoldenSignals counts its 500s
     app.add_middleware(FixedModel)
     app.add_middleware(GoldenSignals, model=served.name)
-    app.add_middleware(BodyLimit, limit=max_body)  # outermost: before anything reads it
+    app.add_middleware(BodyLimit, limit=max_body,  # outermost: before anything reads it
+                       concurrent=CONCURRENT)
     server.register_model(model)
     rest = RESTServer("kserve.model_server:app", server.dataplane,
                       server.model_repository_extension, port)
     bound_port = sock.getsockname()[1]
     announce(f"serving {served.name!r} on http://{host}:{bound_port} "
-             f"(v1 /v1/models/{served.name}:predict, v2 /v2/models/{served.name}/infer)")
+             f"(v1 /v1/models/{served.name}:predict, v2 /v2/models/{served.name}/infer; "
+             f"at most {max_rows} rows and {max_body} bytes a request)")
     entry = None
     if monitor_root is not None:  # nbship monitor's Prometheus finds it here
         from nbship.monitoring.metrics import run_id
