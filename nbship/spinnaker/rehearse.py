@@ -7,9 +7,12 @@ handler in :data:`HANDLERS` (a registry, as papermill's engines): a handler firs
 whether it can rehearse a stage (:meth:`Handler.check`, all stages are checked before
 anything starts), then runs it.
 
-* ``runJobManifest``: the Job's ``python -m nbship ...`` command in this venv, its
-  in-cluster addresses mapped to the local ones; ``SPINNAKER_PROPERTY_k=v`` lines become
-  the stage's outputs; a non-zero exit fails the stage.
+* ``runJobManifest``: the Job's ``python -m nbship ...`` command in its image (buildah,
+  a pid namespace of its own) or in this venv, its in-cluster addresses mapped to the
+  local ones; ``SPINNAKER_PROPERTY_k=v`` lines become the stage's outputs; a non-zero exit
+  fails the stage. Only the commands and environment ``nbship deploy render`` writes are
+  run (:data:`nbship.spinnaker.render.JOB_COMMANDS`), in an environment nbship builds,
+  and this machine's key goes only to the images of the release being rehearsed.
 * ``deployManifest`` / ``patchManifest``: InferenceServices on the local cluster
   (:mod:`nbship.spinnaker.local_cluster`: real model servers behind a real traffic split).
 * ``manualJudgment``: ``--judge continue|stop``, or asked on the terminal.
@@ -65,6 +68,7 @@ class Options:
     traffic: float = 20.0  # requests a second to each InferenceService; 0: none
     kfp_host: str | None = None  # None: nbship kfp's local pipeline host
     jobs: str = "image"  # Run Jobs in their released image (buildah) or in this venv
+    release: str | None = None  # the release whose images may have this machine's key
     root: Path = Path(".nbship/deploy")
     ask: Callable[[str], str] | None = None  # the terminal's input(), when there is one
 
@@ -78,7 +82,7 @@ class Outcome:
 
 
 class Handler(Protocol):
-    def check(self, stage: dict[str, Any], folder: Path) -> str | None: ...
+    def check(self, stage: dict[str, Any], folder: Path, where: str) -> str | None: ...
 
     def run(self, stage: dict[str, Any], rehearsal: Rehearsal) -> Outcome: ...
 
@@ -92,7 +96,7 @@ def _is_isvc(doc: Any) -> bool:
 
 
 class DeployManifest:
-    def check(self, stage: dict[str, Any], folder: Path) -> str | None:
+    def check(self, stage: dict[str, Any], folder: Path, where: str) -> str | None:
         if stage.get("source", "text") != "text":
             return "a rehearsal deploys manifests given as text (source: text)"
         bad = [str(m.get("kind")) if isinstance(m, dict) else "?"
@@ -113,7 +117,7 @@ CANARY_PATCH = re.compile(r"^inferenceservice (\S+)$")
 
 
 class PatchManifest:
-    def check(self, stage: dict[str, Any], folder: Path) -> str | None:
+    def check(self, stage: dict[str, Any], folder: Path, where: str) -> str | None:
         if not CANARY_PATCH.match(str(stage.get("manifestName", ""))):
             return "a rehearsal patches InferenceServices (manifestName: inferenceservice NAME)"
         body = stage.get("patchBody")
@@ -139,7 +143,7 @@ class PatchManifest:
 
 
 class ManualJudgment:
-    def check(self, stage: dict[str, Any], folder: Path) -> str | None:
+    def check(self, stage: dict[str, Any], folder: Path, where: str) -> str | None:
         return None
 
     def run(self, stage: dict[str, Any], rehearsal: Rehearsal) -> Outcome:
@@ -158,7 +162,7 @@ class ManualJudgment:
 
 
 class Wait:
-    def check(self, stage: dict[str, Any], folder: Path) -> str | None:
+    def check(self, stage: dict[str, Any], folder: Path, where: str) -> str | None:
         return None
 
     def run(self, stage: dict[str, Any], rehearsal: Rehearsal) -> Outcome:
@@ -173,7 +177,7 @@ class Wait:
 
 
 class CheckPreconditions:
-    def check(self, stage: dict[str, Any], folder: Path) -> str | None:
+    def check(self, stage: dict[str, Any], folder: Path, where: str) -> str | None:
         kinds = {str(p.get("type")) for p in stage.get("preconditions") or []
                  if isinstance(p, dict)} - {"expression"}
         return f"a rehearsal checks expression preconditions only, not {sorted(kinds)}" \
@@ -191,63 +195,252 @@ class CheckPreconditions:
         return Outcome("SUCCEEDED")
 
 
+JOB = "manifest.spec.template.spec.containers[0]"  # the Job's container, in a stage
+REHEARSAL_ENV = "NBSHIP_REHEARSAL"  # in every Job's environment: no rehearsal inside one
+# what a Job's environment takes from this one (the rest, PYTHONPATH, PYTHON*, LD_* among
+# it, is left out); the key only as the nbship-key secret, and only to the release's images
+HOST_ENV = frozenset({
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM",
+    "SSL_CERT_FILE", "SSL_CERT_DIR", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "VIRTUAL_ENV",
+    "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
+    "CONTAINERS_STORAGE_CONF", "CONTAINERS_REGISTRIES_CONF", "REGISTRY_AUTH_FILE"})
+HOST_ENV_PREFIXES = ("LC_", "NBSHIP_", "XDG_", "OMP_", "MKL_", "OPENBLAS_")
+HOST_ENV_NEVER = frozenset({"NBSHIP_ARTIFACT_KEY", "NBSHIP_TRIGGER_SECRET", REHEARSAL_ENV})
+
+
+def host_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """What a Job run in this venv takes from ``environ``: the allow-listed names only."""
+    return {k: v for k, v in environ.items() if k not in HOST_ENV_NEVER
+            and (k in HOST_ENV or k.startswith(HOST_ENV_PREFIXES))}
+
+
+def _argv(container: dict[str, Any], where: str) -> list[tuple[str, Any]] | str:
+    """(JSON path, word) of the container's command then args; a problem instead."""
+    out: list[tuple[str, Any]] = []
+    for key in ("command", "args"):
+        words = container.get(key) or []
+        if not isinstance(words, list):
+            return f"{where}.{key}: a list of strings"
+        out += [(f"{where}.{key}[{i}]", w) for i, w in enumerate(words)]
+    for path, word in out:
+        if not isinstance(word, str):
+            return f"{path}: {word!r} is not a string"
+    return out
+
+
+def _value(path: str, word: str, kind: str, resolved: bool) -> list[str]:
+    from nbship.spinnaker.render import VALUE_KINDS
+
+    if "${" in word and not resolved:
+        return []  # an expression: checked again once it is resolved, before the Job runs
+    ok = VALUE_KINDS[kind].fullmatch(word) is not None
+    if ok and kind == "parameter":
+        try:
+            json.loads(word.partition("=")[2])
+        except ValueError:
+            ok = False
+    return [] if ok else [f"{path}: {word[:200]!r} is not a {kind} as render writes it"]
+
+
+def job_problems(container: Any, where: str, resolved: bool) -> list[str]:
+    """What in a Job's container is not a command (or environment) that ``nbship deploy
+    render`` writes (:data:`nbship.spinnaker.render.JOB_COMMANDS`, ``JOB_ENV``), each with
+    its JSON path. ``resolved``: the ``${...}`` expressions were evaluated (the stage is
+    about to run); before, an expression stands for any value."""
+    from nbship.spinnaker.render import JOB_COMMANDS, JOB_ENV
+
+    if not isinstance(container, dict):
+        return [f"{where}: a container"]
+    argv = _argv(container, where)
+    if isinstance(argv, str):
+        return [argv]
+    words = [str(w) for _, w in argv]
+    if words[:3] != ["python", "-m", "nbship"]:
+        return [f"{where}.command: a rehearsal runs nbship's own Jobs (python -m nbship ...), "
+                f"not {' '.join(words[:3])!r}"]
+    rest = argv[3:]
+    known = ", ".join(" ".join(v) for v in JOB_COMMANDS)
+    command = next((c for verb, c in JOB_COMMANDS.items()
+                    if tuple(words[3:3 + len(verb)]) == verb), None)
+    if command is None:
+        return [f"{rest[0][0] if rest else where + '.command'}: nbship "
+                f"{' '.join(words[3:5])!r} is not a Job that nbship deploy render writes "
+                f"(it writes: {known})"]
+    verb = " ".join(command.verb)
+    options = {o: kind for o, kind, _ in command.options}
+    problems: list[str] = []
+    seen: dict[str, int] = {}
+    positional, i = 0, len(command.verb)
+    while i < len(rest):
+        path, word = rest[i]
+        if word in options:
+            seen[word] = seen.get(word, 0) + 1
+            if i + 1 == len(rest):
+                problems.append(f"{path}: {word} without its value")
+                break
+            problems += _value(rest[i + 1][0], rest[i + 1][1], options[word], resolved)
+            i += 2
+            continue
+        if word.startswith("-"):
+            problems.append(f"{path}: {word[:100]!r} is not an option render writes for "
+                            f"nbship {verb} (it writes {', '.join(options) or 'none'})")
+        elif positional == len(command.positional):
+            problems.append(f"{path}: {word[:100]!r}: render writes nbship {verb} with "
+                            f"{len(command.positional)} argument(s)")
+        else:
+            problems += _value(path, word, command.positional[positional], resolved)
+            positional += 1
+        i += 1
+    for option, _, repeated in command.options:
+        if not repeated and seen.get(option, 0) != 1:
+            problems.append(f"{where}.command: nbship {verb} has {option} "
+                            f"{seen.get(option, 0)} time(s); render writes it once")
+    if positional < len(command.positional):
+        problems.append(f"{where}.command: nbship {verb} without its "
+                        f"{command.positional[positional]}")
+    env = container.get("env") or []
+    for j, var in enumerate(env if isinstance(env, list) else [env]):
+        if var not in JOB_ENV:
+            name = var.get("name") if isinstance(var, dict) else var
+            problems.append(f"{where}.env[{j}]: {str(name)[:100]!r}: a rehearsal gives a Job "
+                            "only the environment render writes ("
+                            + ", ".join(str(e["name"]) for e in JOB_ENV) + ")")
+    if container.get("envFrom"):
+        problems.append(f"{where}.envFrom: a rehearsal gives a Job only the environment "
+                        "render writes")
+    return problems
+
+
+def asks_for_key(container: dict[str, Any]) -> int | None:
+    """The index of the env entry taking the ``nbship-key`` secret, if one does."""
+    from nbship.spinnaker.render import KEY_SECRET
+
+    for j, var in enumerate(container.get("env") or []):
+        ref = ((var.get("valueFrom") or {}).get("secretKeyRef") or {}) \
+            if isinstance(var, dict) else {}
+        if ref.get("name") == KEY_SECRET:
+            return j
+    return None
+
+
+@dataclass(frozen=True)
+class KeyTrust:
+    """The images that may have this machine's key (the ``nbship-key`` secret): those of
+    the release being rehearsed, by digest as its release.json records them."""
+
+    release: str | None
+    digests: frozenset[str]
+    source: str  # where the release came from, or why there is none
+
+    def problem(self, container: dict[str, Any], where: str, resolved: bool) -> str | None:
+        j = asks_for_key(container)
+        image = str(container.get("image", ""))
+        if j is None or ("${" in image and not resolved):
+            return None
+        digest = image.rpartition("@")[2]
+        if self.release is not None and digest in self.digests:
+            return None
+        whose = (f"the release being rehearsed, {self.release} ({self.source}: "
+                 f"{', '.join(sorted(d[:19] for d in self.digests)) or 'no images'})"
+                 if self.release else f"the release being rehearsed ({self.source})")
+        return (f"{where}.env[{j}]: the nbship-key secret (this machine's signing key) goes "
+                f"only to images of {whose}; {where}.image {image[:200]!r} is not one of "
+                "them: the Job is refused")
+
+
+def key_trust(options: Options, parameters: Mapping[str, str]) -> KeyTrust:
+    """Whose images get the key: ``--release``, else the release a model release (signed
+    by this machine) records it was built from. A pipeline file's own word is not enough."""
+    from nbship.release.publish import show
+    from nbship.signing import signed
+
+    ref, source = options.release, "--release"
+    if ref is None:
+        from nbship.release.model import show as show_model
+
+        for name, value in sorted(parameters.items()):
+            if "/models/" not in value:
+                continue
+            try:
+                rec, _, _ = show_model(value)
+            except (NbshipError, OSError, ValueError):
+                continue
+            named = ((rec.get("pipeline") or {}).get("release") or {}).get("reference") \
+                if signed(rec) else None
+            if isinstance(named, str):
+                ref, source = named, f"recorded by the model release of parameter {name}"
+                break
+    if ref is None:
+        return KeyTrust(None, frozenset(), "none named: --release REF names it")
+    try:
+        record, _, _ = show(ref)
+    except (NbshipError, OSError, ValueError) as exc:
+        raise RehearsalError(f"cannot read the release whose images may have this machine's "
+                             f"key, {ref} ({source}): {exc}") from None
+    images = record.get("images")
+    images = images if isinstance(images, dict) else {}
+    digests = frozenset(str(i["digest"]) for i in images.values()
+                        if isinstance(i, dict) and re.fullmatch(r"sha256:[0-9a-f]{64}",
+                                                                 str(i.get("digest", ""))))
+    return KeyTrust(ref, digests, source)
+
+
 class RunJob:
-    def check(self, stage: dict[str, Any], folder: Path) -> str | None:
+    def check(self, stage: dict[str, Any], folder: Path, where: str) -> str | None:
         job = stage.get("manifest")
         if not isinstance(job, dict) or job.get("kind") != "Job":
             return "a rehearsal runs a batch/v1 Job given as text (manifest)"
         containers = job.get("spec", {}).get("template", {}).get("spec", {}).get("containers")
         if not isinstance(containers, list) or len(containers) != 1:
             return "a rehearsal runs Jobs of one container"
-        argv = [*containers[0].get("command", []), *containers[0].get("args", [])]
-        if argv[:3] != ["python", "-m", "nbship"]:
-            return (f"a rehearsal runs nbship's own Jobs (python -m nbship ...), "
-                    f"not {' '.join(map(str, argv[:3]))!r}")
-        return None
+        problems = job_problems(containers[0], f"{where}.{JOB}", resolved=False)
+        return "\n    ".join(problems) if problems else None
 
     @staticmethod
-    def job_env(container: dict[str, Any]) -> dict[str, str]:
-        """The Job's environment as a rehearsal can give it: plain values (not those
-        pointing into a volume the cluster would mount), the ``nbship-key`` secret as this
-        machine's key, and a KFP token from this environment."""
-        from nbship.signing import key_hex
+    def job_env(container: dict[str, Any], verb: str, rehearsal: Rehearsal) -> dict[str, str]:
+        """The environment nbship gives a Job (beyond this venv's allow-listed one): the
+        ``nbship-key`` secret as this machine's key (checked: only to whom it may go), a
+        KFP token from this environment to ``nbship kfp``, and the rehearsal's mark. The
+        KFP token path render writes points into a volume a cluster mounts: not here."""
+        from nbship.signing import KEY_ENV, key_hex
 
-        mounts = [str(m.get("mountPath")) for m in container.get("volumeMounts") or []]
-        env = {"PYTHONUNBUFFERED": "1"}
-        for var in container.get("env") or []:
-            value = var.get("value")
-            secret = ((var.get("valueFrom") or {}).get("secretKeyRef") or {}).get("name")
-            if isinstance(value, str) and not any(value.startswith(m) for m in mounts):
-                env[str(var["name"])] = value
-            elif secret == "nbship-key":
-                env[str(var["name"])] = key_hex()
-        if os.environ.get("KFP_TOKEN"):
+        env = {"PYTHONUNBUFFERED": "1", REHEARSAL_ENV: rehearsal.run_id}
+        if asks_for_key(container) is not None:
+            env[KEY_ENV] = key_hex()
+        if verb == "kfp" and os.environ.get("KFP_TOKEN"):
             env["KFP_TOKEN"] = os.environ["KFP_TOKEN"]
         return env
 
     def run(self, stage: dict[str, Any], rehearsal: Rehearsal) -> Outcome:
+        where = f"{rehearsal.where(stage)}.{JOB}"
         container = stage["manifest"]["spec"]["template"]["spec"]["containers"][0]
+        problems = job_problems(container, where, resolved=True)
+        if rehearsal.options.jobs == "image":
+            problems += [p for p in [rehearsal.key.problem(container, where, True)] if p]
+        if problems:
+            raise RehearsalError(f"{rehearsal.path}: refused, not run:\n    "
+                                 + "\n    ".join(problems))
         argv = [str(a) for a in [*container.get("command", []), *container.get("args", [])]]
+        env = self.job_env(container, argv[3], rehearsal)
         argv = rehearsal.local_argv(argv[3:])
-        env = self.job_env(container)
         rehearsal.echo(f"    $ nbship {' '.join(argv)}"
                        + (f"   (in {container.get('image')})"
                           if rehearsal.options.jobs == "image" else ""))
         if rehearsal.options.jobs == "image":
             image = str(container.get("image", ""))
-            with in_image(image, env) as prefix:
+            with in_image(image, env, rehearsal.project) as prefix:
                 if isinstance(prefix, str):
                     return Outcome("TERMINAL", message=prefix)
                 return self._run([*prefix, "python", "-m", "nbship", *argv], None, stage,
                                  rehearsal)
-        return self._run([sys.executable, "-m", "nbship", *argv], {**os.environ, **env},
-                         stage, rehearsal)
+        return self._run([sys.executable, "-m", "nbship", *argv],
+                         {**host_env(os.environ), **env}, stage, rehearsal)
 
     @staticmethod
     def _run(cmd: list[str], env: dict[str, str] | None, stage: dict[str, Any],
              rehearsal: Rehearsal) -> Outcome:
         outputs: dict[str, Any] = {}
-        proc = subprocess.Popen(cmd, env=env,
+        proc = subprocess.Popen(cmd, env=env, cwd=rehearsal.project,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, text=True)
         assert proc.stdout is not None
@@ -288,7 +481,7 @@ def canary_configs(folder: Path) -> dict[str, tuple[Path, dict[str, Any]]]:
 class KayentaCanary:
     """Judged from the rehearsal's Prometheus (:mod:`nbship.spinnaker.kayenta`)."""
 
-    def check(self, stage: dict[str, Any], folder: Path) -> str | None:
+    def check(self, stage: dict[str, Any], folder: Path, where: str) -> str | None:
         from nbship.release.tools import which
         from nbship.spinnaker.kayenta import config_problems
 
@@ -356,17 +549,21 @@ class KayentaCanary:
 
 
 @contextlib.contextmanager
-def in_image(image: str, env: dict[str, str]) -> Iterator[list[str] | str]:
+def in_image(image: str, env: dict[str, str], project: Path) -> Iterator[list[str] | str]:
     """A working container of ``image`` (pulled by buildah): the command prefix that runs
     in it (chroot isolation: the host's network, where the local servers and registry
-    are) with the project folder mounted where it is here; a message instead when the
-    image cannot be had. The container is removed afterwards."""
+    are; a pid namespace of its own, with its own /proc: it sees and signals only its own
+    processes) with the project folder mounted where it is here; a message instead when
+    the image cannot be had. The container is removed afterwards."""
     from nbship.release.tools import which
 
-    buildah = which("buildah")
+    buildah, unshare = which("buildah"), which("unshare")
     if buildah is None:
         yield "buildah is not installed: it runs a Job in its image (make tools), or " \
             "rehearse with --jobs venv"
+        return
+    if unshare is None:
+        yield "unshare (util-linux) is not installed: it gives a Job its own pid namespace"
         return
     made = subprocess.run([buildah, "from", "--quiet", "--tls-verify=false",
                            f"docker://{image}"], capture_output=True, text=True,
@@ -376,11 +573,13 @@ def in_image(image: str, env: dict[str, str]) -> Iterator[list[str] | str]:
         yield f"cannot pull {image}: {why} (--jobs venv runs the same nbship from this venv)"
         return
     name = made.stdout.strip().splitlines()[-1]
-    cwd = str(Path.cwd())
+    cwd = str(project)
     try:
-        # chroot isolation (as nbship build's smoke runs): no namespaces of its own, so the
-        # host's network (the local servers and registry) and no cgroup setup to fail
-        yield [buildah, "run", "--isolation", "chroot", "-v", f"{cwd}:{cwd}",
+        # chroot isolation (as nbship build's smoke runs): the host's network (the local
+        # servers and registry) and no cgroup setup to fail; it ignores --pid, so buildah
+        # runs as pid 1 of a new pid namespace (its /proc mounted anew; killed with us)
+        yield [unshare, "--pid", "--fork", "--mount-proc", "--kill-child",
+               buildah, "run", "--isolation", "chroot", "-v", f"{cwd}:{cwd}",
                "--workingdir", cwd,
                *[f"--env={k}={v}" for k, v in sorted(env.items())], name, "--"]
     finally:
@@ -530,11 +729,19 @@ class Rehearsal:
     echo: Callable[[str], None]
     cluster: Cluster
     parameters: dict[str, str]
+    run_id: str = ""
+    project: Path = field(default_factory=Path.cwd)  # Jobs run here (the project folder)
+    key: KeyTrust = KeyTrust(None, frozenset(), "--jobs venv")
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)  # by name, for #stage
     prometheus: str | None = None  # the rehearsal's own, when a stage judges from it
 
     def scope(self) -> Scope:
         return Scope(self.parameters, self.stages)
+
+    def where(self, stage: dict[str, Any]) -> str:
+        """The stage's JSON path in the file (``$.stages[i]``)."""
+        refs = [str(s.get("refId")) for s in self.doc["stages"]]
+        return f"$.stages[{refs.index(str(stage['refId']))}]"
 
     def local_argv(self, argv: list[str]) -> list[str]:
         """In-cluster addresses -> this machine's; ``--host`` of ``nbship kfp`` -> the
@@ -645,6 +852,9 @@ def rehearse(path: Path, options: Options, echo: Callable[[str], None] = print
     from nbship.files import sha256_file, write_atomic
     from nbship.spinnaker.validate import ERROR, validate_file
 
+    if os.environ.get(REHEARSAL_ENV):
+        raise RehearsalError(f"nbship deploy rehearse inside a Job of rehearsal "
+                             f"{os.environ[REHEARSAL_ENV][:40]}: a rehearsal starts no other")
     problems = [p for p in validate_file(path) if p.severity == ERROR]
     if problems:
         raise UnusableInputError(f"{path} does not validate:\n  "
@@ -656,7 +866,7 @@ def rehearse(path: Path, options: Options, echo: Callable[[str], None] = print
     for i, stage in enumerate(stages):
         handler = HANDLERS.get(stage["type"])
         why = f"Spinnaker-only (a rehearsal runs {', '.join(sorted(HANDLERS))})" \
-            if handler is None else handler.check(stage, path.parent)
+            if handler is None else handler.check(stage, path.parent, f"$.stages[{i}]")
         if why:
             cannot.append(f"{path}: $.stages[{i}] ({stage['type']} {stage.get('name', '')!r}): "
                           f"{why}")
@@ -673,11 +883,25 @@ def rehearse(path: Path, options: Options, echo: Callable[[str], None] = print
     if options.time_scale < 0 or options.traffic < 0:
         raise RehearsalError("--time-scale and --traffic are not negative")
     parameters = _parameters(doc, options.parameters, str(path))
+    trust = KeyTrust(None, frozenset(), "--jobs venv: Jobs run this venv's nbship")
+    keyed = [(i, s["manifest"]["spec"]["template"]["spec"]["containers"][0])
+             for i, s in enumerate(stages) if s["type"] == "runJobManifest"]
+    keyed = [(i, c) for i, c in keyed if asks_for_key(c) is not None]
+    if options.jobs == "image" and keyed:
+        trust = key_trust(options, parameters)
+        refused = [(i, trust.problem(c, f"$.stages[{i}].{JOB}", False)) for i, c in keyed]
+        if any(why for _, why in refused):
+            raise RehearsalError("cannot rehearse:\n  " + "\n  ".join(
+                f"{path}: $.stages[{i}] (runJobManifest {stages[i].get('name', '')!r}): {why}"
+                for i, why in refused if why), hint="--release REF: the release whose images "
+                "may have this machine's key (or --jobs venv)")
+        echo(f"  the nbship-key secret goes to the images of {trust.release} ({trust.source})")
     name = str(doc.get("name") or path.stem)
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
     workdir = options.root / "rehearsals" / run_id
     cluster = Cluster(workdir, echo=echo)
-    rehearsal = Rehearsal(path, doc, options, echo, cluster, parameters)
+    rehearsal = Rehearsal(path, doc, options, echo, cluster, parameters, run_id=run_id,
+                          project=Path.cwd().resolve(), key=trust)
     services = _services(stages)
     load: Load | None = None
     echo(f"rehearsing {name} ({path}), execution {run_id}")
@@ -729,7 +953,7 @@ def rehearse(path: Path, options: Options, echo: Callable[[str], None] = print
                      "file": str(path), "sha256": sha256_file(path)},
         "parameters": parameters,
         "options": {"judge": options.judge, "time_scale": options.time_scale,
-                    "jobs": options.jobs,
+                    "jobs": options.jobs, "key_release": trust.release,
                     "stable": options.stable, "traffic": options.traffic,
                     "kfp_host": options.kfp_host},
         **execution,

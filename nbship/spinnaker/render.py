@@ -32,6 +32,62 @@ from typing import Any
 from nbship.errors import UnusableInputError
 
 KFP_TOKEN_PATH = "/var/run/secrets/kubeflow/pipelines/token"  # KFP's projected SA token
+KEY_SECRET = "nbship-key"  # the Kubernetes secret holding the artifact key (docs/spinnaker.md)
+
+
+@dataclass(frozen=True)
+class JobCommand:
+    """One command a rendered Job runs: ``python -m nbship VERB...`` and its arguments.
+
+    The functions below write every Job's command through :meth:`argv`, and ``nbship
+    deploy rehearse`` runs only what matches one of :data:`JOB_COMMANDS` (value kinds in
+    :data:`VALUE_KINDS`): one table for both, so the rehearsal runs what render writes
+    and nothing else."""
+
+    verb: tuple[str, ...]
+    positional: tuple[str, ...] = ()  # the kinds of the positional arguments, in order
+    options: tuple[tuple[str, str, bool], ...] = ()  # (option, kind, may repeat), in order
+
+    def argv(self, positional: list[str], options: dict[str, Any]) -> list[str]:
+        """The arguments after ``python -m nbship``: the verb, the positional arguments,
+        then the options in this command's order (a repeated one takes a list)."""
+        if len(positional) != len(self.positional) or \
+                set(options) != {o for o, _, _ in self.options}:
+            raise AssertionError(f"{' '.join(self.verb)}: not this command's arguments")
+        out = [*self.verb, *positional]
+        for option, _, repeated in self.options:
+            for value in (options[option] if repeated else [options[option]]):
+                out += [option, str(value)]
+        return out
+
+
+JOB_COMMANDS: dict[tuple[str, ...], JobCommand] = {c.verb: c for c in (
+    JobCommand(("kfp", "upload"), ("reference",), (("--host", "url", False),)),
+    JobCommand(("kfp", "run"), ("reference",), (("--experiment", "name", False),
+                                                ("-p", "parameter", True),
+                                                ("--host", "url", False))),
+    JobCommand(("kfp", "schedule"), ("reference",), (("--cron", "cron", False),
+                                                     ("-p", "parameter", True),
+                                                     ("--host", "url", False))),
+    JobCommand(("canary", "ready"), ("url",), (("--stable", "url", False),
+                                               ("--model", "name", False),
+                                               ("--timeout", "seconds", False))),
+    JobCommand(("canary", "judge"), (), (("--stable", "url", False), ("--canary", "url", False),
+                                         ("--model", "name", False),
+                                         ("--reference", "reference", False),
+                                         ("--seconds", "seconds", False))),
+)}
+_NAME = r"[a-z0-9]+(?:[._-][a-z0-9]+)*"
+VALUE_KINDS: dict[str, re.Pattern[str]] = {
+    # registry/repository[:tag][@digest], as render writes releases and models (by digest)
+    "reference": re.compile(rf"[A-Za-z0-9][A-Za-z0-9.-]*(?::[0-9]{{1,5}})?(?:/{_NAME})+"
+                            r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?"),
+    "url": re.compile(r"https?://[A-Za-z0-9][A-Za-z0-9.-]*(?::[0-9]{1,5})?(?:/[A-Za-z0-9._~-]*)*"),
+    "name": re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,252}"),
+    "seconds": re.compile(r"[0-9]{1,7}"),
+    "cron": re.compile(r"[0-9A-Za-z*?/,#-]+(?: [0-9A-Za-z*?/,#-]+){5}"),
+    "parameter": re.compile(r"[A-Za-z_][A-Za-z0-9_]*=.*", re.DOTALL),  # the value: JSON
+}
 
 
 @dataclass(frozen=True)
@@ -105,6 +161,16 @@ def read_config(pyproject: Path, name: str, env: str | None,
                         **values)
 
 
+KFP_TOKEN_ENV = {"name": "KF_PIPELINES_SA_TOKEN_PATH", "value": KFP_TOKEN_PATH}
+KEY_ENV = {"name": "NBSHIP_ARTIFACT_KEY", "valueFrom": {"secretKeyRef": {"name": KEY_SECRET,
+                                                                        "key": "key"}}}
+JOB_ENV = (KFP_TOKEN_ENV, KEY_ENV)  # every env entry a rendered Job may have
+
+
+def _command(verb: str, positional: list[str], options: dict[str, Any]) -> list[str]:
+    return JOB_COMMANDS[tuple(verb.split())].argv(positional, options)
+
+
 def _job(name: str, image: str, args: list[str], cfg: DeployConfig) -> dict[str, Any]:
     """A batch/v1 Job running nbship in the steps' image, with KFP's SA token mounted."""
     return {
@@ -115,8 +181,7 @@ def _job(name: str, image: str, args: list[str], cfg: DeployConfig) -> dict[str,
             "restartPolicy": "Never", "serviceAccountName": cfg.service_account,
             "containers": [{"name": "nbship", "image": image,
                             "command": ["python", "-m", "nbship", *args],
-                            "env": [{"name": "KF_PIPELINES_SA_TOKEN_PATH",
-                                     "value": KFP_TOKEN_PATH}],
+                            "env": [dict(KFP_TOKEN_ENV)],
                             "volumeMounts": [{"name": "kfp-token", "readOnly": True,
                                               "mountPath": str(Path(KFP_TOKEN_PATH).parent)}]}],
             "volumes": [{"name": "kfp-token", "projected": {"sources": [
@@ -135,10 +200,8 @@ def _run_job(ref: str, requisites: list[str], title: str, job: dict[str, Any],
 
 
 def _params(values: dict[str, Any]) -> list[str]:
-    out: list[str] = []
-    for k, v in sorted(values.items()):
-        out += ["-p", f"{k}={json.dumps(v)}"]
-    return out
+    """``-p``'s values: NAME=JSON."""
+    return [f"{k}={json.dumps(v)}" for k, v in sorted(values.items())]
 
 
 def _pipeline(cfg: DeployConfig, name: str, description: str, parameter: str,
@@ -159,19 +222,20 @@ def ml_pipeline_cd(record: dict[str, Any], release_ref: str, cfg: DeployConfig
     steps = str(record["images"]["nbship-steps"]["reference"])
     repository = steps.split("@")[0]
     host, _, repo_path = repository.partition("/")
-    kfp = ["--host", cfg.kfp_host]
-    upload = _job(f"{name}-upload", steps, ["kfp", "upload", "${parameters.release}", *kfp],
-                  cfg)
-    run = _job(f"{name}-ci-run", steps, ["kfp", "run", "${parameters.release}",
-                                         "--experiment", f"{name}-ci",
-                                         *_params(cfg.ci_parameters), *kfp], cfg)
+    upload = _job(f"{name}-upload", steps, _command("kfp upload", ["${parameters.release}"],
+                                                     {"--host": cfg.kfp_host}), cfg)
+    run = _job(f"{name}-ci-run", steps, _command(
+        "kfp run", ["${parameters.release}"], {"--experiment": f"{name}-ci",
+                                               "-p": _params(cfg.ci_parameters),
+                                               "--host": cfg.kfp_host}), cfg)
     if cfg.cron is None:
         raise UnusableInputError(f"no schedule for {name}: the ML pipeline's delivery "
                                  "schedules it", hint='[tool.nbship.training."NOTEBOOK"] '
                                  'cron = "0 0 3 * * *"')
-    schedule = _job(f"{name}-schedule", steps, ["kfp", "schedule", "${parameters.release}",
-                                                "--cron", cfg.cron, *_params(cfg.parameters),
-                                                *kfp], cfg)
+    schedule = _job(f"{name}-schedule", steps, _command(
+        "kfp schedule", ["${parameters.release}"], {"--cron": cfg.cron,
+                                                    "-p": _params(cfg.parameters),
+                                                    "--host": cfg.kfp_host}), cfg)
     stages = [_run_job("1", [], "Upload the pipeline version", upload, cfg),
               _run_job("2", ["1"], "Integration run (ci parameters)", run, cfg)]
     last = "2"
@@ -203,9 +267,10 @@ def ml_pipeline_cd(record: dict[str, Any], release_ref: str, cfg: DeployConfig
 def ml_pipeline_rollback(record: dict[str, Any], cfg: DeployConfig) -> dict[str, Any]:
     name = str(record["name"])
     steps = str(record["images"]["nbship-steps"]["reference"])
-    job = _job(f"{name}-rollback", steps, ["kfp", "schedule", "${parameters.previous_release}",
-                                          "--cron", str(cfg.cron), *_params(cfg.parameters),
-                                          "--host", cfg.kfp_host], cfg)
+    job = _job(f"{name}-rollback", steps, _command(
+        "kfp schedule", ["${parameters.previous_release}"], {"--cron": str(cfg.cron),
+                                                             "-p": _params(cfg.parameters),
+                                                             "--host": cfg.kfp_host}), cfg)
     return _pipeline(
         cfg, f"{name}-ml-pipeline-rollback",
         f"Re-points the schedule of {name} to a previous release (rendered by nbship).",
@@ -243,9 +308,10 @@ def continuous_training(record: dict[str, Any], release_ref: str, cfg: DeployCon
     if cfg.cron:
         triggers.insert(0, {"type": "cron", "enabled": True, "id": f"{name}-nightly",
                             "cronExpression": quartz_from_kfp(cfg.cron)})
-    run = _job(f"{name}-training", steps, ["kfp", "run", "${parameters.release}",
-                                          "--experiment", name, *_params(cfg.parameters),
-                                          "--host", cfg.kfp_host], cfg)
+    run = _job(f"{name}-training", steps, _command(
+        "kfp run", ["${parameters.release}"], {"--experiment": name,
+                                               "-p": _params(cfg.parameters),
+                                               "--host": cfg.kfp_host}), cfg)
     return _pipeline(
         cfg, f"{name}-continuous-training",
         f"Trains {name} on a schedule, on new data and on drift alerts (rendered by nbship "
@@ -286,13 +352,10 @@ def model_delivery(record: dict[str, Any], model_ref: str, cfg: DeployConfig
     name = str(record["name"])
     server = str(record["images"]["nbship-server"]["reference"])
     canary, stable = _service_url("latest", name, cfg), _service_url("prev", name, cfg)
-    key_env = [{"name": "NBSHIP_ARTIFACT_KEY", "valueFrom": {"secretKeyRef": {
-        "name": "nbship-key", "key": "key"}}}]
-
     def server_job(job: str, args: list[str]) -> dict[str, Any]:
         doc = _job(f"{name}-{job}", server, args, cfg)
         container = doc["spec"]["template"]["spec"]["containers"][0]
-        container["env"] = key_env
+        container["env"] = [json.loads(json.dumps(KEY_ENV))]
         del container["volumeMounts"]
         del doc["spec"]["template"]["spec"]["volumes"]
         return doc
@@ -316,13 +379,13 @@ def model_delivery(record: dict[str, Any], model_ref: str, cfg: DeployConfig
          "manifests": [_isvc(record, model_ref, server, "${parameters.model}", cfg,
                              cfg.canary_percent)]},
         _run_job("2", ["1"], "Wait until the canary is ready",
-                 server_job("ready", ["canary", "ready", canary, "--stable", stable,
-                                      "--model", name, "--timeout", "600"]), cfg),
+                 server_job("ready", _command("canary ready", [canary], {
+                     "--stable": stable, "--model": name, "--timeout": "600"})), cfg),
         _kayenta(cfg) if cfg.canary_config else
-        {**_run_job("3", ["2"], "Judge the canary", server_job("judge", [
-            "canary", "judge", "--stable", stable, "--canary", canary, "--model", name,
-            "--reference", "${parameters.model}",
-            "--seconds", str(cfg.canary_seconds)]), cfg),
+        {**_run_job("3", ["2"], "Judge the canary", server_job("judge", _command(
+            "canary judge", [], {"--stable": stable, "--canary": canary, "--model": name,
+                                 "--reference": "${parameters.model}",
+                                 "--seconds": str(cfg.canary_seconds)})), cfg),
          "failPipeline": False, "continuePipeline": True},
     ]
     decided = "3"

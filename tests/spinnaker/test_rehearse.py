@@ -68,7 +68,8 @@ def test_what_cannot_be_rehearsed_is_named_before_anything_starts(tmp_path: Path
     assert "$.stages[0] (bakeManifest 'Bake'): Spinnaker-only" in text
     assert "$.stages[1] (deployManifest 'Deploy'): a rehearsal deploys InferenceServices " \
         "only, not ConfigMap" in text
-    assert "$.stages[2] (runJobManifest 'Shell'): a rehearsal runs nbship's own Jobs" in text
+    assert "$.stages[2] (runJobManifest 'Shell'): $.stages[2].manifest.spec.template.spec." \
+        "containers[0].command: a rehearsal runs nbship's own Jobs" in text
     assert not (tmp_path / "deploy").exists() and not (ROOT / "owned").exists()
 
 
@@ -105,8 +106,9 @@ def test_semantics_waits_judgments_failures_and_the_record(tmp_path: Path) -> No
     doc = pipeline([
         {"refId": "1", "requisiteStageRefIds": [], "type": "wait", "name": "Soak",
          "waitTime": 600},
-        job("2", ["1"], "Probe", ["canary", "ready", "http://127.0.0.1:9", "--model",
-                                  "${parameters.name}", "--timeout", "0"],
+        job("2", ["1"], "Probe", ["canary", "ready", "http://127.0.0.1:9", "--stable",
+                                  "http://127.0.0.1:9", "--model", "${parameters.name}",
+                                  "--timeout", "0"],
             failPipeline=False, continuePipeline=True),
         {"refId": "3", "requisiteStageRefIds": ["2"], "type": "wait", "name": "Only on success",
          "waitTime": 1, "stageEnabled": {"type": "expression", "expression":
@@ -128,7 +130,8 @@ def test_semantics_waits_judgments_failures_and_the_record(tmp_path: Path) -> No
     assert "waited 0.6 s (600 s x 0.001)" == stages["Soak"]["message"]
     assert stages["Probe"]["status"] == "FAILED_CONTINUE"
     assert "exited 1" in stages["Probe"]["message"]
-    assert "    $ nbship canary ready http://127.0.0.1:9 --model m --timeout 0" in lines
+    assert "    $ nbship canary ready http://127.0.0.1:9 --stable http://127.0.0.1:9 --model m " \
+        "--timeout 0" in lines
     assert stages["Only on success"]["status"] == "SKIPPED"
     assert stages["Go on?"]["status"] == "TERMINAL" and stages["Go on?"]["decision"] == "stop"
     assert stages["After"]["status"] == "NOT_STARTED"
