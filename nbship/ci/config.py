@@ -9,6 +9,7 @@ Settings come from, later ones winning:
        nbval = "strict"                       # or "lax"
        parameter_set = "ci"
        tolerance = { rtol = 1e-3, atol = 1e-6 }
+       threads = 1                            # per native thread pool, both sides
        [tool.nbship.parameter_sets.ci]        # applies to every notebook
        epochs = 1
        [tool.nbship.notebooks."notebooks/marker_classifier.ipynb"]   # one notebook
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from nbship.errors import Location, UnusableInputError
+from nbship.runtime.numerics import DEFAULT_THREADS
 
 DEFAULT_SET = "ci"
 
@@ -38,6 +40,7 @@ class TestConfig:
     nbval: str = "lax"  # strict | lax
     rtol: float = 1e-5
     atol: float = 1e-8
+    threads: int = DEFAULT_THREADS  # the notebook's and the pipeline's (runtime.numerics)
     source: list[str] = field(default_factory=list)  # where the settings came from
 
 
@@ -64,8 +67,18 @@ def _apply(cfg: TestConfig, table: dict[str, Any], set_name: str, origin: str,
     if not isinstance(tol, dict):
         raise UnusableInputError(f"{origin}: tolerance must be a table {{rtol, atol}}",
                                  where=where)
-    cfg.rtol = float(tol.get("rtol", cfg.rtol))
-    cfg.atol = float(tol.get("atol", cfg.atol))
+    try:
+        cfg.rtol = float(tol.get("rtol", cfg.rtol))
+        cfg.atol = float(tol.get("atol", cfg.atol))
+    except (TypeError, ValueError):
+        raise UnusableInputError(f"{origin}: tolerance's rtol and atol must be numbers",
+                                 where=where) from None
+    if "threads" in table:
+        threads = table["threads"]
+        if type(threads) is not int or not 1 <= threads <= 1024:
+            raise UnusableInputError(f"{origin}: threads must be a whole number from 1, not "
+                                     f"{threads!r}", where=where)
+        cfg.threads = threads
     sets = table.get("parameter_sets") or {}
     values = sets.get(set_name) or {}
     if not isinstance(values, dict):

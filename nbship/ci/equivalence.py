@@ -18,6 +18,7 @@ from nbship.ci.notebook_run import NotebookRun
 from nbship.errors import Location, NbshipError
 from nbship.extract.graph import StepGraph
 from nbship.runtime import serializers
+from nbship.runtime.numerics import Numerics
 
 
 class NotEquivalent(NbshipError):
@@ -100,14 +101,26 @@ def compare_runs(graph: StepGraph, notebook: NotebookRun, provenance: dict[str, 
     if report.mismatches and not report.hints:
         report.hints.append("state that is not a variable (random generators, files, "
                             "environment) does not cross step boundaries: set it in the step "
-                            "that uses it; or the difference is floating-point noise: set a "
-                            "tolerance ([tool.nbship] in pyproject.toml, or metadata.nbship)")
+                            "that uses it; or a library computes differently from run to run "
+                            "even under the same numeric settings (a kernel with no "
+                            "deterministic form): set a tolerance ([tool.nbship] in "
+                            "pyproject.toml, or metadata.nbship)")
     return report
 
 
-def describe(report: EquivalenceReport, *, label: str, rtol: float, atol: float) -> str:
+def conditions(settings: Numerics | None) -> str:
+    """The numeric settings both sides ran under, as the report states them."""
+    if settings is None:
+        return "each side with its libraries' default settings"
+    words = [f"{settings.threads} thread(s) per native thread pool"]
+    words += [f"{name}'s deterministic algorithms" for name in settings.libraries]
+    return ", ".join([*words, "array memory layouts kept across steps"])
+
+
+def describe(report: EquivalenceReport, *, label: str, rtol: float, atol: float,
+             settings: Numerics | None = None) -> str:
     lines = [f"the pipeline does not compute what the notebook computes (parameter set "
-             f"{label!r}, rtol {rtol:g}, atol {atol:g}):"]
+             f"{label!r}, rtol {rtol:g}, atol {atol:g}; both ran with {conditions(settings)}):"]
     for f in report.mismatches:
         if f.kind == "metric":
             lines.append(f"  metric {f.name!r} (logged by step {f.producer!r}): notebook "
@@ -125,7 +138,8 @@ def describe(report: EquivalenceReport, *, label: str, rtol: float, atol: float)
 
 
 def check_equivalence(graph: StepGraph, notebook: NotebookRun, provenance: dict[str, Any], *,
-                      rtol: float, atol: float, label: str) -> EquivalenceReport:
+                      rtol: float, atol: float, label: str,
+                      settings: Numerics | None = None) -> EquivalenceReport:
     """Compare a finished pipeline run (its provenance) with the notebook run.
 
     Raise NotEquivalent naming each variable or metric that differs.
@@ -133,6 +147,7 @@ def check_equivalence(graph: StepGraph, notebook: NotebookRun, provenance: dict[
     report = compare_runs(graph, notebook, provenance, provenance.get("metrics", {}),
                           rtol=rtol, atol=atol)
     if report.mismatches:
-        raise NotEquivalent(describe(report, label=label, rtol=rtol, atol=atol),
+        raise NotEquivalent(describe(report, label=label, rtol=rtol, atol=atol,
+                                     settings=settings),
                             where=Location(str(graph.notebook.path)))
     return report

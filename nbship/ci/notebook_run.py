@@ -27,6 +27,7 @@ from typing import Any
 from nbship.errors import Location, NbshipError
 from nbship.extract.graph import StepGraph
 from nbship.runtime import serializers
+from nbship.runtime.numerics import Numerics
 
 CAPTURE_TAG = "nbship-capture"
 INDEX_FILE = "captured.json"
@@ -73,8 +74,9 @@ def capture(directory: str, step: str, namespace: dict[str, Any], names: list[st
     index_path.write_text(json.dumps(index, indent=2))
 
 
-def instrument(graph: StepGraph, capture_dir: Path) -> Any:
-    """The notebook with a capture cell after each producing step (nbformat node)."""
+def instrument(graph: StepGraph, capture_dir: Path, settings: Numerics | None = None) -> Any:
+    """The notebook with a capture cell after each producing step (nbformat node), and
+    with ``settings``, a first cell that applies them (nbship.runtime.numerics)."""
     import nbformat
 
     nb = nbformat.read(graph.notebook.path, as_version=4)
@@ -97,6 +99,15 @@ def instrument(graph: StepGraph, capture_dir: Path) -> Any:
         cell.metadata["tags"] = [CAPTURE_TAG]
         cell.metadata["nbship"] = {"capture": step.name}
         inserts.append((step.cells[-1].index + 1, cell))
+    if settings is not None:
+        code = ("# nbship: the numeric settings the pipeline's steps run under (not kept in "
+                "the saved notebook)\n"
+                "from nbship.runtime.numerics import apply as _nbship_numerics\n"
+                "_nbship_numerics()")
+        cell = nbformat.v4.new_code_cell(code)
+        cell.metadata["tags"] = [CAPTURE_TAG]
+        cell.metadata["nbship"] = {"numerics": True}
+        inserts.append((0, cell))
     for position, cell in sorted(inserts, key=lambda item: item[0], reverse=True):
         nb.cells.insert(position, cell)
     return nb
@@ -170,28 +181,43 @@ def cell_failure(notebook: Path, index: int | None, cell_id: str | None, source:
     return NotebookFailure(message, where=Location(str(notebook), index, cell_id, line))
 
 
-def _current_env_kernels() -> type:
-    """A kernel manager for a Python kernel of this environment (nbval's kernel spec).
+def _current_env_kernels(env: dict[str, str] | None = None) -> type:
+    """A kernel manager for a Python kernel of this environment (nbval's kernel spec),
+    its process started with ``env`` added to this one's.
 
     The kernel runs with this interpreter, as nbval's ``--nbval-current-env`` and
     kfp.local's steps do; it starts 0.4 s sooner than ipykernel's installed spec
     (no ``-Xfrozen_modules=off``, no debugger).
     """
+    import os
+
     from jupyter_client.manager import AsyncKernelManager
     from nbval.kernel import NbvalKernelspecManager
+
+    extra = dict(env or {})
 
     class CurrentEnvKernelManager(AsyncKernelManager):
         def __init__(self, **kwargs: Any) -> None:
             kwargs.setdefault("kernel_spec_manager", NbvalKernelspecManager())
             super().__init__(**kwargs)
 
+        # AsyncKernelManager's start_kernel is a coroutine; the stubs type KernelManager's
+        async def start_kernel(self, **kw: Any) -> None:  # type: ignore[override]
+            # kw reaches Popen (jupyter_client: "e.g. Popen kwargs"), env among them
+            kw["env"] = {**kw.get("env", os.environ), **extra}
+            await super().start_kernel(**kw)
+
     return CurrentEnvKernelManager
 
 
 def run_notebook(graph: StepGraph, parameters: dict[str, Any], out_dir: Path,
                  *, label: str, stem: str | None = None,
-                 cell_timeout: float | None = None) -> NotebookRun:
+                 cell_timeout: float | None = None,
+                 settings: Numerics | None = None) -> NotebookRun:
     """Execute every cell with papermill; keep ``out_dir/<stem>.<label>.ipynb``.
+
+    With ``settings``, the kernel runs under those numeric settings (its environment
+    and a first cell), as the pipeline's steps do when they are compared.
 
     A cell that fails does not raise here: the run's ``failure`` says what papermill
     fails on, and ``outputs`` holds every cell's outputs for nbval's items.
@@ -212,7 +238,7 @@ def run_notebook(graph: StepGraph, parameters: dict[str, Any], out_dir: Path,
     capture_dir.mkdir(parents=True)
     work = Path(tempfile.mkdtemp(prefix=".nbship-run-", dir=out_dir))
     source = work / nb_path.name
-    nbformat.write(instrument(graph, capture_dir), source)
+    nbformat.write(instrument(graph, capture_dir, settings), source)
     executed = out_dir / f"{stem or nb_path.stem}.{label}.ipynb"
     errored: set[int] = set()
     started_cells: list[Any] = []
@@ -229,7 +255,8 @@ def run_notebook(graph: StepGraph, parameters: dict[str, Any], out_dir: Path,
     try:
         papermill.execute_notebook(
             str(source), str(executed), parameters=parameters,
-            kernel_name=CURRENT_ENV_KERNEL_NAME, kernel_manager_class=_current_env_kernels(),
+            kernel_name=CURRENT_ENV_KERNEL_NAME,
+            kernel_manager_class=_current_env_kernels(settings.to_env() if settings else None),
             cwd=str(nb_path.resolve().parent), progress_bar=False, log_output=False,
             report_mode=False, allow_errors=True, on_cell_error=on_cell_error,
             on_cell_execute=on_cell_execute, execution_timeout=cell_timeout,

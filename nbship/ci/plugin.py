@@ -140,14 +140,14 @@ def _render_quietly(executed: Path) -> None:
 class _Background:
     """A subprocess run for an item, its output in a log file."""
 
-    def __init__(self, cmd: list[str], log: Path) -> None:
+    def __init__(self, cmd: list[str], log: Path, env: dict[str, str]) -> None:
         import subprocess
 
         log.parent.mkdir(parents=True, exist_ok=True)
         self.log = log
         self._out = open(log, "w")  # noqa: SIM115 - closed in wait()/kill()
         self.proc = subprocess.Popen(cmd, stdout=self._out, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
+                                     stdin=subprocess.DEVNULL, env={**os.environ, **env})
 
     def wait(self, timeout: float = 3600) -> int:
         code = self.proc.wait(timeout=timeout)
@@ -221,7 +221,8 @@ class NotebookFile(pytest.File):
                 self.notebook_run = run_notebook(
                     self.graph, self.parameters(), self.artifacts / "notebooks",
                     label=self.settings.parameter_set, stem=self.stem,
-                    cell_timeout=getattr(self.config.option, "nbval_cell_timeout", None))
+                    cell_timeout=getattr(self.config.option, "nbval_cell_timeout", None),
+                    settings=self.numerics())
             except Exception as exc:  # e.g. a dead kernel: every item that needs the run says so
                 self.execution_error = exc
             else:
@@ -252,6 +253,15 @@ class NotebookFile(pytest.File):
                 cmd += ["-p", f"{name}={_cli_value(value)}"]
             self.pipeline_cmd = (cmd, logs / f"{self.stem}.{label}.pipeline.log")
 
+    def numerics(self) -> Any:
+        """The numeric settings the notebook and its pipeline both run under: the same
+        threads, the deterministic kernels of the libraries the notebook imports."""
+        from nbship.extract.names import imported_modules
+        from nbship.runtime.numerics import Numerics
+
+        modules = imported_modules(c.tree for c in self.graph.codes.values())
+        return Numerics.for_modules({m.split(".")[0] for m in modules}, self.settings.threads)
+
     def equivalence_selected(self) -> bool:
         """Whether this run includes the notebook's equivalence item (not e.g. -k Cell)."""
         return any(isinstance(item, EquivalenceItem) and item.parent is self
@@ -261,7 +271,7 @@ class NotebookFile(pytest.File):
         """The pipeline runs (a subprocess) while the notebook runs: they are independent."""
         if self.pipeline is None and self.pipeline_cmd is not None:
             cmd, log = self.pipeline_cmd
-            self.pipeline = _Background(cmd, log)
+            self.pipeline = _Background(cmd, log, self.numerics().to_env())
 
     def teardown(self) -> None:
         if self.pipeline is not None:
@@ -413,10 +423,14 @@ class EquivalenceItem(_NotebookItem):
             raise NbshipError(f"the pipeline run left no provenance; see {job.log}")
         provenance = json.loads(Path(found[1].strip()).read_text())
         settings = parent.settings
+        from nbship.ci.equivalence import conditions
+
+        numerics = parent.numerics()
         report = check_equivalence(parent.graph, run, provenance,
                                    rtol=settings.rtol, atol=settings.atol,
-                                   label=settings.parameter_set)
+                                   label=settings.parameter_set, settings=numerics)
         self.user_properties.append(("compared", len(report.compared)))
+        self.user_properties.append(("numerics", conditions(numerics)))
         skipped = [f"{f.name} ({f.verdict.detail})" for f in report.skipped]
         if skipped:
             self.user_properties.append(("not compared", "; ".join(skipped)))

@@ -32,6 +32,7 @@ from typing import Any
 
 from nbship import signing
 from nbship.files import sha256_file
+from nbship.runtime import layout
 
 META = "nbship.json"
 ENTRY_POINT_GROUP = "nbship.serializers"
@@ -51,6 +52,10 @@ class Serializer:
     save: Callable[[Any, Path], None]
     load: Callable[[Path], Any]
     safe: bool = False
+    # an array's strides, which the file does not keep (nbship.runtime.layout): what
+    # ``layout`` records goes into the metadata, ``restore`` puts it back on load
+    layout: Callable[[Any], dict[str, Any] | None] | None = None
+    restore: Callable[[Any, Any], Any] | None = None
 
 
 def _module_of(value: Any) -> str:
@@ -207,7 +212,8 @@ def _cloudpickle_load(path: Path) -> Any:
 
 BUILTIN: list[Serializer] = [
     Serializer("json", "value.json", _json_exact, _json_save, _json_load, safe=True),
-    Serializer("numpy", "value.npy", _npy_accepts, _npy_save, _npy_load, safe=True),
+    Serializer("numpy", "value.npy", _npy_accepts, _npy_save, _npy_load, safe=True,
+               layout=layout.numpy_record, restore=layout.numpy_restore),
     Serializer(
         "torch-tensor",
         "value.safetensors",
@@ -215,6 +221,8 @@ BUILTIN: list[Serializer] = [
         _tensor_save,
         _tensor_load,
         safe=True,
+        layout=layout.torch_record,
+        restore=layout.torch_restore,
     ),
     Serializer(
         "torch-module",
@@ -305,12 +313,15 @@ def save(value: Any, directory: str | os.PathLike[str],
     s = using or choose(value)
     target = d / s.filename
     s.save(value, target)
-    meta = {
+    meta: dict[str, Any] = {
         "serializer": s.name,
         "type": f"{type(value).__module__}.{type(value).__qualname__}",
         "file": s.filename,
         "sha256": digest(target),
     }
+    kept = s.layout(value) if s.layout is not None else None
+    if kept is not None:
+        meta["layout"] = kept
     if not s.safe:
         meta[signing.SIGNATURE] = signing.sign(meta)
     (d / META).write_text(json.dumps(meta, indent=2))
@@ -321,8 +332,10 @@ class UntrustedArtifact(Exception):
     """An artifact that does not verify: changed bytes, or code-running format from elsewhere."""
 
 
-def load(directory: str | os.PathLike[str]) -> Any:
-    """Read back what ``save`` wrote, after checking its bytes (and origin, for pickles)."""
+def check(directory: str | os.PathLike[str], sha256: str | None = None) -> dict[str, Any]:
+    """The metadata of what ``save`` wrote, after checking its bytes (and origin, for
+    pickles); with ``sha256``, the value must also be the one a (sealed) record names.
+    UntrustedArtifact otherwise."""
     d = Path(directory)
     try:
         meta = json.loads((d / META).read_text())
@@ -336,6 +349,9 @@ def load(directory: str | os.PathLike[str]) -> Any:
                                 "plug-in that is not installed here?)")
     if meta.get("file") != s.filename:
         raise UntrustedArtifact(f"{d}: file {meta.get('file')!r} is not {s.name}'s")
+    if sha256 is not None and meta.get("sha256") != sha256:
+        raise UntrustedArtifact(f"{d}: not the value the run recorded (sha256 "
+                                f"{str(meta.get('sha256'))[:16]}..., the run's {sha256[:16]}...)")
     target = d / s.filename
     if not target.exists() or digest(target) != meta.get("sha256"):
         raise UntrustedArtifact(f"{d}: the value's bytes do not match the sha256 recorded "
@@ -345,7 +361,19 @@ def load(directory: str | os.PathLike[str]) -> Any:
             f"{d}: a {s.name} value that this machine's nbship did not write; it is not "
             f"opened, since loading it could run code (set {signing.KEY_ENV} to the same "
             "key for every step when steps run on several machines)")
-    return s.load(target)
+    return meta
+
+
+def load(directory: str | os.PathLike[str], sha256: str | None = None) -> Any:
+    """Read back what ``save`` wrote, after checking its bytes (and origin, for pickles);
+    with ``sha256``, the value must also be the one a (sealed) record names."""
+    meta = check(directory, sha256)
+    s = by_name(str(meta["serializer"]))
+    assert s is not None
+    value = s.load(Path(directory) / s.filename)
+    if s.restore is not None and "layout" in meta:
+        value = s.restore(value, meta["layout"])
+    return value
 
 
 def summary(value: Any) -> str:

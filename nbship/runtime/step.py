@@ -28,7 +28,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
-from nbship.runtime import serializers
+from nbship.runtime import numerics, serializers
 
 MARKER = re.compile(r"^\s*# --- (?:(?P<role>imports|functions) )?cell (?P<cell>\d+)"
                     r"(?: \(id (?P<id>[^)]*)\))? ---\s*$")
@@ -79,6 +79,9 @@ class StepRun:
         self._started = time.time()
 
     def __enter__(self) -> StepRun:
+        # under `nbship test`: the notebook's numeric settings (threads, deterministic
+        # kernels) before the step's first line, as before the notebook's first cell
+        numerics.apply()
         return self
 
     def json_parameter(self, name: str, text: str) -> Any:

@@ -52,3 +52,19 @@ def test_named_set(tmp_path: Path) -> None:
 def test_bad_setting_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(UnusableInputError, match="nbval must be 'strict' or 'lax'"):
         load_config(notebook(tmp_path / "a.ipynb", {"nbval": "sometimes"}))
+
+
+def test_threads_default_one_and_settable(tmp_path: Path) -> None:
+    assert load_config(notebook(tmp_path / "a.ipynb")).threads == 1
+    assert load_config(notebook(tmp_path / "b.ipynb", {"threads": 4})).threads == 4
+
+
+@pytest.mark.parametrize("meta,message", [
+    ({"threads": 0}, "threads must be a whole number"),
+    ({"threads": "2"}, "threads must be a whole number"),
+    ({"threads": True}, "threads must be a whole number"),
+    ({"tolerance": {"rtol": "tight"}}, "rtol and atol must be numbers"),
+])
+def test_bad_numeric_settings_are_clear_errors(tmp_path: Path, meta: dict, message: str) -> None:
+    with pytest.raises(UnusableInputError, match=message):
+        load_config(notebook(tmp_path / "a.ipynb", meta))

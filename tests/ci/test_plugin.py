@@ -50,6 +50,26 @@ STALE = [([], "print('fresh')")]
 RUNS_ONCE = [(["skip"], "with open('runs.log', 'a') as f:\n    f.write('ran\\n')"),
              (["step:one"], "x = 1"),
              (["pipeline-metrics"], "print(x)")]
+# A convolution trained on a batch whose strides PyTorch reads as channels-last (what
+# fancy indexing of x[:, None] gives): with the batch's layout lost at the step boundary,
+# the pipeline's weights differed from the notebook's in the last bits (issue 17).
+LAYOUT = [(["imports"], "import numpy as np\nimport torch"),
+          (["step:data"], "base = np.random.default_rng(0).random((256, 8, 8)).astype("
+                          "np.float32)[:, None]\nx = base[np.arange(256)]\nprint(x.strides)"),
+          (["step:train"], "torch.manual_seed(0)\nconv = torch.nn.Conv2d(1, 16, 3, padding=1)\n"
+                           "opt = torch.optim.SGD(conv.parameters(), lr=0.1)\n"
+                           "for _ in range(20):\n"
+                           "    opt.zero_grad()\n"
+                           "    batch_loss = conv(torch.from_numpy(x)).pow(2).mean()\n"
+                           "    batch_loss.backward()\n"
+                           "    opt.step()\n"
+                           "weights = conv.weight.detach().numpy().copy()\n"
+                           "loss = float(batch_loss)\n"
+                           "threads = torch.get_num_threads()\n"
+                           "deterministic = int(torch.are_deterministic_algorithms_enabled())\n"
+                           "print('threads', threads, 'deterministic', deterministic)"),
+          (["step:report"], "print(weights.sum())"),
+          (["pipeline-metrics"], "print(loss)\nprint(threads)\nprint(deterministic)")]
 SHOWS_PARAMETER = [(["parameters"], "n = 1000"),
                    (["step:show"], "print('n', n)")]
 
@@ -72,6 +92,7 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_notebook(nbs / "stale_strict.ipynb", STALE, meta={"nbval": "strict"},
                    outputs={0: "stale\n"})
     write_notebook(nbs / "runs_once.ipynb", RUNS_ONCE)
+    write_notebook(nbs / "layout_exact.ipynb", LAYOUT, meta={"tolerance": {"rtol": 0, "atol": 0}})
     write_notebook(nbs / "bad_magic.ipynb", [([], "x = 1\n%undefined-line-magic")])
     write_notebook(nbs / "shows_parameter.ipynb", SHOWS_PARAMETER,
                    meta={"nbval": "strict", "parameter_sets": {"ci": {"n": 3}}},
@@ -151,6 +172,18 @@ def test_tolerance_decides_float_noise(parallel: dict[str, tuple[str, str]]) -> 
     assert parallel["noise_tolerated::equivalence[ci]"][0] == "passed"
     outcome, text = parallel["noise_exact::equivalence[ci]"]
     assert outcome == "failure" and "metric 'noise'" in text and "rtol 0, atol 0" in text
+
+
+def test_same_numerics_and_layout_make_torch_training_exact(
+        project: Path, parallel: dict[str, tuple[str, str]]) -> None:
+    """Bit for bit (rtol 0, atol 0): the batch keeps its strides across the boundary, and
+    the kernel and the steps run with one thread and PyTorch's deterministic algorithms."""
+    outcome, text = parallel["layout_exact::equivalence[ci]"]
+    assert outcome == "passed", text
+    executed = (project / ".nbship/test/notebooks/nbs__layout_exact.ci.ipynb").read_text()
+    assert "threads 1 deterministic 1" in executed
+    assert "(256, 4, 32, 4)" in executed  # the layout PyTorch reads as channels-last
+    assert "_nbship_numerics" not in executed  # nbship's set-up cell is not kept
 
 
 def test_strict_compares_stored_outputs_lax_does_not(
