@@ -956,7 +956,11 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
         print("scheduler: stopped" if scheduler.down(args.root) else "scheduler: not running")
         return 0
     doc = scheduler.status(args.root)
-    print("scheduler: running" if doc else "scheduler: not running (what it stored:)")
+    if doc is None and scheduler.exited(args.root):
+        print("scheduler: not running: it exited without `nbship scheduler down` (see "
+              f"{args.root / 'scheduler.log'}; what it stored:)")
+    else:
+        print("scheduler: running" if doc else "scheduler: not running (what it stored:)")
     doc = doc or scheduler.stored(args.root)
     for s in doc["schedules"]:
         triggers = ", ".join(filter(None, [f"cron {s['cron']}" if s["cron"] else None,
@@ -970,6 +974,10 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
               f"{r['message'] or ''}")
     if doc.get("running"):
         print(f"  running: {doc['running']}")
+    worker = doc.get("worker") or {}
+    if worker and (worker.get("restarts") or not worker.get("alive")):
+        print(f"  worker: {'alive' if worker.get('alive') else 'dead'}, restarted "
+              f"{worker.get('restarts')} time(s); last error: {worker.get('last_error')}")
     return 0
 
 

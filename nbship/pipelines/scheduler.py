@@ -21,7 +21,12 @@ must not run code). It fires:
 A run that passes (the notebook's own gate steps and the serving check) is pushed as
 the next model release when the table names a ``registry``. Runs go one at a time
 through one worker; a pipeline already waiting is not queued
-twice. A run whose data has the sha256 of the pipeline's last successful run is
+twice; every queued run ends, recorded as run, failed or skipped (an error the run
+did not expect is a failed run, and the worker goes on). A worker that dies all the
+same is restarted (status says so: ``worker``), up to ``WORKER_RESTARTS`` times; then
+the scheduler exits non-zero, saying why in its log. Folders and files that come and go
+while the data source is polled or snapshotted are taken as they are found. A run
+whose data has the sha256 of the pipeline's last successful run is
 **skipped**, and the record says so. Restarting (even after SIGKILL) loses nothing
 and doubles nothing: schedules are rows keyed by pipeline name, the next fire time
 is stored, and ``up`` re-reads pyproject.toml into the same rows.
@@ -39,6 +44,7 @@ import sqlite3
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +60,7 @@ RELEASE_PREFIX = "kfp:"  # schedules `nbship kfp schedule` registered: a release
 SECRET_ENV = "NBSHIP_TRIGGER_SECRET"
 POLL = 1.0  # seconds between looks at the data sources
 TICK = 0.25
+WORKER_RESTARTS = 5  # a worker that died more often than this: the scheduler exits
 
 
 def _now_iso(t: float | None = None) -> str:
@@ -182,6 +189,11 @@ class Scheduler:
     _cond: threading.Condition = field(default_factory=threading.Condition)
     _seen: dict[str, Any] = field(default_factory=dict)  # data fingerprints last polled
     _stop: threading.Event = field(default_factory=threading.Event)
+    _worker: threading.Thread | None = None
+    _current: tuple[Training, dict[str, Any]] | None = None  # what the worker runs now
+    worker_restarts: int = 0
+    worker_error: str | None = None  # why the worker last died
+    _said: dict[str, str] = field(default_factory=dict)  # a source's last poll error, said once
 
     def enqueue(self, training: Training, why: dict[str, Any]) -> bool:
         """Queue a run unless one for this pipeline already waits; True when queued."""
@@ -204,10 +216,49 @@ class Scheduler:
                 self.store.set_next(training.name, next_fire(training.cron, now))
             if training.data is not None:
                 self._seen[training.name] = fingerprint(training.data)
-                if data_digest(training.data) not in (None, last):
+                try:
+                    digest = data_digest(training.data)
+                except OSError as exc:  # unreadable now: the run reads it again, and says
+                    self.echo(f"{training.name}: cannot read {training.data}: {exc}")
+                    digest = ""
+                if digest not in (None, last):
                     self.enqueue(training, {"kind": "data", "fired_at": _now_iso(),
                                             "reason": "new data since the last run"})
-        threading.Thread(target=self._work, daemon=True, name="nbship-worker").start()
+        self._start_worker()
+
+    def _start_worker(self) -> None:
+        self._worker = threading.Thread(target=self._work, daemon=True, name="nbship-worker")
+        self._worker.start()
+
+    def check_worker(self) -> None:
+        """Restart a worker that died (a run it held is recorded as failed); after
+        ``WORKER_RESTARTS`` restarts, SchedulerError: the scheduler exits non-zero."""
+        if self._worker is None or self._worker.is_alive() or self._stop.is_set():
+            return
+        lost, self._current, self.running = self._current, None, None
+        if lost is not None:
+            try:
+                self._done(lost[0], lost[1], "FAILURE", None,
+                           f"the scheduler's worker died: {self.worker_error}", time.perf_counter())
+            except Exception as exc:  # noqa: BLE001 - said in the log; the restart decides
+                self.echo(f"{lost[0].name}: the run's failure could not be recorded: {exc}")
+        if self.worker_restarts >= WORKER_RESTARTS:
+            with self._cond:
+                dropped, self.queue = self.queue, []
+            for training, why in dropped:  # they end too: as failures, where the store works
+                try:
+                    self._done(training, why, "FAILURE", None, "the scheduler stopped: its "
+                               f"worker kept dying ({self.worker_error})", time.perf_counter())
+                except Exception:  # noqa: BLE001, S112 - the store may be what fails
+                    continue
+            raise SchedulerError(f"the scheduler's worker died {self.worker_restarts + 1} times "
+                                 f"(last: {self.worker_error}); the scheduler stops",
+                                 hint="see the traceback above; nbship scheduler up starts "
+                                 "it again")
+        self.worker_restarts += 1
+        self.echo(f"the worker died ({self.worker_error}); restarted "
+                  f"({self.worker_restarts} of {WORKER_RESTARTS})")
+        self._start_worker()
 
     def tick(self, poll: bool = True) -> None:
         """Fire the crons that are due; with ``poll``, look at the data sources too."""
@@ -219,7 +270,14 @@ class Scheduler:
                 self.enqueue(training, {"kind": "cron", "schedule": training.cron,
                                         "fired_at": _now_iso(nxt)})
             if poll and training.data is not None:
-                seen = fingerprint(training.data)
+                try:
+                    seen = fingerprint(training.data)
+                except OSError as exc:  # said once per error, then polled again
+                    if self._said.get(training.name) != str(exc):
+                        self._said[training.name] = str(exc)
+                        self.echo(f"{training.name}: cannot poll {training.data}: {exc}")
+                    continue
+                self._said.pop(training.name, None)
                 before = self._seen.get(training.name)
                 self._seen[training.name] = seen
                 if before is not None and seen != before:
@@ -235,6 +293,7 @@ class Scheduler:
             if poll:
                 last_poll = time.monotonic()
             self.tick(poll)
+            self.check_worker()
             self._stop.wait(TICK)
 
     def stop(self) -> None:
@@ -243,18 +302,31 @@ class Scheduler:
             self._cond.notify_all()
 
     def _work(self) -> None:
-        while not self._stop.is_set():
-            with self._cond:
-                while not self.queue and not self._stop.is_set():
-                    self._cond.wait()
-                if self._stop.is_set():
-                    return
-                training, why = self.queue.pop(0)
-                self.running = training.name
-            try:
-                self.run(training, why)
-            finally:
+        """Take queued runs one at a time. Whatever a run raises ends that run as a
+        failure; should even that fail (the store), the worker dies saying why, and
+        ``check_worker`` restarts it."""
+        try:
+            while not self._stop.is_set():
+                with self._cond:
+                    while not self.queue and not self._stop.is_set():
+                        self._cond.wait()
+                    if self._stop.is_set():
+                        return
+                    training, why = self.queue.pop(0)
+                    self.running = training.name
+                    self._current = (training, why)
+                started = time.perf_counter()
+                try:
+                    self.run(training, why)
+                except Exception as exc:  # noqa: BLE001 - the run failed; the worker goes on
+                    self.echo(f"{training.name}: the run raised\n{traceback.format_exc()}")
+                    self._done(training, why, "FAILURE", None,
+                               f"nbship failed: {type(exc).__name__}: {exc}", started)
+                self._current = None
                 self.running = None
+        except BaseException as exc:
+            self.worker_error = f"{type(exc).__name__}: {exc}"
+            self.echo(f"the worker died:\n{traceback.format_exc()}")
 
     def run(self, training: Training, why: dict[str, Any]) -> None:
         """One triggered run (or its skip), recorded."""
@@ -265,7 +337,13 @@ class Scheduler:
         started = time.perf_counter()
         values = dict(training.parameters)
         if training.data is not None:
-            digest = data_digest(training.data)
+            try:
+                digest = data_digest(training.data)
+            except OSError as exc:  # unreadable, or a file became a folder while read
+                why["data"] = {"source": str(training.data), "sha256": None}
+                self._done(training, why, "SKIPPED", None,
+                           f"cannot read {training.data}: {exc}", started)
+                return
             why["data"] = {"source": str(training.data), "sha256": digest}
             if digest is None:
                 self._done(training, why, "SKIPPED", None, f"no data at {training.data}",
@@ -360,6 +438,8 @@ class Scheduler:
         return {"schedules": [{**t.spec(), "name": t.name, "next_fire": _now_iso(n) if n else None,
                                "last_data": last} for t, n, last in self.store.schedules()],
                 "running": self.running, "queued": [t.name for t, _ in self.queue],
+                "worker": {"alive": self._worker is not None and self._worker.is_alive(),
+                           "restarts": self.worker_restarts, "last_error": self.worker_error},
                 "runs": self.store.runs(20)}
 
 
@@ -438,7 +518,7 @@ def up(pyproject: Path, root: Path, port: int = DEFAULT_PORT) -> tuple[str, bool
 
     read_config(pyproject)  # a mistake in pyproject.toml is reported here, not in a log
     root.mkdir(parents=True, exist_ok=True)
-    record = processes.read(_state(root), error=SchedulerError, what="the scheduler")
+    record = processes.read(_state(root), error=SchedulerError, what="scheduler")
     if record is not None and processes.ours(record):
         return record.address, False
     secret(root)
@@ -455,7 +535,7 @@ def up(pyproject: Path, root: Path, port: int = DEFAULT_PORT) -> tuple[str, bool
 def down(root: Path) -> bool:
     from nbship import processes
 
-    record = processes.read(_state(root), error=SchedulerError, what="the scheduler")
+    record = processes.read(_state(root), error=SchedulerError, what="scheduler")
     return record is not None and processes.stop(record, _state(root))
 
 
@@ -465,7 +545,7 @@ def status(root: Path) -> dict[str, Any] | None:
 
     from nbship import processes
 
-    record = processes.read(_state(root), error=SchedulerError, what="the scheduler")
+    record = processes.read(_state(root), error=SchedulerError, what="scheduler")
     if record is None or not processes.ours(record):
         return None
     try:
@@ -476,6 +556,15 @@ def status(root: Path) -> dict[str, Any] | None:
             return None
         raise SchedulerError(f"the scheduler on {record.address} does not answer: {exc}",
                              hint=f"see {root / 'scheduler.log'}") from None
+
+
+def exited(root: Path) -> bool:
+    """True when the scheduler nbship started is gone without ``down`` (it exited, say
+    because its worker kept dying: its log says why)."""
+    from nbship import processes
+
+    record = processes.read(_state(root), error=SchedulerError, what="scheduler")
+    return record is not None and not processes.ours(record)
 
 
 def stored(root: Path) -> dict[str, Any]:

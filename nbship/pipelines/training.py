@@ -156,11 +156,31 @@ def read_config(pyproject: Path) -> list[Training]:
 
 
 def _files(source: Path) -> list[Path]:
+    """The source's files (a file source: itself), sorted; names starting with a dot are
+    left out, folders reached through symbolic links are not entered (as ``rglob``).
+
+    The folder changes while it is walked (a writer adds and removes sub-folders): a
+    folder that vanishes or cannot be listed meanwhile is passed over, never an error;
+    the next poll sees what the folder became."""
     if source.is_file():
         return [source]
-    if not source.is_dir():
-        return []
-    return sorted(p for p in source.rglob("*") if p.is_file() and not p.name.startswith("."))
+    out: list[Path] = []
+    folders = [source]
+    while folders:
+        folder = folders.pop()
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            folders.append(Path(entry.path))
+                        elif entry.is_file() and not entry.name.startswith("."):
+                            out.append(Path(entry.path))
+                    except OSError:  # gone between listing and looking
+                        continue
+        except OSError:  # gone, replaced by a file, unreadable: nothing to add from it
+            continue
+    return sorted(out)
 
 
 def fingerprint(source: Path) -> tuple[tuple[str, int, int], ...]:
@@ -176,19 +196,28 @@ def fingerprint(source: Path) -> tuple[tuple[str, int, int], ...]:
 
 
 def data_digest(source: Path) -> str | None:
-    """sha256 of the source's content (relative names and bytes); None when it is empty."""
+    """sha256 of the source's content (relative names and bytes); None when it is empty.
+
+    A file removed between the listing and its reading is left out (the digest is of
+    what is there; a snapshot checks it again). Other read errors are OSErrors."""
     files = _files(source)
     if not files:
         return None
     h = hashlib.sha256()
     root = source.parent if source.is_file() else source
+    read = 0
     for path in files:
-        h.update(str(path.relative_to(root)).encode() + b"\0")
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
+        try:
+            f = open(path, "rb")  # noqa: SIM115 - closed below; opening may find it gone
+        except FileNotFoundError:
+            continue
+        with f:
+            h.update(str(path.relative_to(root)).encode() + b"\0")
+            while chunk := f.read(1 << 20):
                 h.update(chunk)
         h.update(b"\0")
-    return h.hexdigest()
+        read += 1
+    return h.hexdigest() if read else None
 
 
 def snapshot(source: Path, digest: str, root: Path) -> Path:
@@ -203,10 +232,17 @@ def snapshot(source: Path, digest: str, root: Path) -> Path:
     stage = root / f".{digest}.{os.getpid()}"
     shutil.rmtree(stage, ignore_errors=True)
     base = source.parent if source.is_file() else source
+    stage.mkdir()
     for path in _files(source):
         dst = stage / path.relative_to(base)
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, dst)
+        try:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, dst)
+        except FileNotFoundError:  # removed since it was listed: the digests then differ
+            continue
+        except OSError:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
     if data_digest(stage if source.is_dir() else stage / source.name) != digest:
         shutil.rmtree(stage, ignore_errors=True)
         raise UnusableInputError(f"{source} changed while it was being snapshotted",

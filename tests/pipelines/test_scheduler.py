@@ -141,7 +141,7 @@ def test_drift_alerts_reach_the_scheduler_with_the_secret(tmp_path: Path) -> Non
     store.put(Training("other", tmp_path / "other.ipynb", cron="0 0 3 * * *"), time.time())
     sched = scheduler.Scheduler(store, tmp_path, secret="s3cret", echo=lambda line: None)
     port = free_port()
-    alert = {"status": "firing", "startsAt": "2026-11-30T05:00:00Z",
+    alert: dict[str, Any] = {"status": "firing", "startsAt": "2026-11-30T05:00:00Z",
              "labels": {"alertname": "NbshipInputDrift", "model": "marker-classifier"}}
     payload = {"version": "4", "status": "firing", "alerts": [
         alert, {**alert, "labels": {**alert["labels"], "model": "other"}},  # no webhook
