@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -202,3 +204,22 @@ def test_an_unexpected_error_fails_the_run_and_a_dead_worker_is_restarted_then_e
         sched.check_worker()
     assert sched.queue == [] and "worker kept dying" in store.runs()[-1]["message"]
     sched.stop()
+
+
+def test_status_says_when_the_scheduler_exited_without_down(tmp_path: Path) -> None:
+    """A scheduler that exited on its own (its worker kept dying) leaves its sealed state:
+    `status` says it exited and where its log is, not merely "not running"."""
+    from nbship import processes
+
+    gone = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    started, argv = processes.start_time(gone.pid), processes.cmdline(gone.pid)
+    assert started is not None and argv is not None
+    processes.write_state(tmp_path / "scheduler.json",
+                          processes.Started("127.0.0.1:9096", gone.pid, argv, started))
+    assert scheduler.exited(tmp_path) is False  # still running
+    gone.kill()
+    gone.wait()
+    assert scheduler.exited(tmp_path) is True
+    done = subprocess.run([sys.executable, "-m", "nbship", "scheduler", "status", "--root",
+                           str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert "exited without `nbship scheduler down`" in done.stdout, done.stdout + done.stderr
