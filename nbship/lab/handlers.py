@@ -4,21 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import tornado.iostream
 import tornado.web
 from jupyter_server.base.handlers import APIHandler
 
 from nbship.errors import NbshipError
-from nbship.lab.jobs import KINDS, Job, Jobs, registry_of
+from nbship.lab.jobs import KINDS, Job, Jobs, Refused, option_like, registry_of
 
 MAX_CONTENT = 64 << 20  # bytes of notebook JSON in one analysis request
+KEEP_ALIVE = 15.0  # seconds between comments on a quiet event stream
+LINE_NUMBER = re.compile(r"[0-9]{1,9}")  # ASCII digits: "²".isdigit(), int("²") fails
 
 
 class NotebookHandler(APIHandler):
-    """Resolves a request's notebook path: an .ipynb file under the server's root."""
+    """Resolves a request's notebook path: an .ipynb file under the server's root. Every
+    input it cannot use is a 4xx with a message (JSON ``{"message": ...}``)."""
 
     root: Path
     jobs: Jobs
@@ -26,35 +30,51 @@ class NotebookHandler(APIHandler):
     def initialize(self, root: Path, jobs: Jobs) -> None:
         self.root, self.jobs = root, jobs
 
+    def fail(self, status: int, message: str, **more: Any) -> NoReturn:
+        """Answer ``status`` with this message (not through tornado's HTTPError, whose
+        log line would read a '%' in a path as a format)."""
+        self.clear()
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"message": message, **more}))
+        raise tornado.web.Finish()
+
     def notebook(self, path: Any, *, must_exist: bool = True) -> str:
         """The path relative to the root; 404 for anything else (not under the root, not an
         .ipynb, no such file): nothing is read or run outside the notebook it names."""
-        if not isinstance(path, str) or not path.endswith(".ipynb") or "\0" in path:
-            raise tornado.web.HTTPError(404, "not a notebook under the server's root")
-        target = (self.root / path.lstrip("/")).resolve()
+        if not isinstance(path, str):
+            self.fail(400, "path: the notebook's path under the server's root, a string")
         try:
+            path.encode("utf-8")
+        except UnicodeEncodeError:
+            self.fail(400, "path: not valid UTF-8")
+        if not path.endswith(".ipynb") or "\0" in path:
+            self.fail(404, "not a notebook under the server's root")
+        try:
+            target = (self.root / path.lstrip("/")).resolve()
             relative = target.relative_to(self.root)
-        except ValueError:
-            raise tornado.web.HTTPError(404, "not a notebook under the server's root") from None
-        if must_exist and not target.is_file():
-            raise tornado.web.HTTPError(404, f"no notebook {relative}")
+            exists = target.is_file()
+        except (OSError, ValueError, RuntimeError):  # too long, a loop, outside the root
+            self.fail(404, "not a notebook under the server's root")
+        if must_exist and not exists:
+            self.fail(404, f"no notebook {relative}")
         return str(relative)
 
     def job(self, job_id: str) -> Job:
         found = self.jobs.get(job_id)
         if found is None:
-            raise tornado.web.HTTPError(404, f"no job {job_id}")
+            self.fail(404, f"no job {job_id}")
         return found
 
     def body(self) -> dict[str, Any]:
         if len(self.request.body) > MAX_CONTENT:
-            raise tornado.web.HTTPError(413, "notebook too large to analyse")
+            self.fail(413, f"the body is over {MAX_CONTENT} bytes")
         try:
             doc = json.loads(self.request.body or b"{}")
-        except ValueError:
-            raise tornado.web.HTTPError(400, "the body is not JSON") from None
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, nested too deeply
+            self.fail(400, "the body is not JSON (UTF-8)")
         if not isinstance(doc, dict):
-            raise tornado.web.HTTPError(400, "the body is a JSON object")
+            self.fail(400, "the body is a JSON object")
         return doc
 
 
@@ -76,7 +96,12 @@ class AnalysisHandler(NotebookHandler):
     @tornado.web.authenticated
     async def get(self) -> None:
         relative = self.notebook(self.get_argument("path", None))
-        await self.answer((self.root / relative).read_bytes(), relative)
+        try:
+            raw = await asyncio.get_running_loop().run_in_executor(
+                None, (self.root / relative).read_bytes)
+        except OSError as exc:  # unreadable, or gone since
+            self.fail(404, f"cannot read {relative}: {exc.strerror or exc}")
+        await self.answer(raw, relative)
 
     @tornado.web.authenticated
     async def post(self) -> None:
@@ -84,36 +109,53 @@ class AnalysisHandler(NotebookHandler):
         relative = self.notebook(doc.get("path"), must_exist=False)
         content = doc.get("content")
         if not isinstance(content, dict):
-            raise tornado.web.HTTPError(400, "content: the notebook's JSON")
-        await self.answer(json.dumps(content).encode(), relative)
+            self.fail(400, "content: the notebook's JSON, an object")
+        try:
+            raw = json.dumps(content).encode()
+        except (ValueError, RecursionError):
+            self.fail(400, "content: the notebook's JSON, nested too deeply")
+        await self.answer(raw, relative)
 
     async def answer(self, raw: bytes, relative: str) -> None:
         try:
             doc = await asyncio.get_running_loop().run_in_executor(None, analysis, raw,
                                                                    relative)
         except NbshipError as exc:  # the user's notebook: a message, not a traceback
-            self.set_status(400)
-            doc = {"path": relative, "message": str(exc)}
+            self.fail(400, str(exc), path=relative)
+        except RecursionError:
+            self.fail(400, f"{relative}: nested too deeply to analyse", path=relative)
         self.finish(json.dumps(doc))
 
 
 class JobsHandler(NotebookHandler):
     @tornado.web.authenticated
+    async def get(self) -> None:
+        """The jobs the server holds (running, and the last finished ones), oldest first,
+        without their output."""
+        jobs = [{k: v for k, v in job.to_json().items() if k != "lines"}
+                for job in self.jobs.all()]
+        self.finish(json.dumps({"jobs": jobs, "limit": self.jobs.limit}))
+
+    @tornado.web.authenticated
     async def post(self) -> None:
         doc = self.body()
         kind = doc.get("kind")
-        if kind not in KINDS:
-            raise tornado.web.HTTPError(400, f"kind: one of {', '.join(sorted(KINDS))}")
+        if not isinstance(kind, str) or kind not in KINDS:
+            self.fail(400, f"kind: one of {', '.join(sorted(KINDS))}")
         relative = self.notebook(doc.get("path"))
+        if option_like(relative):  # `--junit=...`, pytest's `@FILE`: never an option
+            self.fail(400, f"{relative}: a notebook path beginning '-' or '@' would read as "
+                      "an option of the command; rename the notebook")
         # off the event loop: Publish looks for the registry (pyproject.toml, a probe)
-        job = await asyncio.get_running_loop().run_in_executor(None, self.jobs.start,
-                                                               str(kind), relative)
+        try:
+            job = await asyncio.get_running_loop().run_in_executor(None, self.jobs.start,
+                                                                   kind, relative)
+        except Refused as exc:
+            more = {"job": exc.job.to_json()} if exc.job is not None else {}
+            self.fail(exc.status, exc.message, **more)
         if job is None:
-            self.set_status(409)
-            self.finish(json.dumps({"message": "no registry to publish to: set [tool.nbship] "
-                                    "registry in pyproject.toml, or start the embedded one "
-                                    "(nbship registry up)"}))
-            return
+            self.fail(409, "no registry to publish to: set [tool.nbship] registry in "
+                      "pyproject.toml, or start the embedded one (nbship registry up)")
         self.set_status(201)
         self.finish(json.dumps(job.to_json()))
 
@@ -125,21 +167,32 @@ class ConfigHandler(NotebookHandler):
     async def get(self) -> None:
         registry = await asyncio.get_running_loop().run_in_executor(None, registry_of,
                                                                     self.root)
-        self.finish(json.dumps({"registry": registry, "kinds": sorted(KINDS)}))
+        self.finish(json.dumps({"registry": registry, "kinds": sorted(KINDS),
+                                "limit": self.jobs.limit}))
 
 
 class JobHandler(NotebookHandler):
     @tornado.web.authenticated
     async def get(self, job_id: str) -> None:
-        job = self.job(job_id)
         since = self.get_argument("since", "0") or "0"
-        if not since.isdigit():
-            raise tornado.web.HTTPError(400, "since: a line number (0, 1, ...)")
-        self.finish(json.dumps(job.to_json(int(since))))
+        if not LINE_NUMBER.fullmatch(since):
+            self.fail(400, "since: a line number (0, 1, ...)")
+        self.finish(json.dumps(self.job(job_id).to_json(int(since))))
+
+    @tornado.web.authenticated
+    async def delete(self, job_id: str) -> None:
+        """Cancel a running job: its process group is stopped; answers once it ended."""
+        job = self.job(job_id)
+        if not await job.stop():
+            self.fail(409, f"job {job_id} already ended ({job.status})", job=job.to_json())
+        self.finish(json.dumps(job.to_json()))
 
 
 class JobEventsHandler(NotebookHandler):
-    """The job's output as server-sent events: ``line`` events, then one ``end``."""
+    """The job's output as server-sent events: ``line`` events, then one ``end``.
+
+    A follower is a coroutine waiting on the job's change (:meth:`Job.changes`), not a
+    thread: open streams do not hold the executor that the analysis runs in."""
 
     @tornado.web.authenticated
     async def get(self, job_id: str) -> None:
@@ -147,27 +200,31 @@ class JobEventsHandler(NotebookHandler):
         self.set_header("Content-Type", "text/event-stream")
         self.set_header("Cache-Control", "no-cache")
         sent = 0
-        loop = asyncio.get_running_loop()
-        while True:
-            await loop.run_in_executor(None, job.wait_for, sent, 1.0)
-            lines = job.lines[sent:]
-            for line in lines:
-                self.write(f"event: line\ndata: {json.dumps(line)}\n\n")
-            sent += len(lines)
-            if job.exit_code is not None and sent == len(job.lines):
-                self.write(f"event: end\ndata: {json.dumps(job.to_json(sent))}\n\n")
+        try:
+            await self.flush()  # the headers now: the client knows the stream is open
+            while True:
+                await job.changes(sent, KEEP_ALIVE)
+                with job.changed:
+                    lines, ended = job.lines[sent:], job.exit_code is not None
+                for line in lines:
+                    self.write(f"event: line\ndata: {json.dumps(line)}\n\n")
+                sent += len(lines)
+                if ended:
+                    self.write(f"event: end\ndata: {json.dumps(job.to_json(sent))}\n\n")
+                    await self.flush()
+                    break
+                if not lines:
+                    self.write(": keep-alive\n\n")  # a comment; a closed client shows here
                 await self.flush()
-                break
-            try:
-                await self.flush()
-            except tornado.iostream.StreamClosedError:
-                return
+        except tornado.iostream.StreamClosedError:
+            return
         self.finish()
 
 
-def handlers(base_url: str, root_dir: str) -> list[tuple[str, type, dict[str, Any]]]:
+def handlers(base_url: str, root_dir: str, jobs: Jobs | None = None
+             ) -> list[tuple[str, type, dict[str, Any]]]:
     root = Path(root_dir).resolve()
-    args = {"root": root, "jobs": Jobs(root)}
+    args = {"root": root, "jobs": jobs if jobs is not None else Jobs(root)}
     at = f"{base_url.rstrip('/')}/nbship"
     return [(f"{at}/analysis", AnalysisHandler, args),
             (f"{at}/config", ConfigHandler, args),
