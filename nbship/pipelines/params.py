@@ -16,6 +16,30 @@ _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 
 
+def resolve_like_papermill(text: str) -> Any:
+    """``-p name value`` as papermill's CLI reads it (papermill/cli.py ``_resolve_type``):
+    True, False and None by name, then an int, then a float, else the text itself.
+
+    nbship applies it to parameters declared ``None`` only; the others take their type
+    from the parameters cell (``-p n=1.5`` for ``n = 3`` is refused, not turned into a
+    float).
+    """
+    if text == "True":
+        return True
+    if text == "False":
+        return False
+    if text == "None":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
 def parse_value(param: Parameter, text: str) -> Any:
     where = param.cell
     kind = param.type
@@ -27,8 +51,14 @@ def parse_value(param: Parameter, text: str) -> Any:
             f"{param.name} = {param.value!r} ({kind})",
         )
 
-    if kind in ("str", "none"):  # a None parameter is an optional str
+    if kind == "str":
         return text
+    if kind == "none":  # declared None: no type to go by, so papermill's CLI rule
+        resolved = resolve_like_papermill(text)
+        problem = value_problem(resolved)
+        if problem:
+            raise fail(problem)
+        return resolved
     if kind == "bool":
         if text.lower() in _TRUE:
             return True

@@ -1,0 +1,92 @@
+"""Issue 18, shapes 4-9: where the pipeline could compute something other than the notebook.
+
+Each shape either runs through nbship (compile, kfp.local) and through papermill, and the
+values agree, or `check` names it: cell, line and variable.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nbship.extract.graph import StepGraph, build_graph
+from nbship.notebook import read_notebook
+from tests.conftest import write_notebook
+
+Cells = list[tuple[list[str], str]]
+
+
+def graph(tmp_path: Path, cells: Cells) -> StepGraph:
+    return build_graph(read_notebook(write_notebook(tmp_path / "n.ipynb", cells)))
+
+
+def notebook_and_pipeline(tmp_path: Path, cells: Cells, params: dict[str, str] | None = None,
+                          ) -> tuple[dict[str, float], dict[str, float]]:
+    """The metrics cell's printed values under papermill (given ``-p`` as papermill's CLI
+    reads it) and the metrics of the same notebook run by nbship (``-p`` as nbship run
+    reads it)."""
+    import papermill
+    from papermill.cli import _resolve_type
+
+    from nbship.pipelines.compile import compile_graph
+    from nbship.pipelines.local import run_compiled
+    from nbship.pipelines.params import parse_assignments
+
+    params = params or {}
+    path = write_notebook(tmp_path / "n.ipynb", cells)
+    g = build_graph(read_notebook(path))
+    assert g.errors == [], g.errors
+    values = parse_assignments([f"{k}={v}" for k, v in params.items()], g.parameters)
+    result = run_compiled(compile_graph(g, tmp_path / "build"), values, root=tmp_path / "runs",
+                          echo=lambda line: None)
+    assert result.status == "SUCCESS"
+
+    out = tmp_path / "out.ipynb"
+    papermill.execute_notebook(str(path), str(out), kernel_name="python3", progress_bar=False,
+                               parameters={k: _resolve_type(v) for k, v in params.items()})
+    import nbformat
+
+    done = nbformat.read(out, as_version=4)
+    printed: dict[str, float] = {}
+    for cell in done.cells:
+        if "pipeline-metrics" not in cell.metadata.get("tags", []):
+            continue
+        names = [ast.parse(line).body[0] for line in cell.source.splitlines() if line.strip()]
+        text = "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
+        for stmt, shown in zip(names, text.splitlines()):
+            assert isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Call)
+            arg = stmt.value.args[0]
+            assert isinstance(arg, ast.Name)
+            printed[arg.id] = float(shown)
+    return printed, dict(result.metrics)
+
+
+def by_kind(g: StepGraph, kind: str) -> list[Any]:
+    return [p for p in g.problems if p.kind == kind]
+
+
+# shape 9: a None parameter given -p ----------------------------------------------
+@pytest.mark.parametrize("text", ["0.5", "3", "True", "None", "abc", "1e3", "-7", " 5 "])
+def test_none_parameter_is_read_as_papermill_reads_p(text: str, tmp_path: Path) -> None:
+    from papermill.cli import _resolve_type
+
+    from nbship.pipelines.params import parse_assignments
+
+    g = graph(tmp_path, [(["parameters"], "threshold = None"), (["step:a"], "x = threshold")])
+    got = parse_assignments([f"threshold={text}"], g.parameters)["threshold"]
+    want = _resolve_type(text)
+    assert got == want and type(got) is type(want)
+
+
+@pytest.mark.slow
+def test_none_parameter_given_p_arrives_as_papermill_gives_it(tmp_path: Path) -> None:
+    printed, logged = notebook_and_pipeline(tmp_path, [
+        (["parameters"], "threshold = None"),
+        (["step:a"], "is_float = float(isinstance(threshold, float))\nhalf = threshold / 2"),
+        (["pipeline-metrics"], "print(is_float)\nprint(half)"),
+    ], {"threshold": "0.5"})
+    assert printed == {"is_float": 1.0, "half": 0.25}
+    assert logged == printed
