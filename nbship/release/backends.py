@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from nbship.errors import NbshipError, ReleaseError, ToolMissingError
-from nbship.release.oci import credentials
+from nbship.release.oci import check_token_realm, credentials
 from nbship.release.tools import INSTALL_HINT, require, run, which
 
 
@@ -85,6 +85,8 @@ class Buildah:
         with tempfile.TemporaryDirectory() as tmp:
             digest_file = Path(tmp) / "digest"
             creds = credentials()
+            if creds:  # buildah sends them to any token realm: nbship checks it first
+                check_token_realm(destination.partition("/")[0])
             run([self.exe, "push", f"--tls-verify={'false' if insecure else 'true'}",
                  *(["--creds", f"{creds[0]}:{creds[1]}"] if creds else []),
                  "--compression-format", compression,

@@ -3,6 +3,12 @@
 Files go up and down with oras-py; images with buildah/skopeo. Moving a tag is
 one manifest PUT, which the registry applies atomically: that is what makes a
 release appear all at once.
+
+Credentials (NBSHIP_REGISTRY_USER / NBSHIP_REGISTRY_PASSWORD) go, as Docker's do, over
+plain HTTP only to this machine (loopback), and only to the registry's own host: a token
+realm on another host gets them only when NBSHIP_REGISTRY_AUTH_HOSTS names it (e.g.
+``auth.docker.io``); any other realm is refused before anything is sent. A redirect to
+another origin (a blob served from storage) is followed without them.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from nbship.errors import ReleaseError
+from nbship.jsonhttp import TimedOut, Timeouts, is_loopback, open_url, origin, read_all
 
 MANIFEST_TYPES = ", ".join([
     "application/vnd.oci.image.manifest.v1+json",
@@ -94,6 +101,10 @@ def _url(ref: Reference, kind: str, what: str) -> str:
     return f"{scheme}://{ref.registry}/v2/{ref.repository}/{kind}/{what}"
 
 
+AUTH_HOSTS_ENV = "NBSHIP_REGISTRY_AUTH_HOSTS"
+TIMEOUTS = Timeouts(connect=10.0, read=60.0)
+
+
 def credentials() -> tuple[str, str] | None:
     """(user, password) from NBSHIP_REGISTRY_USER / NBSHIP_REGISTRY_PASSWORD (CI secrets)."""
     user = os.environ.get("NBSHIP_REGISTRY_USER")
@@ -101,24 +112,72 @@ def credentials() -> tuple[str, str] | None:
     return (user, password) if user and password else None
 
 
-def _authorization(challenge: str) -> str | None:
-    """The Authorization header answering a 401's WWW-Authenticate (Basic or Bearer token)."""
+def allow_credentials(registry: str, url: str, what: str = "") -> None:
+    """Raise ReleaseError unless ``registry``'s credentials may be sent to ``url``: HTTPS,
+    or plain HTTP to loopback; the registry's own host name, or one NBSHIP_REGISTRY_AUTH_HOSTS
+    names (``HOST`` or ``HOST:PORT``, comma-separated)."""
+    scheme, host, port = origin(url)
+    own = origin(f"https://{registry}")[1]
+    where = f"{what} {url}" if what else url
+    if scheme not in ("http", "https") or not host:
+        raise ReleaseError(f"{registry}: credentials not sent to {where!r}, not an http(s) "
+                           "URL")
+    if scheme == "http" and not is_loopback(host):
+        raise ReleaseError(f"{registry}: credentials not sent over plain HTTP to {where} "
+                           "(plain HTTP carries credentials only on this machine)",
+                           hint="the registry's token service must use https")
+    allowed = {h.strip().lower() for h in os.environ.get(AUTH_HOSTS_ENV, "").split(",")
+               if h.strip()}
+    if host != own and host not in allowed and f"{host}:{port}" not in allowed:
+        raise ReleaseError(f"{registry}: credentials not sent to {where}: {host} is another "
+                           "host", hint=f"if {host} is the registry's token service, allow "
+                           f"it: {AUTH_HOSTS_ENV}={host}")
+
+
+def _challenge(params: str) -> dict[str, str]:
+    return {k.lower(): v for k, v in re.findall(r'(\w+)="([^"]*)"', params)}
+
+
+def _authorization(challenge: str, registry: str, url: str) -> str | None:
+    """The Authorization header answering a 401's WWW-Authenticate (Basic or Bearer token)
+    from ``registry`` at ``url``."""
     creds = credentials()
     scheme, _, params = challenge.partition(" ")
     basic = ("Basic " + base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()
              if creds else None)
     if scheme.lower() == "basic":
+        if basic:
+            allow_credentials(registry, url)
         return basic
     if scheme.lower() != "bearer":
         return None
-    fields = dict(re.findall(r'(\w+)="([^"]*)"', params))
+    fields = _challenge(params)
+    realm = fields.get("realm", "")
+    if basic:  # an anonymous token request carries nothing of the user's
+        allow_credentials(registry, realm, "the token realm")
     query = urllib.parse.urlencode({k: v for k, v in fields.items() if k in ("service", "scope")})
-    req = urllib.request.Request(f"{fields.get('realm', '')}?{query}",
+    req = urllib.request.Request(f"{realm}?{query}",
                                  headers={"Authorization": basic} if basic else {})
-    with urllib.request.urlopen(req, timeout=60) as reply:
-        doc = json.loads(reply.read())
+    with open_url(req, TIMEOUTS) as reply:
+        doc = json.loads(read_all(reply, realm, TIMEOUTS))
     token = doc.get("token") or doc.get("access_token")
     return f"Bearer {token}" if token else None
+
+
+def check_token_realm(registry: str) -> None:
+    """Before a tool (buildah) is handed the credentials: ReleaseError when the registry's
+    token realm is one ``allow_credentials`` refuses. Nothing is sent; an unreachable
+    registry is left for the tool to report."""
+    scheme = "http" if insecure(registry) else "https"
+    try:
+        with open_url(urllib.request.Request(f"{scheme}://{registry}/v2/"), TIMEOUTS):
+            return
+    except urllib.error.HTTPError as exc:
+        kind, _, params = exc.headers.get("WWW-Authenticate", "").partition(" ")
+        if exc.code == 401 and kind.lower() == "bearer":
+            allow_credentials(registry, _challenge(params).get("realm", ""), "the token realm")
+    except (urllib.error.URLError, OSError, ValueError):
+        return
 
 
 def _request(url: str, *, method: str = "GET", data: bytes | None = None,
@@ -127,12 +186,12 @@ def _request(url: str, *, method: str = "GET", data: bytes | None = None,
     for attempt in (1, 2):
         req = urllib.request.Request(url, data=data, method=method, headers=headers)
         try:
-            with urllib.request.urlopen(req, timeout=60) as reply:
-                return reply.read(), reply.headers
+            with open_url(req, TIMEOUTS) as reply:
+                return read_all(reply, url, TIMEOUTS), reply.headers
         except urllib.error.HTTPError as exc:
             challenge = exc.headers.get("WWW-Authenticate", "")
             if exc.code == 401 and attempt == 1 and challenge:
-                answer = _authorization(challenge)
+                answer = _authorization(challenge, urllib.parse.urlsplit(url).netloc, url)
                 if answer:
                     headers["Authorization"] = answer
                     continue
@@ -141,7 +200,10 @@ def _request(url: str, *, method: str = "GET", data: bytes | None = None,
             error = ReleaseError(f"{method} {url}: HTTP {exc.code} {exc.reason}", hint=hint)
             error.status = exc.code
             raise error from None
-        except (urllib.error.URLError, OSError) as exc:
+        except TimedOut as exc:
+            raise ReleaseError(f"{method} {url}: {exc}",
+                               hint="is the registry up? (nbship registry status)") from None
+        except (urllib.error.URLError, OSError, ValueError) as exc:
             raise ReleaseError(f"{method} {url}: {exc}",
                                hint="is the registry up? (nbship registry status)") from None
     raise AssertionError("unreachable")
@@ -192,6 +254,26 @@ def tags(ref: Reference) -> list[str]:
     return sorted(json.loads(body).get("tags") or [])
 
 
+def _guard_token_requests(auth: Any, registry: str) -> None:
+    """oras-py sends the Basic credentials to whatever token realm the registry names, over
+    whatever scheme it names: check the realm first (``allow_credentials``)."""
+    request_token = auth.request_token
+
+    def guarded(h: Any) -> Any:
+        realm = str(h.realm or "")
+        if not realm.startswith("http"):  # oras-py's own completion of a bare realm
+            realm = f"{getattr(auth, 'prefix', 'https')}://{realm}"
+        try:
+            allow_credentials(registry, realm, "the token realm")
+        except ReleaseError as exc:  # oras-py retries any other error, minutes long
+            from oras.auth import AuthenticationException
+
+            raise AuthenticationException(exc.message) from None
+        return request_token(h)
+
+    auth.request_token = guarded
+
+
 def push_files(target: Reference, folder: Any, files: list[tuple[str, str]],
                config: tuple[str, str], what: str, hint: str) -> None:
     """Push ``files`` (names in ``folder``, media types) as one artifact with ``config`` as
@@ -208,6 +290,7 @@ def push_files(target: Reference, folder: Any, files: list[tuple[str, str]],
     creds = credentials()
     if creds:
         client.auth.set_basic_auth(*creds)
+        _guard_token_requests(client.auth, target.registry)
     cwd = os.getcwd()
     try:
         os.chdir(folder)  # oras names each layer by its path: keep them bare
