@@ -112,6 +112,19 @@ class Answered:
             await send({"type": "http.response.body", "body": body})
 
 
+def not_the_protocol(_request: Any, exc: Exception) -> Any:
+    """A body that is not a v2 inference request: a 422 naming where, without echoing the
+    input back (FastAPI's own reply does, and cannot render NaN or infinity: a 500)."""
+    from fastapi.responses import JSONResponse
+
+    errors = [{"loc": [str(part) for part in error.get("loc", ())],
+               "msg": str(error.get("msg", "")), "type": str(error.get("type", ""))}
+              for error in getattr(exc, "errors", list)()[:20]]
+    where = "; ".join(f"{'.'.join(e['loc'])}: {e['msg']}" for e in errors[:5])
+    return JSONResponse({"error": f"the request is not a v2 inference request: {where}",
+                         "detail": errors}, status_code=422)
+
+
 def guard_decoding(dataplane: Any) -> None:
     """KServe's request decoding (JSON, CloudEvents, the v2 binary extension's
     Inference-Header-Content-Length) raising anything but InvalidInput is still the
@@ -206,6 +219,7 @@ def serve(served: Served, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
     model = NotebookModel(served, window, max_rows=max_rows)
     model.load()
     guard_decoding(server.dataplane)
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from kserve.model_server import app
 
@@ -213,6 +227,7 @@ def serve(served: Served, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
         return JSONResponse({"error": str(exc)}, status_code=413)
 
     app.add_exception_handler(TooManyRows, too_many_rows)
+    app.add_exception_handler(RequestValidationError, not_the_protocol)
     app.add_api_route(f"/v2/models/{served.name}/provenance", lambda: served.provenance,
                       methods=["GET"], summary="where the served model comes from")
     describe_model(served.name, served.provenance)

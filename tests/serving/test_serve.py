@@ -158,6 +158,10 @@ BAD: dict[str, tuple[str, bytes | str]] = {
     "huge-body-v2": (V2, '{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", '
                          '"data": [' + "0," * 600_000 + "0]}]}"),
     "unknown-model-v2": ("/v2/models/nope/infer", json.dumps({"inputs": []})),
+    "image-as-8-rows": (V1, json.dumps({"instances": ONE[0]})),
+    "v2-image-as-8-rows": (V2, json.dumps({"inputs": [{"name": "x", "shape": [8, 8],
+                                                       "datatype": "FP32", "data": [0] * 64}]})),
+    "too-many-rows": (V1, json.dumps({"instances": ONE * 1001})),
 }
 
 
@@ -171,6 +175,36 @@ def test_bad_requests_get_a_4xx_with_a_message(path: str, body: bytes | str,
     assert proc.poll() is None
     status, _ = post(base + V1, json.dumps({"instances": ONE}))
     assert status == 200  # still serving
+
+
+def test_a_keep_alive_connection_outlives_every_bad_request(server: tuple[str, Any]) -> None:
+    """Every bad request above, and malformed binary-extension headers, on one keep-alive
+    connection: each a 4xx, each followed by an answered request on the same connection
+    (a 500 closed it, and the client's next request was reset)."""
+    import http.client
+
+    base, _ = server
+    conn = http.client.HTTPConnection("127.0.0.1", int(base.rsplit(":", 1)[1]), timeout=30)
+    head = json.dumps({"inputs": [{"name": "x", "shape": [1, 8, 8], "datatype": "FP32",
+                                   "parameters": {"binary_data_size": 256}}]}).encode()
+    cases = [(path, body.encode() if isinstance(body, str) else body,
+              {"Content-Type": "application/json"}) for path, body in BAD.values()]
+    for length in ("abc", "-1", "3", str(len(head) + 300)):
+        cases.append((V2, head + bytes(256), {"Content-Type": "application/octet-stream",
+                                              "Inference-Header-Content-Length": length}))
+    conn.connect()
+    assert conn.sock is not None
+    port = conn.sock.getsockname()[1]
+    for path, body, headers in cases:
+        conn.request("POST", path, body=body, headers=headers)
+        reply = conn.getresponse()
+        text = reply.read()
+        assert 400 <= reply.status < 500 and json.loads(text), (path, body[:80], text)
+        conn.request("POST", V1, body=json.dumps({"instances": ONE}),
+                     headers={"Content-Type": "application/json"})
+        reply = conn.getresponse()
+        assert reply.status == 200 and json.loads(reply.read())["predictions"]
+        assert conn.sock is not None and conn.sock.getsockname()[1] == port, (path, body[:80])
 
 
 @pytest.fixture(scope="module")
