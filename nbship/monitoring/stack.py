@@ -27,7 +27,7 @@ import yaml
 
 from nbship import processes
 from nbship.errors import ToolMissingError
-from nbship.files import write_atomic
+from nbship.files import path_name, write_atomic
 from nbship.monitoring.rules import JOB, Thresholds, rules_yaml
 
 DEFAULT_ROOT = Path(".nbship/monitor")
@@ -154,10 +154,16 @@ def down(root: Path = DEFAULT_ROOT) -> bool:
 
 
 def register_target(root: Path, model: str, address: str, labels: dict[str, str]) -> Path:
-    """Tell Prometheus (file discovery) about a model server; returns the entry to remove."""
+    """Tell Prometheus (file discovery) about a model server; returns the entry to remove.
+    The model's name becomes part of the entry's file name: it must match
+    ``files.PATH_NAME`` (MonitorError otherwise), so no name writes outside the folder."""
+    path_name(model, "the model name", error=MonitorError, where="nbship monitor's targets")
+    port = address.rsplit(":", 1)[-1]
+    if not port.isdigit():
+        raise MonitorError(f"a model server's address {address!r} has no port")
     folder = targets_dir(root)
     folder.mkdir(parents=True, exist_ok=True)
-    entry = folder / f"{model}-{address.rsplit(':', 1)[-1]}.json"
+    entry = folder / f"{model}-{port}.json"
     write_atomic(entry, json.dumps([{"targets": [address],
                                      "labels": {"model": model, **labels}}]))
     return entry

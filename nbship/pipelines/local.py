@@ -242,7 +242,7 @@ def run_compiled(compiled: CompiledPipeline, arguments: dict[str, Any], *,
             write_atomic(record_dir / compiled.serve.name, compiled.serve.read_bytes())
         doc = provenance(compiled, values, tracker.records, metrics, run_id, status, seconds)
         doc["trigger"] = trigger or {"kind": "manual"}
-        _write_json(prov_path, doc)
+        _write_json(prov_path, seal_provenance(doc))
     except OSError as exc:
         if error is None:
             raise
@@ -256,6 +256,17 @@ def run_compiled(compiled: CompiledPipeline, arguments: dict[str, Any], *,
     if error is not None:
         raise _run_error(compiled, failures, log_path, error)
     return result
+
+
+def seal_provenance(doc: dict[str, Any]) -> dict[str, Any]:
+    """``doc`` as JSON reads it back, sealed: an HMAC with this machine's key over every
+    field (run, pipeline name, commit, metrics, values, serve entry...). ``nbship serve``,
+    ``model push`` and the monitoring use a run's provenance only when its seal holds
+    (``serving.bundle.read_sealed``)."""
+    plain: dict[str, Any] = json.loads(json.dumps(doc, default=str))
+    plain.pop(signing.SIGNATURE, None)
+    plain[signing.SIGNATURE] = signing.sign(plain)
+    return plain
 
 
 def _failure_report(failures: Path) -> dict[str, Any] | None:
@@ -354,7 +365,6 @@ def provenance(compiled: CompiledPipeline, values: dict[str, Any],
             "parameters": list(graph.serve.params),
             "check": _serve_check(records.get(SERVE_STEP)),
         }
-        serve_entry[signing.SIGNATURE] = signing.sign(serve_entry)  # nbship serve checks it
     return {
         "run": {"id": run_id, "status": status, "seconds": round(seconds, 3),
                 "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")},

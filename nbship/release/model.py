@@ -23,6 +23,7 @@ only then loads values and runs ``serve.py``. A pod gets the key as
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -37,7 +38,7 @@ from typing import Any
 
 from nbship import __version__, signing
 from nbship.errors import ReleaseError, ServeError
-from nbship.files import sha256_file, write_atomic
+from nbship.files import path_name, sha256_file, write_atomic
 from nbship.release import oci
 
 MODEL_MEDIA_TYPE = "application/vnd.nbship.model.v1+json"
@@ -50,6 +51,11 @@ SERVE_FILE = "serve.py"
 PROFILE_FILE = "profile.json"
 _FILE_NAME = re.compile(r"^(model\.json|serve\.py|profile\.json|value-[0-9]{1,4}\.tar)$")
 CACHE_ENV = "NBSHIP_MODEL_CACHE"
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+# a value archive holds the few files of one value folder (value.meta + the value): more
+# members, or bigger names, are not an archive nbship wrote
+MAX_MEMBERS = 64
+_MEMBER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}(/[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}){0,7}")
 
 
 @dataclass(frozen=True)
@@ -78,30 +84,80 @@ def _tar(folder: Path) -> bytes:
 
 
 def _untar(data: bytes, folder: Path) -> None:
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
-        for member in tar.getmembers():
-            if not member.isfile():
-                raise ServeError(f"a value archive holds {member.name!r}, not a file")
-        tar.extractall(folder, filter="data")  # no absolute paths, no '..', no links
+    """Extract a value archive: regular files with plain relative names only (no '..', no
+    absolute paths, no links, devices, FIFOs, directories or sparse files), at most
+    ``MAX_MEMBERS``; ServeError naming what is wrong, nothing written outside ``folder``."""
+    files: dict[str, bytes] = {}
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+            while (member := tar.next()) is not None:
+                if len(files) >= MAX_MEMBERS:
+                    raise ServeError(f"a value archive holds more than {MAX_MEMBERS} files")
+                name = member.name
+                if not member.isreg() or member.issparse():
+                    kind = "a sparse file" if member.issparse() else "not a file"
+                    raise ServeError(f"a value archive holds {name!r}, {kind}")
+                if not _MEMBER.fullmatch(name) or ".." in name.split("/") \
+                        or any(part == "." for part in name.split("/")):
+                    raise ServeError(f"a value archive holds a member named {name!r}: only "
+                                     "plain relative names are extracted")
+                if name in files or any(other.startswith(name + "/") or
+                                        name.startswith(other + "/") for other in files):
+                    raise ServeError(f"a value archive holds {name!r} twice")
+                extracted = tar.extractfile(member)
+                if extracted is None:
+                    raise ServeError(f"a value archive holds {name!r}, not a file")
+                body = extracted.read()
+                if len(body) != member.size:
+                    raise ServeError(f"a value archive's member {name!r} is cut short")
+                files[name] = body
+    except ServeError:
+        raise
+    except (tarfile.TarError, ValueError, EOFError, OSError, UnicodeError,
+            OverflowError) as exc:  # what a damaged header makes tarfile raise
+        raise ServeError(f"a value archive cannot be read: {type(exc).__name__}: {exc}"
+                         ) from None
+    if not files:
+        raise ServeError("a value archive holds no files")
+    for name, body in files.items():
+        target = folder.joinpath(*name.split("/"))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "xb") as f:  # a fresh folder: nothing there to follow or replace
+            f.write(body)
 
 
-def _releasable(src: Path, dst: Path) -> dict[str, Any]:
-    """Copy a run's value folder to ``dst`` in the safest format; its metadata."""
+def _releasable(src: Path, dst: Path, sha256: str | None = None) -> dict[str, Any]:
+    """Copy a run's value folder to ``dst`` in the safest format; its metadata. With
+    ``sha256``, the value must be the one the (sealed) run recorded: the copy is checked,
+    so what is released is what was checked."""
     from nbship.runtime import serializers
 
-    meta = json.loads((src / serializers.META).read_text())
-    if meta.get("serializer") == "sklearn":  # joblib (pickle) -> skops, when skops can
-        skops = serializers.by_name("skops")
-        value = serializers.load(src)  # checked: sha256 and this machine's HMAC
-        try:
-            assert skops is not None
-            converted = serializers.save(value, dst, using=skops)
-            serializers.load(dst)  # it must come back without trusting anything foreign
-            return converted
-        except Exception:  # noqa: BLE001 - skops cannot take this estimator: keep joblib
-            shutil.rmtree(dst, ignore_errors=True)
+    try:
+        meta = serializers.check(src, sha256)
+        if meta.get("serializer") == "sklearn":  # joblib (pickle) -> skops, when skops can
+            return _as_skops(src, dst, sha256)
+        shutil.copytree(src, dst)
+        return dict(serializers.check(dst, sha256))
+    except serializers.UntrustedArtifact as exc:
+        shutil.rmtree(dst, ignore_errors=True)
+        raise ServeError(f"a value of the run is refused: {exc}") from None
+
+
+def _as_skops(src: Path, dst: Path, sha256: str | None) -> dict[str, Any]:
+    """A scikit-learn value as skops, when skops can take it; else the checked joblib."""
+    from nbship.runtime import serializers
+
+    skops = serializers.by_name("skops")
+    value = serializers.load(src, sha256)  # checked: sha256 and this machine's HMAC
+    try:
+        assert skops is not None
+        converted = serializers.save(value, dst, using=skops)
+        serializers.load(dst)  # it must come back without trusting anything foreign
+        return converted
+    except Exception:  # noqa: BLE001 - skops cannot take this estimator: keep joblib
+        shutil.rmtree(dst, ignore_errors=True)
     shutil.copytree(src, dst)
-    return dict(meta)
+    return dict(serializers.check(dst, sha256))
 
 
 def _release_digest(registry: str, prov: dict[str, Any]) -> dict[str, Any] | None:
@@ -125,16 +181,18 @@ def _release_digest(registry: str, prov: dict[str, Any]) -> dict[str, Any] | Non
 def build_record(run_dir: Path, stage: Path, registry: str) -> dict[str, Any]:
     """Write the model's files into ``stage``; return ``model.json``'s content (signed)."""
     from nbship.runtime import serializers
-    from nbship.serving.bundle import check_run, read_provenance
+    from nbship.serving.bundle import check_run, read_sealed, serve_source, value_place
 
-    prov = read_provenance(run_dir)
+    prov = read_sealed(run_dir)  # every field below is what this machine's nbship recorded
     entry = check_run(run_dir, prov)
-    shutil.copyfile(run_dir / entry["module"], stage / SERVE_FILE)
+    (stage / SERVE_FILE).write_bytes(serve_source(run_dir, entry))  # the checked bytes
     values: dict[str, Any] = {}
-    for n, (var, info) in enumerate(sorted(entry.get("inputs", {}).items())):
-        output = prov["steps"][info["from"]]["outputs"][var]
+    for n, (var, info) in enumerate(sorted(entry["inputs"].items())):
+        if not var.isidentifier():
+            raise ServeError(f"the run's serve entry names a value {var!r}, not a Python name")
+        src, sha256 = value_place(prov, entry, var)
         folder = stage / f"v{n}"
-        meta = _releasable(Path(output["uri"]), folder)
+        meta = _releasable(src, folder, sha256)
         tar = stage / f"value-{n}.tar"
         tar.write_bytes(_tar(folder))
         shutil.rmtree(folder)
@@ -145,11 +203,14 @@ def build_record(run_dir: Path, stage: Path, registry: str) -> dict[str, Any]:
     check = entry.get("check") or {}
     profile = None
     if isinstance(check.get("profile"), dict):
-        src = Path(check["profile"]["uri"])
-        if sha256_file(src) != check["profile"].get("sha256"):
+        from nbship.serving.bundle import MAX_PROFILE, read_file
+
+        src = Path(str(check["profile"]["uri"]))
+        data = read_file(src, MAX_PROFILE, "the run's drift profile")
+        if hashlib.sha256(data).hexdigest() != check["profile"].get("sha256"):
             raise ReleaseError(f"the run's drift profile {src} changed since the run")
-        shutil.copyfile(src, stage / PROFILE_FILE)
-        profile = {"file": PROFILE_FILE, "sha256": sha256_file(stage / PROFILE_FILE)}
+        (stage / PROFILE_FILE).write_bytes(data)
+        profile = {"file": PROFILE_FILE, "sha256": hashlib.sha256(data).hexdigest()}
     run = prov["run"]
     record: dict[str, Any] = {
         "schema": "nbship.model/v1",
@@ -213,7 +274,15 @@ def show(reference: str) -> tuple[dict[str, Any], str, list[dict[str, Any]]]:
                            hint="nbship model push [RUN] --registry "
                            f"{ref.registry} pushes one")
     body, digest, _ = oci.get_manifest(ref)
-    manifest = json.loads(body)
+    if not _DIGEST.fullmatch(digest) or digest != "sha256:" + hashlib.sha256(body).hexdigest():
+        raise ReleaseError(f"{ref}: the registry's digest {digest[:80]!r} is not the sha256 of "
+                           "the manifest it sent")
+    try:
+        manifest = json.loads(body)
+    except ValueError:
+        manifest = None
+    if not isinstance(manifest, dict):
+        raise ReleaseError(f"{ref}: the registry sent a manifest that is not a JSON object")
     config = manifest.get("config", {})
     if config.get("mediaType") != MODEL_MEDIA_TYPE:
         raise ReleaseError(f"{ref} is not an nbship model (config {config.get('mediaType')})")
@@ -240,13 +309,18 @@ def _record_problem(record: Any) -> str | None:
         return "serve"
     for var, value in serve["values"].items():
         if not (isinstance(value, dict) and isinstance(value.get("sha256"), str)
-                and _FILE_NAME.match(str(value.get("file"))) and var.isidentifier()):
+                and _FILE_NAME.fullmatch(str(value.get("file"))) and var.isidentifier()):
             return f"value {var!r}"
     profile = record.get("profile")
     if profile is not None and not (isinstance(profile, dict)
                                     and profile.get("file") == PROFILE_FILE
                                     and isinstance(profile.get("sha256"), str)):
         return "profile"
+    for what, value in (("name", record["name"]), ("run id", record["run"].get("id"))):
+        try:  # both become parts of paths and tags: names nbship makes only
+            path_name(value, what, error=ReleaseError)
+        except ReleaseError:
+            return f"{what} {str(value)[:80]!r}"
     return None
 
 
@@ -261,6 +335,11 @@ def pull(reference: str) -> tuple[Path, dict[str, Any], str]:
     ``model.json`` records; the folder appears whole (built aside, then renamed)."""
     record, digest, layers = show(reference)
     ref = oci.Reference.parse(reference)
+    if not signing.signed(record):  # before anything it brings is written or unpacked
+        raise ServeError(f"{reference} was not pushed with this machine's key: its serving "
+                         "code and values are not run",
+                         hint=f"set {signing.KEY_ENV} to the key of the machine that pushed "
+                         "it (in a cluster: a secret)")
     folder = cache_root() / digest.replace(":", "-")
     if (folder / RECORD).is_file():
         return folder, record, digest
@@ -274,7 +353,7 @@ def pull(reference: str) -> tuple[Path, dict[str, Any], str]:
     try:
         for layer in layers:
             title = layer.get("annotations", {}).get("org.opencontainers.image.title", "")
-            if not _FILE_NAME.match(title) or title not in expected:
+            if not _FILE_NAME.fullmatch(title) or title not in expected:
                 raise ServeError(f"{ref}: unexpected file {title!r} in the model")
             data = oci.get_blob(ref, layer["digest"])
             (stage / title).write_bytes(data)
@@ -301,17 +380,12 @@ def pull(reference: str) -> tuple[Path, dict[str, Any], str]:
 def load_model(reference: str) -> Any:
     """A model release, ready to serve (``serving.bundle.Served``)."""
     from nbship.runtime import serializers
-    from nbship.serving.bundle import Served, build_served, read_profile
+    from nbship.serving.bundle import MAX_MODULE, Served, build_served, read_file, read_profile
 
     try:
-        folder, record, digest = pull(reference)
+        folder, record, digest = pull(reference)  # pull checks model.json's HMAC
     except ReleaseError as exc:
         raise ServeError(exc.message, hint=exc.hint) from None
-    if not signing.signed(record):
-        raise ServeError(f"{reference} was not pushed with this machine's key: its serving "
-                         "code and values are not run",
-                         hint=f"set {signing.KEY_ENV} to the key of the machine that pushed "
-                         "it (in a cluster: a secret)")
     values: dict[str, Any] = {}
     for var, value in record["serve"]["values"].items():
         try:
@@ -320,8 +394,9 @@ def load_model(reference: str) -> Any:
         except serializers.UntrustedArtifact as exc:
             raise ServeError(f"value {var!r} of {reference} is refused: {exc}") from None
     values.update(record["serve"].get("parameters", {}))
-    if sha256_file(folder / SERVE_FILE) != record["serve"]["sha256"]:
-        raise ServeError(f"{folder / SERVE_FILE} changed since it was pulled")
+    source = read_file(folder / SERVE_FILE, MAX_MODULE, "the serving code")  # read once
+    if hashlib.sha256(source).hexdigest() != record["serve"]["sha256"]:
+        raise ServeError(f"{folder / SERVE_FILE} changed since it was pulled; it is not run")
     profile = None
     if record.get("profile"):
         profile = read_profile(folder / PROFILE_FILE, record["profile"]["sha256"])
@@ -329,7 +404,7 @@ def load_model(reference: str) -> Any:
     summary = {k: record.get(k) for k in ("run", "commit", "dirty", "notebook", "parameters",
                                             "metrics", "data", "pipeline")}
     summary["model"] = f"{ref.registry}/{ref.repository}@{digest}"
-    predict, reference = build_served(folder / SERVE_FILE, values)
+    predict, reference = build_served(source, str(folder / SERVE_FILE), values)  # those bytes
     return Served(name=str(record["name"]), predict=predict, provenance=summary,
                   profile=profile, reference_inputs=reference)
 
