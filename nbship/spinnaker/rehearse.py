@@ -883,7 +883,8 @@ def rehearse(path: Path, options: Options, echo: Callable[[str], None] = print
     if options.time_scale < 0 or options.traffic < 0:
         raise RehearsalError("--time-scale and --traffic are not negative")
     parameters = _parameters(doc, options.parameters, str(path))
-    trust = KeyTrust(None, frozenset(), "--jobs venv: Jobs run this venv's nbship")
+    trust = KeyTrust(None, frozenset(), "no Job asks for it" if options.jobs == "image"
+                     else "--jobs venv: Jobs run this venv's nbship")
     keyed = [(i, s["manifest"]["spec"]["template"]["spec"]["containers"][0])
              for i, s in enumerate(stages) if s["type"] == "runJobManifest"]
     keyed = [(i, c) for i, c in keyed if asks_for_key(c) is not None]
