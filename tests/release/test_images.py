@@ -181,9 +181,10 @@ def test_a_rehearsal_runs_a_run_job_in_the_released_image(published: Published,
     with serving(http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ready)) as server:
         url = f"http://127.0.0.1:{server.server_address[1]}"
         doc = {"application": "markers", "name": "in-the-image", "triggers": [], "stages": [
-            job("1", steps, ["canary", "ready", url, "--model", "m", "--timeout", "60"]),
+            job("1", steps, ["canary", "ready", url, "--stable", url, "--model", "m",
+                             "--timeout", "60"]),  # as render writes it (all a rehearsal runs)
             job("2", f"{published.address}/nbship-steps@sha256:" + "0" * 64,
-                ["canary", "ready", url, "--model", "m"])]}
+                ["canary", "ready", url, "--stable", url, "--model", "m", "--timeout", "60"])]}
         (tmp_path / "pipeline.json").write_text(json.dumps(doc))
         lines: list[str] = []
         record, _ = rehearse(tmp_path / "pipeline.json", Options(root=tmp_path / "deploy"),
@@ -191,7 +192,8 @@ def test_a_rehearsal_runs_a_run_job_in_the_released_image(published: Published,
     first, second = record["stages"]
     assert first["status"] == "SUCCEEDED", "\n".join(lines)
     assert first["outputs"] == {"canary_ready": "true", "canary_run": "run-7",
-                                "canary_model": "m@sha256:x"}
+                                "canary_model": "m@sha256:x", "stable_run": "run-7",
+                                "stable_model": "m@sha256:x"}
     assert f"(in {steps})" in "\n".join(lines)
     assert "/v2/models/m/ready" in seen  # asked from inside the container, over the host's net
     assert second["status"] == "FAILED_CONTINUE"
