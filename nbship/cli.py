@@ -197,10 +197,10 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--root", type=Path, default=Path(".nbship/runs"), metavar="DIR",
                    help="where runs are (default: .nbship/runs)")
     v.add_argument("--verbose", action="store_true", help="KServe's and uvicorn's own logs")
-    v.add_argument("--max-body", type=int, default=None, metavar="BYTES",
+    v.add_argument("--max-body", type=_positive, default=None, metavar="BYTES",
                    help="larger request bodies get a 413 (default: --max-rows rows of the "
                    "model's reference inputs as JSON, 1-16 MiB; 4 MiB without them)")
-    v.add_argument("--max-rows", type=int, default=None, metavar="ROWS",
+    v.add_argument("--max-rows", type=_positive, default=None, metavar="ROWS",
                    help="requests with more rows (inputs) get a 413 (default: 1000)")
     v.add_argument("--monitor", type=Path, default=Path(".nbship/monitor"), metavar="DIR",
                    help="where `nbship monitor`'s Prometheus looks for servers to scrape "
@@ -506,6 +506,17 @@ def _port(text: str) -> int:
     if not 1 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"{port} is not a port (1-65535)")
     return port
+
+
+def _positive(text: str) -> int:
+    """A count or size: a whole number, 1 or more."""
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not 1 or more")
+    return value
 
 
 def _image_options(p: argparse.ArgumentParser) -> None:

@@ -287,3 +287,15 @@ def test_monitoring_never_fails_a_request_that_predict_answered() -> None:
         assert metric(base, "nbship_monitoring_errors_total") == 1
         assert ask(conn, V1, json.dumps({"instances": [IMAGE]}))[0] == 200
         assert metric(base, "nbship_monitoring_errors_total") == 2
+
+
+@pytest.mark.parametrize("option", ["--max-rows", "--max-body"])
+def test_a_limit_of_zero_is_refused_before_anything_loads(option: str, tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    done = subprocess.run([sys.executable, "-m", "nbship", "serve", str(tmp_path), option, "0"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and f"argument {option}: 0 is not 1 or more" in done.stderr
