@@ -340,9 +340,18 @@ def _group(a: _Analysis, nb: Notebook) -> tuple[list[Step], dict[str, list[Cell]
             _apply_settings(steps[-1], cell)
     if leading:
         if steps:
-            steps[0].cells[:0] = leading
+            # they join the first step: so do their settings (secret:, limit:, prev:, ...),
+            # in cell order, so the step's own cells still have the last word
+            first = steps[0]
+            first.cells[:0] = leading
+            first.prev, first.image, first.cache = [], None, None
+            first.limits, first.labels, first.annotations, first.secrets = {}, {}, {}, []
+            for cell in first.cells:
+                _apply_settings(first, cell)
         elif any(c.source.strip() for c in leading):
             steps.append(Step(name=_implicit_name(nb), cells=leading))
+            for cell in leading:
+                _apply_settings(steps[-1], cell)
     for step in steps:
         step.code = [a.codes[c.index] for c in step.cells]
     return steps, special

@@ -90,3 +90,31 @@ def test_none_parameter_given_p_arrives_as_papermill_gives_it(tmp_path: Path) ->
     ], {"threshold": "0.5"})
     assert printed == {"is_float": 1.0, "half": 0.25}
     assert logged == printed
+
+
+# shape 6: tags above the first step -------------------------------------------------
+def test_settings_on_cells_above_the_first_step_apply_to_it(tmp_path: Path) -> None:
+    from nbship.pipelines.compile import compile_graph
+
+    g = graph(tmp_path, [
+        (["secret:db-creds:password:DB_PASSWORD", "limit:memory:4Gi"], "import os"),
+        (["prev:other", "label:team:ml"], "a = 1"),
+        (["step:load", "limit:cpu:2"], "x = a + 1"),
+        (["step:other"], "y = 2"),
+    ])
+    assert g.errors == [] and [s.name for s in g.steps] == ["load", "other"]
+    load = g.step("load")
+    assert load.secrets == [("db-creds", "password", "DB_PASSWORD")]
+    assert load.limits == {"memory": "4Gi", "cpu": "2"} and load.labels == {"team": "ml"}
+    assert load.prev == ["other"]
+    compiled = compile_graph(g, tmp_path / "build")
+    source = compiled.module.read_text()
+    assert "_load.after(_other)" in source
+    yaml = compiled.yaml.read_text()
+    assert "secretAsEnv" in yaml and "DB_PASSWORD" in yaml and "4Gi" in yaml.replace("'", "")
+
+
+def test_the_first_steps_own_tags_win_over_the_cells_above(tmp_path: Path) -> None:
+    g = graph(tmp_path, [(["image:python:3.10", "limit:cpu:1"], "a = 1"),
+                         (["step:load", "image:python:3.11", "limit:cpu:2"], "x = a")])
+    assert g.step("load").image == "python:3.11" and g.step("load").limits == {"cpu": "2"}
