@@ -12,7 +12,7 @@ import tornado.iostream
 import tornado.web
 from jupyter_server.base.handlers import APIHandler
 
-from nbship.errors import NbshipError
+from nbship.errors import Location, NbshipError, UnusableInputError
 from nbship.lab.jobs import KINDS, Job, Jobs, Refused, option_like, registry_of
 
 MAX_CONTENT = 64 << 20  # bytes of notebook JSON in one analysis request
@@ -85,7 +85,11 @@ def analysis(raw: bytes, relative: str) -> dict[str, Any]:
     from nbship.extract.report import to_json, to_mermaid
     from nbship.notebook import parse_notebook
 
-    graph = build_graph(parse_notebook(raw, Path(relative), require_code=False))
+    notebook = parse_notebook(raw, Path(relative), require_code=False)
+    if not notebook.cells:  # what an editor holds once its last cell is deleted
+        raise UnusableInputError("the notebook has no cells: nothing to analyse",
+                                 where=Location(relative))
+    graph = build_graph(notebook)
     doc: dict[str, Any] = json.loads(to_json(graph))
     doc["mermaid"] = to_mermaid(graph)
     doc["path"] = relative

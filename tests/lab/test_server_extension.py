@@ -334,6 +334,8 @@ def test_a_path_like_an_option_never_becomes_one(tmp_path: Path) -> None:
     ("POST", "jobs", b"[" * 100_000),
     ("POST", "analysis", b'{"path": "quick.ipynb", "content": {"cells": "x", "nbformat": 4}}'),
     ("POST", "analysis", b'{"path": "quick.ipynb", "content": ' + b"[" * 100_000 + b"}"),
+    ("POST", "analysis", b'{"path": "quick.ipynb", "content": {"cells": [], "nbformat": 4, '
+                         b'"nbformat_minor": 5, "metadata": {}}}'),  # its last cell deleted
     ("POST", "analysis", b'{"path": "quick.ipynb"}'),
     ("POST", "analysis", b'{"path": {}, "content": {}}'),
     ("POST", "analysis", b"[]"),
