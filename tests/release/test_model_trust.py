@@ -172,3 +172,60 @@ def test_a_value_archive_as_nbship_writes_it_comes_back(tmp_path: Path) -> None:
     model._untar(model._tar(tmp_path / "v"), tmp_path / "out")
     assert (tmp_path / "out" / "module" / "weights.safetensors").read_bytes() == b"w" * 1000
     assert (tmp_path / "out" / "nbship.json").read_text() == "{}"
+
+
+def test_a_registrys_digest_never_becomes_a_path(tmp_path: Path) -> None:
+    """A registry names the manifest's digest (Docker-Content-Digest); the pull folder was
+    named from it, so `sha256:../../x` moved a model's files outside the cache."""
+    import hashlib
+    import http.server
+
+    from tests.conftest import serving
+    from tests.release.conftest import free_port
+
+    serve_py = b"def build():\n    return (lambda x: x), None\n"
+    record = {"schema": "nbship.model/v1", "name": "m", "run": {"id": "1"},
+              "serve": {"file": "serve.py", "sha256": hashlib.sha256(serve_py).hexdigest(),
+                        "parameters": {}, "values": {}}, "profile": None}
+    config = json.dumps(record).encode()
+    blobs = {"sha256:" + hashlib.sha256(b).hexdigest(): b for b in (config, serve_py)}
+    manifest = json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": model.MODEL_MEDIA_TYPE, "size": len(config),
+                   "digest": "sha256:" + hashlib.sha256(config).hexdigest()},
+        "layers": [{"mediaType": model.SERVE_MEDIA_TYPE, "size": len(serve_py),
+                    "digest": "sha256:" + hashlib.sha256(serve_py).hexdigest(),
+                    "annotations": {"org.opencontainers.image.title": "serve.py"}}],
+    }).encode()
+
+    class Registry(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            if "/manifests/" in self.path:
+                body, headers = manifest, {"Content-Type": "application/vnd.oci.image."
+                                           "manifest.v1+json",
+                                           "Docker-Content-Digest": "sha256:../../../escaped"}
+            elif "/blobs/" in self.path and self.path.rsplit("/", 1)[-1] in blobs:
+                body, headers = blobs[self.path.rsplit("/", 1)[-1]], {}
+            else:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            for key, value in {**headers, "Content-Length": str(len(body))}.items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    cache = tmp_path / "a" / "b" / "models"
+    port = free_port()
+    with serving(http.server.ThreadingHTTPServer(("127.0.0.1", port), Registry)):
+        done = subprocess.run([sys.executable, "-m", "nbship", "serve",
+                               f"127.0.0.1:{port}/models/m:latest", "--port", str(free_port())],
+                              cwd=ROOT, text=True, capture_output=True, timeout=120,
+                              env={**os.environ, model.CACHE_ENV: str(cache)})
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "is not the sha256 of the manifest" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    assert not list(tmp_path.rglob("escaped*")) and not list(tmp_path.rglob("serve.py"))
