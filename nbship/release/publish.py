@@ -176,7 +176,10 @@ def _run_record(run_provenance: Path | None) -> dict[str, Any] | None:
 
 
 def latest_run(graph: StepGraph, root: Path = Path(".nbship/runs")) -> Path | None:
-    """The newest successful local run's provenance.json of this notebook, if any."""
+    """The newest successful local run's provenance.json of this notebook, if any: among
+    the runs this machine's nbship recorded (sealed), so a folder brought from elsewhere
+    never puts its metrics into a release."""
+    from nbship import signing
     from nbship.extract.codegen import pipeline_name
 
     found = []
@@ -184,6 +187,8 @@ def latest_run(graph: StepGraph, root: Path = Path(".nbship/runs")) -> Path | No
         try:
             doc = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
+            continue
+        if not isinstance(doc, dict) or not signing.signed(doc):
             continue
         if doc.get("run", {}).get("status") == "SUCCESS" and doc.get("notebook", {}).get(
                 "sha256") == graph.notebook.sha256:

@@ -215,3 +215,23 @@ def test_the_monitors_targets_take_plain_names_only(tmp_path: Path) -> None:
     assert entry.parent.parent == tmp_path and entry.name == "marker-classifier-8080.json"
     assert json.loads(entry.read_text())[0]["labels"]["model"] == "marker-classifier"
     assert np.array_equal([p.name for p in tmp_path.rglob("*.json")], [entry.name])
+
+
+def test_a_release_records_only_a_sealed_runs_metrics(runs: list[Path]) -> None:
+    """`nbship publish` records the newest local run's metrics (ci_run): a newer run
+    folder that was brought, not recorded here, is passed over."""
+    from nbship.release.publish import latest_run
+
+    a = runs[1]
+    graph = build_graph(read_notebook(a.parents[2] / "tiny.ipynb"))
+    assert latest_run(graph, a.parents[1]) == a / "provenance.json"
+    newer = a.parent / "29991231-000000-000000"
+    shutil.copytree(a, newer)
+    prov = json.loads((newer / "provenance.json").read_text())
+    prov["metrics"] = {"accuracy": 0.999}
+    prov["run"]["id"] = newer.name
+    (newer / "provenance.json").write_text(json.dumps(prov))
+    try:
+        assert latest_run(graph, a.parents[1]) == a / "provenance.json"
+    finally:
+        shutil.rmtree(newer)
