@@ -195,3 +195,51 @@ def test_an_image_named_by_a_parameter_is_checked_once_resolved(
         "secret" in message and f"'{images['other']}' is not one of them" in message
     assert not any(line.startswith("    $ nbship") for line in lines)
     assert containers() == []
+
+
+def push_model(registry: str, folder: Path, release: str, signed: bool) -> str:
+    """A model release (model.json only) that records it was built from ``release``:
+    signed with this machine's key, or with another's."""
+    import json
+
+    from nbship import signing
+    from nbship.release import oci
+    from nbship.release.model import MODEL_MEDIA_TYPE
+
+    folder.mkdir()
+    record: dict[str, Any] = {
+        "schema": "nbship.model/v1", "name": "marker-classifier",
+        "run": {"id": "20261207-000000-000001" if signed else "20261207-000000-000002"},
+        "serve": {"file": "serve.py", "sha256": "0" * 64, "parameters": {}, "values": {}},
+        "profile": None, "pipeline": {"yaml_sha256": None, "release": {"reference": release}}}
+    record[signing.SIGNATURE] = signing.sign(record) if signed else "ab" * 32
+    (folder / "model.json").write_text(json.dumps(record))
+    ref = oci.Reference.parse(f"{registry}/models/marker-classifier:"
+                              f"{'signed' if signed else 'forged'}")
+    oci.push_files(ref, folder, [("model.json", MODEL_MEDIA_TYPE)],
+                   ("model.json", MODEL_MEDIA_TYPE), "the model", "")
+    _, digest, _ = oci.get_manifest(ref)
+    return f"{ref.registry}/{ref.repository}@{digest}"
+
+
+def test_without_release_the_key_follows_a_signed_model_release(
+        images: dict[str, str], project: Path, tmp_path: Path) -> None:
+    """The model delivery's parameter names a model release; the release it records (under
+    this machine's signature) is the one whose images get the key. A model whose
+    signature does not hold names no release."""
+    from nbship.signing import key_hex
+
+    registry = images["release"].split("/")[0]
+    signed = push_model(registry, tmp_path / "signed", images["release_ref"], signed=True)
+    forged = push_model(registry, tmp_path / "forged", images["release_ref"], signed=False)
+    doc = pipeline([image_job("1", "Judge", images["release"], key=True)],
+                   parameterConfig=[{"name": "model", "default": signed}])
+    path = write(project, doc)
+    record, _ = rehearse(path, Options(root=project / ".nbship" / "deploy"),
+                         echo=lambda line: None)
+    assert record["status"] == "SUCCEEDED", record["message"]
+    assert record["stages"][0]["outputs"]["key"] == key_hex()
+    assert record["options"]["key_release"] == images["release_ref"]
+    with pytest.raises(RehearsalError, match="none named: --release REF names it"):
+        rehearse(path, Options(root=project / ".nbship" / "deploy",
+                               parameters={"model": forged}), echo=lambda line: None)
