@@ -477,6 +477,14 @@ def _each_statement(a: _Analysis, cells: list[Cell], kind: str, what: str, hint:
                       f"{_spans(ignored)})", cell, ignored[0], hint=hint)
 
 
+def _expression(node: ast.expr) -> str:
+    """``node`` as code for a message (ast.unparse recurses: a deep one is described)."""
+    try:
+        return f"`{ast.unparse(node)}`"
+    except RecursionError:
+        return "a deeply nested expression"
+
+
 def _parameters(a: _Analysis, cells: list[Cell]) -> dict[str, Parameter]:
     params: dict[str, Parameter] = {}
 
@@ -494,7 +502,7 @@ def _parameters(a: _Analysis, cells: list[Cell]) -> dict[str, Parameter]:
         except (ValueError, TypeError):
             a.problem(ERROR, "parameter",
                       f"parameter {target.id!r} must be a literal value, not "
-                      f"`{ast.unparse(value)}`", cell, stmt.lineno,
+                      f"{_expression(value)}", cell, stmt.lineno,
                       hint="compute it in a step from a literal parameter")
             return True
         except (SyntaxError, RecursionError, MemoryError):

@@ -15,6 +15,17 @@ import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+# How deeply a cell's syntax tree may nest (``1 + 1 + ...`` with N terms nests N deep).
+# Python itself stops near 3000 levels, fewer the deeper the call stack it compiles from
+# (Jupyter's kernel, kfp's executor, nbship's checks): within this limit every stage that
+# reads the code again (the generated module's parse, KFP's compile, the step's import,
+# papermill's kernel) has room to spare, so what `check` accepts compiles and runs, and a
+# cell beyond it is a problem at `check`, at the deepest line.
+MAX_NESTING = 1000
+# How deeply a cell's blocks may be indented: a step's code puts the cell two levels
+# deeper (``def`` and ``with StepRun``), and Python's tokenizer stops at 100 levels.
+MAX_INDENT = 90
+
 # Cell magics whose body is Python that runs in the user namespace.
 PYTHON_CELL_MAGICS = frozenset({"time", "timeit", "capture", "prun"})
 # Line magics / shell lines that install packages: never run inside a step.
@@ -129,7 +140,9 @@ def analyse(source: str, *, ipython: bool = True) -> CellCode:
 
     Python runs deeply nested code (a thousand chained ``+``) that a recursive walk
     of its tree cannot follow with the default limit: the limit is raised while the
-    cell is analysed, and a cell still too deep is reported as such, never a crash.
+    cell is analysed. A cell nested deeper than MAX_NESTING is reported (as a syntax
+    error: Python's own limit on nesting is one) at its deepest line, never a crash, and
+    whatever the depth of the caller's stack.
     """
     import sys
 
@@ -137,11 +150,70 @@ def analyse(source: str, *, ipython: bool = True) -> CellCode:
     sys.setrecursionlimit(max(limit, 20_000))
     try:
         return _analyse(source, ipython=ipython)
-    except RecursionError:
-        return CellCode(python=source, syntax_error=(1, "too deeply nested for nbship to "
-                                                     "analyse"))
+    except (RecursionError, MemoryError):
+        return CellCode(python=source, syntax_error=(_longest_line(source),
+                                                     _too_deep(None)))
     finally:
         sys.setrecursionlimit(limit)
+
+
+def _too_deep(depth: int | None) -> str:
+    how = f"nested {depth} levels deep" if depth is not None else "too deeply nested to parse"
+    return (f"{how}; nbship compiles code nested at most {MAX_NESTING} levels (Python's "
+            "own limit is near 3000 and lower inside Jupyter or a pipeline step): split "
+            "the expression, e.g. sum(terms) for a long chain of +")
+
+
+def nesting(tree: ast.AST) -> tuple[int, int]:
+    """(how deeply ``tree``'s nodes nest, the line of the deepest), without recursion."""
+    deepest, where = 0, 1
+    stack: list[tuple[ast.AST, int, int]] = [(tree, 0, 1)]
+    while stack:
+        node, depth, line = stack.pop()
+        line = getattr(node, "lineno", line)
+        if depth > deepest:
+            deepest, where = depth, line
+        stack.extend((child, depth + 1, line) for child in ast.iter_child_nodes(node))
+    return deepest, where
+
+
+def indentation(source: str) -> tuple[int, int]:
+    """(how many block levels deep ``source`` is indented, the first line that deep)."""
+    widest = max((len(x) - len(x.lstrip(" \t\f")) for x in source.splitlines()), default=0)
+    if widest <= MAX_INDENT:  # each level is at least one more character
+        return 0, 1
+    depth = deepest = 0
+    where = 1
+    try:
+        for tok in tokenize.generate_tokens(iter(source.splitlines(keepends=True)).__next__):
+            if tok.type == tokenize.INDENT:
+                depth += 1
+                if depth > deepest:
+                    deepest, where = depth, tok.start[0]
+            elif tok.type == tokenize.DEDENT:
+                depth -= 1
+    except (tokenize.TokenError, SyntaxError):
+        pass
+    return deepest, where
+
+
+def _longest_line(source: str) -> int:
+    """The first line of the logical line with the most tokens: where a tree too deep to
+    build is (statements nest at most 100 deep; only a long expression nests further)."""
+    best, first, count, start = -1, 1, 0, None
+    try:
+        for tok in tokenize.generate_tokens(iter(source.splitlines(keepends=True)).__next__):
+            if tok.type in (tokenize.NEWLINE, tokenize.ENDMARKER):
+                if count > best and start is not None:
+                    best, first = count, start
+                count, start = 0, None
+            elif tok.type not in (tokenize.NL, tokenize.COMMENT, tokenize.INDENT,
+                                  tokenize.DEDENT):
+                count += 1
+                start = tok.start[0] if start is None else start
+    except (tokenize.TokenError, SyntaxError):
+        pass
+    return first
 
 
 def _analyse(source: str, *, ipython: bool) -> CellCode:
@@ -159,6 +231,16 @@ def _analyse(source: str, *, ipython: bool) -> CellCode:
         code = CellCode(python=source)
     if isinstance(parsed, SyntaxError):
         code.syntax_error = (parsed.lineno or 1, parsed.msg)
+        return code
+    depth, line = nesting(parsed)
+    if depth > MAX_NESTING:
+        code.syntax_error = (line, _too_deep(depth))
+        return code
+    levels, line = indentation(code.python)
+    if levels > MAX_INDENT:
+        code.syntax_error = (line, f"indented {levels} levels; nbship compiles cells indented "
+                             f"at most {MAX_INDENT} levels (a step puts the cell two levels "
+                             "deeper, and Python stops at 100)")
         return code
     code.tree = parsed
     walker = _Walker(code)

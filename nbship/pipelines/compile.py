@@ -171,6 +171,27 @@ def _sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _too_deep(graph: StepGraph) -> CompileError:
+    """What a RecursionError while generating or compiling says: the deepest cell's place.
+
+    ``check`` refuses cells nested beyond ``names.MAX_NESTING``, well within what every
+    stage handles, so this is a backstop: never a traceback."""
+    from nbship.extract.names import MAX_NESTING, nesting
+
+    deepest: tuple[int, Any, int] = (-1, None, 1)
+    for step in graph.steps:
+        for cell, code in zip(step.cells, step.code):
+            if code.tree is not None:
+                depth, line = nesting(code.tree)
+                if depth > deepest[0]:
+                    deepest = (depth, cell, line)
+    return CompileError(f"too deeply nested to compile (nested {deepest[0]} levels here; "
+                        f"nbship checks for at most {MAX_NESTING})",
+                        where=graph.notebook.where(deepest[1], deepest[2]),
+                        hint="split the expression; if `nbship check` shows no problem, "
+                        "this is a bug in nbship: please report it with the notebook")
+
+
 def compile_graph(graph: StepGraph, out_dir: str | Path, *,
                   base_image: str = DEFAULT_IMAGE) -> CompiledPipeline:
     """Write pipeline.py, pipeline.yaml and step-graph.json into ``out_dir``.
@@ -188,8 +209,11 @@ def compile_graph(graph: StepGraph, out_dir: str | Path, *,
     nb = graph.notebook
     commit, dirty = git_state(nb.path)
     prov = Provenance(notebook=nb.name, sha256=nb.sha256, commit=commit, dirty=dirty)
-    source = generate(graph, base_image=base_image, provenance=prov)
-    serve = serve_source(graph) if graph.serve is not None else None
+    try:
+        source = generate(graph, base_image=base_image, provenance=prov)
+        serve = serve_source(graph) if graph.serve is not None else None
+    except RecursionError:
+        raise _too_deep(graph) from None
     graph_json = to_json(graph)
 
     out = Path(out_dir)
@@ -206,6 +230,8 @@ def compile_graph(graph: StepGraph, out_dir: str | Path, *,
             module_path.write_text(source)
             try:
                 docs = _compile_module(module_path, yaml_path)
+            except RecursionError:
+                raise _too_deep(graph) from None
             except Exception as exc:
                 raise CompileError(
                     f"KFP could not compile the generated pipeline: {exc}",
