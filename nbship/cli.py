@@ -966,13 +966,16 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     if args.action == "down":
         print("scheduler: stopped" if scheduler.down(args.root) else "scheduler: not running")
         return 0
-    doc = scheduler.status(args.root)
-    if doc is None and scheduler.exited(args.root):
+    running = scheduler.status(args.root)
+    exited = running is None and scheduler.exited(args.root)
+    doc = running or scheduler.stored(args.root)  # read before saying: it may be unreadable
+    if running is not None:
+        print("scheduler: running")
+    elif exited:
         print("scheduler: not running: it exited without `nbship scheduler down` (see "
               f"{args.root / 'scheduler.log'}; what it stored:)")
     else:
-        print("scheduler: running" if doc else "scheduler: not running (what it stored:)")
-    doc = doc or scheduler.stored(args.root)
+        print("scheduler: not running (what it stored:)")
     for s in doc["schedules"]:
         triggers = ", ".join(filter(None, [f"cron {s['cron']}" if s["cron"] else None,
                                            f"data {s['data']}" if s["data"] else None,

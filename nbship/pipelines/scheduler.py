@@ -165,15 +165,27 @@ class Store:
 
 def secret(root: Path) -> str:
     """The webhook's shared secret: $NBSHIP_TRIGGER_SECRET, or a file made once (0600)."""
+    from nbship import processes
+
     if os.environ.get(SECRET_ENV):
         return os.environ[SECRET_ENV]
     path = root / "secret"
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         root.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_hex(32) + "\n")
-    return path.read_text().strip()
+    try:  # a regular file of a few bytes: a FIFO or a link to /dev/zero is a message
+        raw = processes.read_bounded(path, 4096) or b""
+    except (processes.StateFileError, OSError) as exc:
+        raise SchedulerError(f"cannot use {path} as the webhook's secret ({exc})",
+                             hint=f"delete it (nbship makes a new one), or set ${SECRET_ENV}"
+                             ) from None
+    token = raw.decode(errors="replace").strip()
+    if not token:
+        raise SchedulerError(f"{path} is empty: no webhook secret",
+                             hint=f"delete it (nbship makes a new one), or set ${SECRET_ENV}")
+    return token
 
 
 @dataclass
@@ -568,12 +580,25 @@ def exited(root: Path) -> bool:
 
 
 def stored(root: Path) -> dict[str, Any]:
-    """What the store holds, read while no scheduler runs (nothing: no store made)."""
-    if not (root / "schedules.sqlite").exists():
+    """What the store holds, read while no scheduler runs (nothing: no store made). A store
+    that is not a regular SQLite file (a FIFO, a link, another file) is SchedulerError."""
+    import stat
+
+    path = root / "schedules.sqlite"
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
         return {"schedules": [], "running": None, "queued": [], "runs": []}
-    store = Store(root / "schedules.sqlite")
-    return {"schedules": [{**t.spec(), "name": t.name,
-                           "next_fire": _now_iso(n) if n else None, "last_data": last}
-                          for t, n, last in store.schedules()],
-            "running": None, "queued": [], "runs": store.runs(20)}
+    if not stat.S_ISREG(mode):
+        raise SchedulerError(f"{path} is not a scheduler store nbship made (not a regular "
+                             "file)", hint=f"delete {path}: the scheduler makes a new one")
+    try:
+        store = Store(path)
+        return {"schedules": [{**t.spec(), "name": t.name,
+                               "next_fire": _now_iso(n) if n else None, "last_data": last}
+                              for t, n, last in store.schedules()],
+                "running": None, "queued": [], "runs": store.runs(20)}
+    except (sqlite3.Error, ValueError, KeyError, TypeError) as exc:  # not nbship's rows
+        raise SchedulerError(f"{path} is not a scheduler store nbship can read ({exc})",
+                             hint=f"delete {path}: the scheduler makes a new one") from None
 

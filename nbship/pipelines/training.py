@@ -24,6 +24,7 @@ import datetime as dt
 import hashlib
 import os
 import shutil
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -207,11 +208,13 @@ def data_digest(source: Path) -> str | None:
     root = source.parent if source.is_file() else source
     read = 0
     for path in files:
-        try:
-            f = open(path, "rb")  # noqa: SIM115 - closed below; opening may find it gone
+        try:  # never waits: a file replaced by a FIFO meanwhile is passed over below
+            f = os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb")
         except FileNotFoundError:
             continue
         with f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                continue
             h.update(str(path.relative_to(root)).encode() + b"\0")
             while chunk := f.read(1 << 20):
                 h.update(chunk)

@@ -10,6 +10,7 @@ this process, with a store that fails.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -222,3 +223,31 @@ def test_status_says_when_the_scheduler_exited_without_down(tmp_path: Path) -> N
     done = subprocess.run([sys.executable, "-m", "nbship", "scheduler", "status", "--root",
                            str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert "exited without `nbship scheduler down`" in done.stdout, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "junk"])
+def test_a_store_or_secret_that_is_not_a_small_regular_file_is_a_message(
+        kind: str, tmp_path: Path) -> None:
+    """`scheduler status` reads the store when no scheduler runs, `scheduler up` the
+    webhook's secret: a FIFO, a link to /dev/zero or another file is a message at once."""
+    env = {k: v for k, v in os.environ.items() if k != scheduler.SECRET_ENV}
+    for name, verb in (("schedules.sqlite", "status"), ("secret", "up")):
+        root = tmp_path / verb
+        root.mkdir()
+        if kind == "fifo":
+            os.mkfifo(root / name)
+        elif kind == "dev-zero":
+            (root / name).symlink_to("/dev/zero")
+        else:
+            (root / name).write_bytes(b"\0junk" * 100 if name == "secret" else b"junk" * 100)
+        began = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-m", "nbship", "scheduler", verb, "--root", str(root),
+             "--pyproject", str(tmp_path / "absent.toml"), "--port", str(free_port())],
+            capture_output=True, text=True, timeout=30, env=env)
+        if kind == "junk" and name == "secret":  # odd bytes, but a secret nbship can use
+            assert done.returncode == 0, done.stderr
+            assert scheduler.down(root) is True
+            continue
+        assert done.returncode == 1 and str(root / name) in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr and time.monotonic() - began < 20
