@@ -157,6 +157,8 @@ class JobsHandler(NotebookHandler):
         except Refused as exc:
             more = {"job": exc.job.to_json()} if exc.job is not None else {}
             self.fail(exc.status, exc.message, **more)
+        except OSError as exc:  # this machine's limits (processes, files): not the request
+            self.fail(503, f"could not start nbship {kind}: {exc.strerror or exc}")
         if job is None:
             self.fail(409, "no registry to publish to: set [tool.nbship] registry in "
                       "pyproject.toml, or start the embedded one (nbship registry up)")
