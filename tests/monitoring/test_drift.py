@@ -63,6 +63,22 @@ def test_inputs_of_another_shape_are_not_compared(
     assert window.drift()["rows"] == 0
 
 
+def test_rows_that_are_not_the_references_are_left_out_without_an_error(
+        reference: tuple[np.ndarray, np.ndarray]) -> None:
+    """An 8x8 image sent as 8 rows (8 features a row, 8 groups like the reference's 64
+    features; one prediction): the window used to raise ValueError after predict() had
+    answered, and the server answered 500."""
+    images, classes = reference
+    window = Window(Profile.build(images, classes))
+    assert window.observe(images[0], np.array([3])) is False
+    assert window.observe(images[:4], np.array([1, 2])) is False  # not one a row
+    assert window.observe(images[:0], np.array([], dtype=int)) is False
+    assert window.observe(images[:2], np.zeros((2, 0))) is False
+    assert window.drift()["rows"] == 0
+    assert window.observe(images[:3], classes[:3]) is True
+    assert window.drift()["rows"] == 3
+
+
 def test_real_valued_predictions_use_quantile_bins() -> None:
     rng = np.random.default_rng(2)
     x = rng.normal(size=(1000, 3))
