@@ -2,7 +2,8 @@
 
 The vocabulary (DESIGN.md section 3) is Kale's tags, papermill's ``parameters`` and
 ``injected-parameters``, and nbval/nbmake tags passed through. Unknown tags are a
-warning, never a failure.
+warning, never a failure, except near-misses of nbship's own tags (``Skip``,
+``pipeline-metric``, ``step-train``): an error that names the tag meant.
 """
 
 from __future__ import annotations
@@ -356,7 +357,12 @@ def parse_tags(cell: Cell) -> list[TagNote]:
         elif tag in PASSTHROUGH_TAGS or tag.startswith("nbval-"):
             continue
         else:
-            notes.append(TagNote(cell.index, f"unknown tag {tag!r} (ignored)"))
+            meant = near_miss(tag)
+            if meant is not None:
+                notes.append(TagNote(cell.index, f"tag {tag!r} is not an nbship tag (ignored); "
+                                     f"did you mean {meant!r}?", error=True))
+            else:
+                notes.append(TagNote(cell.index, f"unknown tag {tag!r} (ignored)"))
     distinct = list(dict.fromkeys(roles))
     if len(distinct) > 1:
         notes.append(
@@ -367,6 +373,66 @@ def parse_tags(cell: Cell) -> list[TagNote]:
         )
     cell.role = distinct[0] if distinct else STEP
     return notes
+
+
+# nbship's own words: a tag close to one of them is a typo, which would silently drop the
+# cell's role or setting (`Skip` runs the cell, `pipeline-metric` logs nothing).
+OWN_TAGS = tuple(_ROLE_TAGS)
+OWN_PREFIXES = ("step", "block", "prev", "image", "cache", "secret", "limit", "annotation",
+                "label")
+# Kale's structure words, also misspelt with another separator (`step-train`)
+_STEP_PREFIXES = ("step", "block", "prev")
+_HEAD = re.compile(r"^(?P<head>[A-Za-z]+)\s*(?P<sep>[:=_\- ])\s*(?P<rest>\S.*)$", re.S)
+
+
+def _distance(a: str, b: str, limit: int) -> int:
+    """Damerau-Levenshtein distance (adjacent transpositions count one), capped at limit+1."""
+    if abs(len(a) - len(b)) > limit:
+        return limit + 1
+    prev2: list[int] = []
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        row = [i]
+        for j, cb in enumerate(b, 1):
+            cost = min(prev[j] + 1, row[j - 1] + 1, prev[j - 1] + (ca != cb))
+            if i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
+                cost = min(cost, prev2[j - 2] + 1)
+            row.append(cost)
+        prev2, prev = prev, row
+    return min(prev[-1], limit + 1)
+
+
+def _close(word: str, known: str, *, edits: bool) -> bool:
+    """``word`` is ``known`` but for case, separators, a plural 's' or (``edits``) a typo."""
+    w = re.sub(r"[_ ]", "-", word.lower())
+    if w == known or w + "s" == known or w == known + "s":
+        return True
+    if not edits or len(known) < 6:  # short words: `ship` is not a typo of `skip`
+        return False
+    return _distance(w, known, 2 if len(known) >= 10 else 1) <= (2 if len(known) >= 10 else 1)
+
+
+def near_miss(tag: str) -> str | None:
+    """The nbship tag that ``tag`` (not one of the vocabulary) looks like a typo of, or None.
+
+    Case (`Skip`, `Step:train`), separators (`pipeline_metrics`, `step-train`), singular or
+    plural (`pipeline-metric`, `limits:memory:4Gi`) and small edits (`pipline-metrics`,
+    `stpe:train`). Other tools' tags, far from every nbship word, stay unknown.
+    """
+    for known in OWN_TAGS:
+        if _close(tag, known, edits=":" not in tag):
+            return known
+    m = _HEAD.match(tag)
+    if m is None:
+        return None
+    head, sep, rest = m["head"], m["sep"], m["rest"]
+    for known in OWN_PREFIXES:
+        if sep == ":" and (_close(head, known, edits=False)
+                           or len(head) >= 4 and _distance(head.lower(), known, 1) <= 1):
+            return f"{known}:{rest}"
+        if sep != ":" and known in _STEP_PREFIXES and _close(head, known, edits=False):
+            return f"{known}:{rest}"
+    return None
 
 
 def _secret_problem(name: str, key: str, env: str) -> str | None:

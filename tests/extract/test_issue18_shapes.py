@@ -118,3 +118,26 @@ def test_the_first_steps_own_tags_win_over_the_cells_above(tmp_path: Path) -> No
     g = graph(tmp_path, [(["image:python:3.10", "limit:cpu:1"], "a = 1"),
                          (["step:load", "image:python:3.11", "limit:cpu:2"], "x = a")])
     assert g.step("load").image == "python:3.11" and g.step("load").limits == {"cpu": "2"}
+
+
+# shape 7: typos of nbship's own tags ----------------------------------------------------
+@pytest.mark.parametrize("tag, meant", [
+    ("Skip", "skip"), ("pipeline-metric", "pipeline-metrics"), ("step-train", "step:train"),
+    ("Step:train", "step:train"), ("pipeline_parameters", "pipeline-parameters"),
+    ("Imports", "imports"), ("function", "functions"), ("pipline-metrics", "pipeline-metrics"),
+    ("limits:memory:4Gi", "limit:memory:4Gi"), ("Parameters", "parameters"),
+    ("secrets:db:password:DB_PASSWORD", "secret:db:password:DB_PASSWORD"),
+])
+def test_a_near_miss_of_an_nbship_tag_is_an_error_naming_the_tag_meant(
+        tag: str, meant: str, tmp_path: Path) -> None:
+    g = graph(tmp_path, [(["step:a"], "x = 1"), ([tag], "y = x"), (["step:b"], "z = x")])
+    found = [p for p in g.errors if p.kind == "tag"]
+    assert [p.where.cell for p in found] == [1]
+    assert repr(tag) in found[0].message and f"did you mean {meant!r}" in found[0].message
+
+
+@pytest.mark.parametrize("tag", ["my-own-tag", "boxplot", "papermill-error-cell-tag",
+                                 "random_value", "hide_input", "ship", "metrics", "thebe-init"])
+def test_other_tools_tags_stay_warnings(tag: str, tmp_path: Path) -> None:
+    g = graph(tmp_path, [(["step:a", tag], "x = 1")])
+    assert g.errors == [] and [p.kind for p in g.warnings] == ["tag"]
