@@ -225,3 +225,59 @@ def test_credentials_follow_a_redirect_only_to_the_same_origin(
     same = (s1, h1.lower(), p1 or default[s1]) == (s2, h2.lower(), p2 or default[s2])
     assert ("authorization" in kept) == same and ("cookie" in kept) == same
     assert "accept" in kept
+
+
+@pytest.fixture
+def full_backlog() -> Iterator[str]:
+    """A port whose accept queue is full: a new connection is never made (the kernel drops
+    the SYN), which is how an unreachable or overloaded API looks."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(0)
+        port = sock.getsockname()[1]
+        waiting = []
+        for _ in range(4):
+            client = socket.socket()
+            client.settimeout(0.3)
+            try:
+                client.connect(("127.0.0.1", port))
+            except OSError:
+                client.close()
+                break
+            waiting.append(client)
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            for client in waiting:
+                client.close()
+
+
+def test_a_connection_never_made_is_a_connect_timeout(full_backlog: str) -> None:
+    started = time.monotonic()
+    with pytest.raises(KfpError) as caught:
+        Remote(full_backlog, echo=lambda _: None, timeouts=jsonhttp.Timeouts(0.5, 30))
+    assert caught.value.message == (f"the KFP API at {full_backlog} did not connect within "
+                                    "0.5 s (connect timeout)")
+    assert time.monotonic() - started < 5
+
+
+def test_a_call_redirected_to_where_no_connection_is_made_ends_too(full_backlog: str) -> None:
+    """healthz answers at the origin; the next call is redirected to the full port:
+    kfp-server-api's urllib3 gives up after its connect timeouts (three tries)."""
+    class Handler(HealthyThenSilent):
+        def do_GET(self) -> None:  # noqa: N802
+            if self.path.startswith("/apis/v2beta1/healthz"):
+                super().do_GET()
+                return
+            self.send_response(302)
+            self.send_header("Location", full_backlog + self.path)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    with serving(_server(Handler)) as server:
+        host = f"http://127.0.0.1:{server.server_address[1]}"
+        remote = Remote(host, echo=lambda _: None, timeouts=jsonhttp.Timeouts(0.5, 30))
+        started = time.monotonic()
+        with pytest.raises(KfpError, match=r"did not connect within 0.5 s \(connect timeout\)"):
+            remote.status("marker-classifier", "marker-classifier")
+        assert time.monotonic() - started < 10
