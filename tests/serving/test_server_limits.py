@@ -270,6 +270,47 @@ def test_a_malformed_request_is_a_4xx_and_the_connection_stays_open(
     assert proc.poll() is None
 
 
+def test_64_clients_mixing_malformed_and_good_requests_see_no_reset_and_no_5xx(
+        standin: tuple[str, Any]) -> None:
+    """The issue's load: 64 keep-alive clients, every malformed request above between
+    good ones, 10 s. Each answered (a reset connection raises in httpx), none a 5xx."""
+    import asyncio
+
+    import httpx
+
+    base, proc = standin
+    good = (V1, json.dumps({"instances": [IMAGE]}).encode(), JSON)
+    cases = [(path, body.encode() if isinstance(body, str) else body, headers)
+             for path, body, headers in MALFORMED.values() if len(body) < 100_000]
+    codes: dict[int, int] = {}
+    failures: list[str] = []
+
+    async def hammer(seconds: float) -> None:
+        stop = time.perf_counter() + seconds
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+        async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+            async def worker(n: int) -> None:
+                i = n
+                while time.perf_counter() < stop:
+                    path, body, headers = cases[i % len(cases)] if i % 2 else good
+                    try:
+                        reply = await client.post(base + path, content=body, headers=headers)
+                    except httpx.TransportError as exc:
+                        failures.append(f"{path}: {type(exc).__name__}: {exc}")
+                        continue
+                    finally:
+                        i += 1
+                    codes[reply.status_code] = codes.get(reply.status_code, 0) + 1
+
+            await asyncio.gather(*(worker(n) for n in range(64)))
+
+    asyncio.run(hammer(10))
+    assert not failures, failures[:5]
+    assert not [c for c in codes if c >= 500], codes
+    assert codes.get(200, 0) > 100 and sum(n for c, n in codes.items() if c >= 400) > 100, codes
+    assert proc.poll() is None
+
+
 def metric(base: str, name: str) -> float:
     text = urllib.request.urlopen(f"{base}/metrics", timeout=10).read().decode()
     return sum(float(line.rpartition(" ")[2]) for line in text.splitlines()
