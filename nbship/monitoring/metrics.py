@@ -62,14 +62,27 @@ def describe_model(model: str, provenance: dict[str, Any]) -> None:
     })
 
 
+MAX_CLASSES = 100  # class labels per model; predictions beyond count as class "other"
+_classes: dict[str, set[str]] = {}
+
+
 def observe_predictions(model: str, predictions: np.ndarray) -> None:
-    """Count a classifier's predicted classes (integer outputs, one per row)."""
+    """Count a classifier's predicted classes (integer outputs, one per row); the first
+    MAX_CLASSES distinct classes each, the rest as "other" (an integer-valued regression
+    would otherwise make a time series of every value it predicts: unbounded memory)."""
     flat = np.asarray(predictions)
     if flat.ndim != 1 or flat.dtype.kind not in "biu":
         return
+    seen = _classes.setdefault(model, set())
     classes, counts = np.unique(flat, return_counts=True)
     for cls, n in zip(classes, counts):
-        PREDICTIONS.labels(model, str(int(cls))).inc(int(n))
+        label = str(int(cls))
+        if label not in seen:
+            if len(seen) >= MAX_CLASSES:
+                label = "other"
+            else:
+                seen.add(label)
+        PREDICTIONS.labels(model, label).inc(int(n))
 
 
 class DriftCollector(Collector):

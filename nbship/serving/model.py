@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -66,6 +67,7 @@ class NotebookModel(Model):  # type: ignore[misc]
         self.max_rows = max_rows
         self.row_shape = row_shape(served)
         self._pool: ThreadPoolExecutor | None = None
+        self._monitor_failures = 0
 
     def load(self) -> bool:
         self.ready = True
@@ -145,8 +147,11 @@ class NotebookModel(Model):  # type: ignore[misc]
                 self.window.observe(array, result)
         except Exception as exc:  # noqa: BLE001 - monitoring must not fail a prediction
             MONITORING_ERRORS.labels(self.name).inc()
-            log.warning("monitoring skipped a request of shape %s: %s: %s",
-                        list(array.shape), type(exc).__name__, exc)
+            self._monitor_failures += 1
+            if math.log10(self._monitor_failures).is_integer():  # the 1st, 10th, 100th...
+                log.warning("monitoring left out a request of shape %s (%d so far): %s: %s",
+                            list(array.shape), self._monitor_failures, type(exc).__name__,
+                            exc)
 
 
 def _input(make: Callable[[], Any]) -> np.ndarray:
