@@ -10,6 +10,7 @@ bodies run at once, so theirs are immediate.
 from __future__ import annotations
 
 import ast
+import threading
 import tokenize
 import warnings
 from collections.abc import Iterable
@@ -142,8 +143,38 @@ def analyse(source: str, *, ipython: bool = True) -> CellCode:
     of its tree cannot follow with the default limit: the limit is raised while the
     cell is analysed. A cell nested deeper than MAX_NESTING is reported (as a syntax
     error: Python's own limit on nesting is one) at its deepest line, never a crash, and
-    whatever the depth of the caller's stack.
+    whatever the depth of the caller's stack. A cell long enough to nest that deep is
+    analysed in a thread of its own with a stack sized for the raised limit: parsing
+    recurses in C, and a caller's thread (a server's worker) may have a small stack.
     """
+    if len(source) <= MAX_NESTING:  # each level of nesting takes a character at least
+        return _analyse_bounded(source, ipython)
+    done: list[CellCode | BaseException] = []
+
+    def work() -> None:
+        try:
+            done.append(_analyse_bounded(source, ipython))
+        except BaseException as exc:  # noqa: BLE001 - raised again in the caller
+            done.append(exc)
+
+    with _STACK_SIZE:
+        previous = threading.stack_size(_ANALYSIS_STACK)
+        try:
+            worker = threading.Thread(target=work, name="nbship-analyse", daemon=True)
+            worker.start()
+        finally:
+            threading.stack_size(previous)
+    worker.join()
+    if isinstance(done[0], BaseException):
+        raise done[0]
+    return done[0]
+
+
+_ANALYSIS_STACK = 256 << 20  # address space, touched only as deep as the parse goes
+_STACK_SIZE = threading.Lock()  # threading.stack_size is for the whole process
+
+
+def _analyse_bounded(source: str, ipython: bool) -> CellCode:
     import sys
 
     limit = sys.getrecursionlimit()

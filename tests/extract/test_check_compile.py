@@ -7,6 +7,7 @@ check (analysed with a raised recursion limit) and crashed compile with Recursio
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import subprocess
@@ -149,3 +150,28 @@ def test_check_and_compile_agree(construct: str, depth: int, place: str,
         return
     assert not graph.errors, [p.message for p in graph.errors]
     assert (folder / "out" / "pipeline.yaml").is_file()
+
+
+def test_a_deep_cell_checked_from_a_small_thread_stack_is_a_problem_not_a_crash() -> None:
+    """Parsing recurses in C: a server's worker thread (the JupyterLab extension checks in
+    one) with a small stack crashed (SIGSEGV) on a 30000-term sum before; in a process of
+    its own here, so a crash is a failure, not the end of the test run."""
+    script = (
+        "import threading\n"
+        "threading.stack_size(512 * 1024)\n"
+        "from nbship.extract.names import analyse\n"
+        "out = []\n"
+        "def go():\n"
+        "    for n in (5000, 30000, 200000):\n"
+        "        out.append(analyse('x = ' + ' + '.join(['1'] * n)).syntax_error)\n"
+        "t = threading.Thread(target=go)\n"
+        "t.start()\n"
+        "t.join()\n"
+        "print(repr(out))\n")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    found = ast.literal_eval(done.stdout)
+    assert [line for line, _ in found] == [1, 1, 1]
+    assert "nested 5001 levels deep" in found[0][1] and "nested 30001" in found[1][1]
+    assert "too deeply nested to parse" in found[2][1]
