@@ -564,11 +564,40 @@ def _metric_names(a: _Analysis, cells: list[Cell]) -> dict[str, tuple[Cell, int]
         if isinstance(expr, ast.Name):
             names.setdefault(expr.id, (cell, stmt.lineno))
             return True
-        return False
+        return _unloggable_print(a, cell, stmt)
 
     _each_statement(a, cells, "metrics", "metrics cell are not `print(name)` or `name` lines "
                     "and are ignored", "list each metric as print(name)", take)
     return names
+
+
+def _unloggable_print(a: _Analysis, cell: Cell, stmt: ast.stmt) -> bool:
+    """A metrics line that prints a computed value (`print(round(acc, 2))`, `print("acc",
+    acc)`): the notebook shows a number nbship cannot log under a name. An error naming the
+    line and the variables it reads; True when it was one. Printed text (string literals
+    and f-strings only) stays a warning, as other statements do."""
+    call = stmt.value if isinstance(stmt, ast.Expr) else None
+    if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name)
+            and call.func.id == "print"):
+        return False
+    values = [arg for arg in call.args
+              if not isinstance(arg, ast.JoinedStr)
+              and not (isinstance(arg, ast.Constant) and isinstance(arg.value, str))]
+    if not values:
+        return False
+    read = sorted({n.id for arg in values for n in ast.walk(arg)
+                   if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)})
+    text = ast.unparse(call)
+    text = text if len(text) <= 60 else text[:57] + "..."
+    plain = [v.id for v in values if isinstance(v, ast.Name)]
+    hint = (f"print one metric per line: {'; '.join(f'print({n})' for n in plain)}"
+            if len(plain) == len(values) else
+            "compute the value in a step (`acc_pct = round(acc * 100, 1)`) and print that "
+            "name here; a metric is logged under its variable's name")
+    reads = f" (it reads {', '.join(map(repr, read))})" if read else ""
+    a.problem(ERROR, "metrics", f"`{text}` in the metrics cell prints a value nbship cannot log "
+              f"as a metric{reads}: metrics are `print(name)` lines", cell, stmt.lineno, hint)
+    return True
 
 
 # data flow ----------------------------------------------------------------------

@@ -66,8 +66,6 @@ DELIBERATE: dict[int, str] = {
     43: "list parameters are KFP parameters (they travel as JSON text, exactly)",
     48: "metric names keep the variable's name: KFP v2 metric keys allow '_' (Kale's '-' "
         "came from KFP v1)",
-    49: "lines of a metrics cell that are not `print(name)` are warned about and ignored, "
-        "not refused",
     51: "a bare `name` line in a metrics cell is a metric, as Jupyter displays it",
     52: "a bare `name` line in a metrics cell is a metric, as Jupyter displays it",
     53: "a bare `name` line in a metrics cell is a metric, as Jupyter displays it",

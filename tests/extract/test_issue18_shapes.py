@@ -141,3 +141,27 @@ def test_a_near_miss_of_an_nbship_tag_is_an_error_naming_the_tag_meant(
 def test_other_tools_tags_stay_warnings(tag: str, tmp_path: Path) -> None:
     g = graph(tmp_path, [(["step:a", tag], "x = 1")])
     assert g.errors == [] and [p.kind for p in g.warnings] == ["tag"]
+
+
+# shape 8: a metrics line that cannot be logged --------------------------------------------
+@pytest.mark.parametrize("line, reads", [
+    ("print(round(acc, 2))", ["'acc'"]), ("print('acc:', acc)", ["'acc'"]),
+    ("print(acc, loss)", ["'acc'", "'loss'"]), ("print(acc * 100)", ["'acc'"]),
+    ("print(scores['f1'])", ["'scores'"]),
+])
+def test_a_metrics_line_that_cannot_be_logged_is_an_error_naming_it(
+        line: str, reads: list[str], tmp_path: Path) -> None:
+    g = graph(tmp_path, [(["step:a"], "acc = 0.912\nloss = 0.1\nscores = {'f1': 0.5}"),
+                         (["pipeline-metrics"], f"print(loss)\n{line}")])
+    found = [p for p in g.errors if p.kind == "metrics"]
+    assert [(p.where.cell, p.where.line) for p in found] == [(1, 2)]
+    assert all(r in found[0].message for r in reads) and line[:20] in found[0].message
+    assert g.metrics == {"loss": "a"}
+
+
+def test_printed_text_in_a_metrics_cell_stays_a_warning(tmp_path: Path) -> None:
+    g = graph(tmp_path, [(["step:a"], "acc = 0.9"),
+                         (["pipeline-metrics"], "print('summary')\nprint(f'acc {acc:.2f}')\n"
+                                                "print(acc)")])
+    assert g.errors == [] and g.metrics == {"acc": "a"}
+    assert [p.kind for p in g.warnings] == ["metrics"]
