@@ -111,15 +111,10 @@ class Job:
                     "started": self.started, "lines": self.lines[since:],
                     "next": len(self.lines)}
 
-    def wait_for(self, since: int, timeout: float) -> None:
-        """Until there are lines past ``since`` or the job ended (or ``timeout``)."""
-        with self.changed:
-            self.changed.wait_for(lambda: len(self.lines) > since
-                                  or self.exit_code is not None, timeout)
-
     async def changes(self, since: int, timeout: float) -> None:
-        """The same on an event loop, without holding a thread: the reader thread wakes
-        it (``call_soon_threadsafe``), so any number of followers cost no thread each."""
+        """Until there are lines past ``since`` or the job ended (or ``timeout``), on an
+        event loop without holding a thread: the reader thread wakes it
+        (``call_soon_threadsafe``), so any number of followers cost no thread each."""
         loop, event = asyncio.get_running_loop(), asyncio.Event()
         with self.changed:
             if len(self.lines) > since or self.exit_code is not None:
