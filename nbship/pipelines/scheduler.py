@@ -68,8 +68,30 @@ def _now_iso(t: float | None = None) -> str:
         timespec="seconds")
 
 
+def _row_seal(name: str, spec: str) -> str:
+    """A schedule row's seal: the machine key's MAC of its name and spec (what it runs)."""
+    from nbship import signing
+
+    return signing.mac(b"nbship-schedule/1\0" + name.encode() + b"\0" + spec.encode()).hex()
+
+
+def _sealed(name: object, spec: object, seal: object) -> bool:
+    """True when the row's seal is this machine's (columns of any type: SQLite's are not
+    typed, and a foreign database may hold anything)."""
+    if not (isinstance(name, str) and isinstance(spec, str) and isinstance(seal, str)):
+        return False
+    try:
+        return hmac.compare_digest(seal, _row_seal(name, spec))
+    except (OSError, ValueError, TypeError):  # TypeError: a seal that is not ASCII
+        return False
+
+
 class Store:
-    """Schedules and run records in SQLite (thread-safe through one lock)."""
+    """Schedules and run records in SQLite (thread-safe through one lock).
+
+    Each schedule row carries a seal (the machine key's MAC of its name and spec): a
+    row this machine's nbship did not write (a database a cloned folder brings, one
+    edited by hand) is never run; ``unsealed()`` names them."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -82,27 +104,30 @@ class Store:
             self.db.execute("CREATE TABLE IF NOT EXISTS runs (id INTEGER PRIMARY KEY, "
                             "name TEXT, trigger TEXT, status TEXT, run_dir TEXT, "
                             "message TEXT, started TEXT, seconds REAL)")
+            columns = {row[1] for row in self.db.execute("PRAGMA table_info(schedules)")}
+            if "seal" not in columns:  # a store from before rows were sealed
+                self.db.execute("ALTER TABLE schedules ADD COLUMN seal TEXT")
 
     def sync(self, trainings: list[Training], now: float) -> list[str]:
         """Make the rows what pyproject.toml declares (rows `nbship kfp schedule` made,
         named ``kfp:NAME``, are left alone); what changed, in words."""
         said = []
         with self.lock:
-            rows = {n: json.loads(s) for n, s in
-                    self.db.execute("SELECT name, spec FROM schedules")
+            rows = {n: (s, seal) for n, s, seal in
+                    self.db.execute("SELECT name, spec, seal FROM schedules")
                     if not n.startswith(RELEASE_PREFIX)}
             for t in trainings:
-                spec = t.spec()
-                if rows.get(t.name) == spec:
+                spec = json.dumps(t.spec())
+                if t.name in rows and rows[t.name][0] == spec and _sealed(t.name, *rows[t.name]):
                     continue
                 nxt = next_fire(t.cron, now) if t.cron else None
                 if t.name in rows:
-                    self.db.execute("UPDATE schedules SET spec = ?, next_fire = ? WHERE name = ?",
-                                    (json.dumps(spec), nxt, t.name))
+                    self.db.execute("UPDATE schedules SET spec = ?, seal = ?, next_fire = ? "
+                                    "WHERE name = ?", (spec, _row_seal(t.name, spec), nxt, t.name))
                     said.append(f"{t.name}: schedule changed")
                 else:
-                    self.db.execute("INSERT INTO schedules (name, spec, next_fire) VALUES "
-                                    "(?, ?, ?)", (t.name, json.dumps(spec), nxt))
+                    self.db.execute("INSERT INTO schedules (name, spec, seal, next_fire) VALUES "
+                                    "(?, ?, ?, ?)", (t.name, spec, _row_seal(t.name, spec), nxt))
                     said.append(f"{t.name}: scheduled")
             for gone in set(rows) - {t.name for t in trainings}:
                 self.db.execute("DELETE FROM schedules WHERE name = ?", (gone,))
@@ -112,13 +137,14 @@ class Store:
     def put(self, training: Training, now: float) -> bool:
         """Add or replace one schedule (one row per name: never two); True if it replaced."""
         nxt = next_fire(training.cron, now) if training.cron else None
+        spec = json.dumps(training.spec())
         with self.lock:
             old = self.db.execute("SELECT 1 FROM schedules WHERE name = ?",
                                   (training.name,)).fetchone()
-            self.db.execute("INSERT INTO schedules (name, spec, next_fire) VALUES (?, ?, ?) "
-                            "ON CONFLICT(name) DO UPDATE SET spec = excluded.spec, "
-                            "next_fire = excluded.next_fire",
-                            (training.name, json.dumps(training.spec()), nxt))
+            self.db.execute("INSERT INTO schedules (name, spec, seal, next_fire) VALUES "
+                            "(?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET spec = excluded.spec, "
+                            "seal = excluded.seal, next_fire = excluded.next_fire",
+                            (training.name, spec, _row_seal(training.name, spec), nxt))
         return old is not None
 
     def remove(self, name: str) -> bool:
@@ -127,10 +153,18 @@ class Store:
                                    (name,)).rowcount > 0
 
     def schedules(self) -> list[tuple[Training, float | None, str | None]]:
+        """The sealed schedules (a row nbship did not write is left out: ``unsealed``)."""
         with self.lock:
             rows = list(self.db.execute(
-                "SELECT name, spec, next_fire, last_data FROM schedules ORDER BY name"))
-        return [(Training.from_spec(n, json.loads(s)), nxt, last) for n, s, nxt, last in rows]
+                "SELECT name, spec, seal, next_fire, last_data FROM schedules ORDER BY name"))
+        return [(Training.from_spec(n, json.loads(s)), nxt, last)
+                for n, s, seal, nxt, last in rows if _sealed(n, s, seal)]
+
+    def unsealed(self) -> list[str]:
+        """The names of rows this machine's nbship did not write: never run."""
+        with self.lock:
+            rows = list(self.db.execute("SELECT name, spec, seal FROM schedules"))
+        return sorted(str(n) for n, s, seal in rows if not _sealed(n, s, seal))
 
     def set_next(self, name: str, when: float | None) -> None:
         with self.lock:
@@ -220,6 +254,9 @@ class Scheduler:
         """What restarts must do: skip the fires missed while down; run for data that
         changed while down."""
         now = time.time()
+        for name in self.store.unsealed():
+            self.echo(f"{name}: a schedule this machine's nbship did not write (no valid "
+                      "seal) is ignored; `nbship kfp schedule` it again to run it")
         for training, nxt, last in self.store.schedules():
             if training.cron and (nxt is None or nxt < now):
                 if nxt is not None:

@@ -251,3 +251,32 @@ def test_a_store_or_secret_that_is_not_a_small_regular_file_is_a_message(
             continue
         assert done.returncode == 1 and str(root / name) in done.stderr, done.stderr
         assert "Traceback" not in done.stderr and time.monotonic() - began < 20
+
+
+def test_a_schedule_row_nbship_did_not_write_never_runs(tmp_path: Path) -> None:
+    """A store a folder brings (or one edited by hand) names a notebook to run every
+    second: the real scheduler ignores the row, says so, and runs nothing."""
+    import json
+
+    marker = tmp_path / "ran"
+    write_notebook(tmp_path / "planted.ipynb", [
+        (["step:plant"], f"open({str(marker)!r}, 'w').write('ran')")])
+    root = tmp_path / ".nbship" / "scheduler"
+    root.mkdir(parents=True)
+    db = sqlite3.connect(root / "schedules.sqlite")
+    db.execute("CREATE TABLE schedules (name TEXT PRIMARY KEY, spec TEXT NOT NULL, "
+               "next_fire REAL, last_data TEXT)")
+    spec = Training("kfp:planted", tmp_path / "planted.ipynb", cron="* * * * * *").spec()
+    db.execute("INSERT INTO schedules (name, spec, next_fire) VALUES (?, ?, ?)",
+               ("kfp:planted", json.dumps(spec), time.time() + 1))
+    db.commit()
+    db.close()
+    scheduler.up(tmp_path / "pyproject.toml", root, free_port())
+    try:
+        time.sleep(8)
+        log = (root / "scheduler.log").read_text()
+        assert not marker.exists(), "the scheduler ran a schedule nbship never wrote:\n" + log
+        assert "kfp:planted: a schedule this machine's nbship did not write" in log, log
+        assert scheduler.status(root)["schedules"] == []  # type: ignore[index]
+    finally:
+        scheduler.down(root)
