@@ -175,9 +175,12 @@ class BodyLimit:
         if scope.get("type") != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            drained = await self._drain(receive, int(declared))
+            # a client that waits for "100 Continue" (curl, over 1 MB) has not sent it
+            waiting = headers.get(b"expect", b"").lower() == b"100-continue"
+            drained = not waiting and await self._drain(receive, int(declared))
             await self._refuse(send, close=not drained)
             return
         if _protocol(scope.get("path", "")) is None:

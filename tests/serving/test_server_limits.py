@@ -146,6 +146,22 @@ def test_a_52_mb_request_is_a_413_naming_the_limit_with_health_up_and_memory_fla
     assert port is None or conn.sock.getsockname()[1] == port  # the same connection
 
 
+def test_a_client_waiting_for_100_continue_hears_the_413_without_sending_the_body(
+        standin: tuple[str, Any]) -> None:
+    """curl asks `Expect: 100-continue` before a body over 1 MB: the 413 comes at once,
+    the body is not asked for."""
+    base, _ = standin
+    conn = connect(base)
+    conn.timeout = 10
+    conn.putrequest("POST", V1)
+    for name, value in (("Content-Type", "application/json"), ("Content-Length", "50000000"),
+                        ("Expect", "100-continue")):
+        conn.putheader(name, value)
+    conn.endheaders()
+    reply = conn.getresponse()
+    assert reply.status == 413 and "--max-body" in json.loads(reply.read())["error"]
+
+
 def test_the_largest_request_within_the_limits_takes_bounded_memory(
         standin: tuple[str, Any]) -> None:
     """1000 rows of long floats (just under the default body limit), v1 and v2, 8 at
