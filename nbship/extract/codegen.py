@@ -257,14 +257,19 @@ def step_source(graph: StepGraph, step: Step) -> list[str]:
                         f"  # from step {step.inputs[var]!r}")
     for cell in step.cells:
         body += [_marker(cell), *_cell_code(graph, cell)]
-    if step.outputs or step.metrics:
+        here = [m for m in step.metrics if step.metric_after.get(m) == cell.index]
+        if here:  # the notebook's metrics cell stands here, inside this step
+            body.append(f"{INDENT}# --- metrics, as the notebook prints them here ---")
+            body += [f"{INDENT}{RUNTIME}.log_metric({METRICS_ARG}, {m!r}, {m})" for m in here]
+    at_end = [m for m in step.metrics if m not in step.metric_after]
+    if step.outputs or at_end:
         body.append(f"{INDENT}# --- outputs for downstream steps ---")
     for var in sorted(step.outputs):
         cell, _line = step.outputs[var]
         cid = f", cell_id={cell.id!r}" if cell.id else ""
         body.append(f"{INDENT}{RUNTIME}.save({output_arg(var)}, {var!r}, {var}, "
                     f"cell={cell.index}{cid})")
-    for metric in step.metrics:
+    for metric in at_end:
         body.append(f"{INDENT}{RUNTIME}.log_metric({METRICS_ARG}, {metric!r}, {metric})")
     if serving:
         body.append(f"{INDENT}# --- predict() and the reference profile for the model release ---")

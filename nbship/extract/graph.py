@@ -138,6 +138,9 @@ class Step:
     carried_imports: list[str] = field(default_factory=list)
     functions_cells: list[Cell] = field(default_factory=list)
     metrics: list[str] = field(default_factory=list)
+    # metric -> the cell after which it is logged (the metrics cell stands inside the step);
+    # others are logged at the end of the step
+    metric_after: dict[str, int] = field(default_factory=dict)
     local_modules: list[str] = field(default_factory=list)  # files beside the notebook
 
     @property
@@ -770,22 +773,28 @@ def _kale_serving(a: _Analysis, graph: StepGraph, skip_cells: list[Cell]) -> Non
 def _metrics(a: _Analysis, graph: StepGraph, names: dict[str, tuple[Cell, int]],
              cells: list[Cell]) -> None:
     for name, (cell, line) in names.items():
-        # the value the notebook prints: bound by the nearest step above the metrics cell
+        # the value the notebook prints: bound by the nearest step above the metrics cell,
+        # in a cell above it (a step's untagged cells may continue below the metrics cell)
         above = [s for s in graph.steps if s.cells[0].index < cell.index]
-        producer = next((s for s in reversed(above) if name in s.produces), None)
+        producer = next((s for s in reversed(above)
+                         if name in s.produces and _bound_before(s, name, cell.index)), None)
         if producer is None and name in graph.parameters and above:
             producer = above[-1]
             if name not in producer.params:
                 producer.params.append(name)
         if producer is None:
-            later = next((s for s in graph.steps if name in s.produces), None)
+            later = next((s for s in graph.steps if _bound_after(s, name, cell.index)), None)
             why = (f"it is computed only below the metrics cell, in step {later.name!r}"
                    if later else "no step computes it")
             a.problem(ERROR, "metrics", f"metric {name!r}: {why}", cell, line,
                       hint="move the metrics cell below the step that computes it")
             continue
+        if producer.cells[-1].index > cell.index:
+            # the step goes on below the metrics cell: log the value where it is printed
+            producer.metric_after[name] = max(c.index for c in producer.cells
+                                              if c.index < cell.index)
         rebinders = [s.name for s in graph.steps
-                     if s.cells[0].index > cell.index and name in s.produces]
+                     if s is not producer and _bound_after(s, name, cell.index)]
         if rebinders:
             a.problem(WARNING, "metrics",
                       f"metric {name!r} is the value step {producer.name!r} computed, as the "
@@ -794,6 +803,22 @@ def _metrics(a: _Analysis, graph: StepGraph, names: dict[str, tuple[Cell, int]],
                       hint="put the metrics cell at the end, after the final value")
         producer.metrics.append(name)
         graph.metrics[name] = producer.name
+
+
+def _bindings(step: Step, name: str) -> list[tuple[int, str]]:
+    """(cell index, def|mut|del) of each event of ``step`` that binds or changes ``name``."""
+    return [(c.index, e.kind) for c, code in zip(step.cells, step.code) for e in code.events
+            if e.name == name and e.kind in ("def", "mut", "del")]
+
+
+def _bound_before(step: Step, name: str, index: int) -> bool:
+    """``step`` has bound ``name`` (and not deleted it) in its cells above cell ``index``."""
+    kinds = [kind for at, kind in _bindings(step, name) if at < index]
+    return bool(kinds) and kinds[-1] != "del"
+
+
+def _bound_after(step: Step, name: str, index: int) -> bool:
+    return any(at > index and kind != "del" for at, kind in _bindings(step, name))
 
 
 def _order_edges(a: _Analysis, graph: StepGraph) -> None:

@@ -165,3 +165,36 @@ def test_printed_text_in_a_metrics_cell_stays_a_warning(tmp_path: Path) -> None:
                                                 "print(acc)")])
     assert g.errors == [] and g.metrics == {"acc": "a"}
     assert [p.kind for p in g.warnings] == ["metrics"]
+
+
+# shape 5: a metrics cell in the middle of a step ---------------------------------------
+MIDDLE: Cells = [
+    (["step:train"], "acc = 0.9\nloss = 0.25"),
+    (["pipeline-metrics"], "print(acc)\nprint(loss)"),
+    ([], "acc = 0.5"),
+    (["step:later"], "loss = 0.75"),
+]
+
+
+def test_a_metric_is_logged_where_the_metrics_cell_stands_in_its_step(tmp_path: Path) -> None:
+    g = graph(tmp_path, MIDDLE)
+    assert g.errors == [] and g.metrics == {"acc": "train", "loss": "train"}
+    assert g.step("train").metric_after == {"acc": 0, "loss": 0}
+    rebound = [p for p in g.warnings if p.kind == "metrics"]
+    assert [(p.where.cell, p.where.line) for p in rebound] == [(1, 2)]  # 'later' changes loss
+
+
+def test_a_metric_bound_only_below_the_metrics_cell_in_its_step_is_an_error(
+        tmp_path: Path) -> None:
+    g = graph(tmp_path, [(["step:train"], "x = 1"), (["pipeline-metrics"], "print(acc)"),
+                         ([], "acc = 0.5")])
+    found = [p for p in g.errors if p.kind == "metrics"]
+    assert [(p.where.cell, p.where.line) for p in found] == [(1, 1)]
+    assert "'acc'" in found[0].message and "only below" in found[0].message
+
+
+@pytest.mark.slow
+def test_a_mid_step_metric_is_the_value_the_notebook_prints(tmp_path: Path) -> None:
+    printed, logged = notebook_and_pipeline(tmp_path, MIDDLE)
+    assert printed == {"acc": 0.9, "loss": 0.25}
+    assert logged == printed
