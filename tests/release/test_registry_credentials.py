@@ -274,3 +274,46 @@ def test_credentials_go_only_where_the_rule_says(registry: str, scheme: str, use
     assert kind in ("http", "https")
     assert target.strip("[]") == own or target in {a.partition(":")[0] for a in [allowed]}
     assert kind == "https" or _loopback(target.strip("[]"))
+
+
+@pytest.fixture
+def buildah_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """An empty image in a buildah store of the test's own (never the machine's)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("buildah") is None:
+        pytest.skip("not installed: buildah (make tools)")
+    store = tmp_path / "containers"
+    store.mkdir()
+    (store / "storage.conf").write_text(f'[storage]\ndriver = "vfs"\ngraphroot = "{store}/graph"\n'
+                                        f'runroot = "{store}/run"\n')
+    monkeypatch.setenv("CONTAINERS_STORAGE_CONF", str(store / "storage.conf"))
+    made = subprocess.run(["buildah", "from", "scratch"], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"buildah cannot make a container here: {made.stderr.strip()[-300:]}")
+    container = made.stdout.strip().splitlines()[-1]
+    subprocess.run(["buildah", "commit", "--quiet", container, "localhost/nbship-empty:1"],
+                   check=True, capture_output=True)
+    subprocess.run(["buildah", "rm", container], capture_output=True)
+    return "localhost/nbship-empty:1"
+
+
+@pytest.mark.usefixtures("creds")
+def test_buildah_push_sends_no_credentials_to_a_foreign_realm(
+        servers: tuple[Any, Any, Any], buildah_image: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With real buildah: refused before buildah runs; allowed, buildah itself sends the
+    Basic credentials to the realm (which is why nbship checks first)."""
+    from nbship.release.backends import Buildah
+
+    registry, elsewhere, _ = servers
+    registry.realm = f"http://{_address(elsewhere)}/token"
+    target = f"{_address(registry)}/images/x:1"
+    with pytest.raises(ReleaseError, match="127.0.0.2 is another host"):
+        Buildah().push(buildah_image, target, insecure=True)
+    assert elsewhere.seen == [] and not [r for r in registry.seen if r[2]]
+    monkeypatch.setenv(AUTH_HOSTS, "127.0.0.2")
+    with pytest.raises(ReleaseError):  # the stand-in registry takes no blobs
+        Buildah().push(buildah_image, target, insecure=True)
+    assert BASIC in elsewhere.seen
