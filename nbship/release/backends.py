@@ -12,6 +12,8 @@ and are chosen with ``--backend NAME``.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import subprocess
 import tempfile
@@ -85,10 +87,17 @@ class Buildah:
         with tempfile.TemporaryDirectory() as tmp:
             digest_file = Path(tmp) / "digest"
             creds = credentials()
+            auth: list[str] = []
             if creds:  # buildah sends them to any token realm: nbship checks it first
-                check_token_realm(destination.partition("/")[0])
-            run([self.exe, "push", f"--tls-verify={'false' if insecure else 'true'}",
-                 *(["--creds", f"{creds[0]}:{creds[1]}"] if creds else []),
+                host = destination.partition("/")[0]
+                check_token_realm(host)
+                # in a file only this user reads, not on the command line (ps shows that)
+                authfile = Path(tmp) / "auth.json"
+                authfile.touch(mode=0o600)
+                token = base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()
+                authfile.write_text(json.dumps({"auths": {host: {"auth": token}}}))
+                auth = ["--authfile", str(authfile)]
+            run([self.exe, "push", f"--tls-verify={'false' if insecure else 'true'}", *auth,
                  "--compression-format", compression,
                  "--digestfile", str(digest_file), ref, f"docker://{destination}"],
                 f"pushing {ref} to {destination}")

@@ -314,6 +314,17 @@ def test_buildah_push_sends_no_credentials_to_a_foreign_realm(
         Buildah().push(buildah_image, target, insecure=True)
     assert elsewhere.seen == [] and not [r for r in registry.seen if r[2]]
     monkeypatch.setenv(AUTH_HOSTS, "127.0.0.2")
+    from nbship.release import backends, tools
+
+    commands: list[list[str]] = []
+    original = tools.run
+
+    def recording(cmd: list[str], what: str, **kw: Any) -> str:
+        commands.append(list(cmd))
+        return original(cmd, what, **kw)
+
+    monkeypatch.setattr(backends, "run", recording)
     with pytest.raises(ReleaseError):  # the stand-in registry takes no blobs
         Buildah().push(buildah_image, target, insecure=True)
-    assert BASIC in elsewhere.seen
+    assert BASIC in elsewhere.seen  # through --authfile
+    assert commands and not [c for c in commands if any(PASSWORD in arg for arg in c)]
