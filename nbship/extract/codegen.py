@@ -131,6 +131,8 @@ def _cell_code(graph: StepGraph, cell: Cell, used_imports: set[str] | None = Non
         if m.install and 0 < m.line <= len(lines):
             text = " ".join(python_lines(m.text))
             lines[m.line - 1] = f"pass  # not run in the pipeline (the image has it): {text}"
+    for stmt in _module_level_globals(python):  # the step declares them once, at its top
+        _blank_statement(lines, stmt, "pass  # declared global for the whole step: ")
     for first, last in code.future_imports:  # only legal at the top of a module
         for n in range(first - 1, last):
             lines[n] = ("pass  # module-level, left out: " if n == first - 1 else "# ") + \
@@ -138,6 +140,62 @@ def _cell_code(graph: StepGraph, cell: Cell, used_imports: set[str] | None = Non
     if used_imports is not None:
         _comment_unused_imports(python, lines, used_imports)
     return _indent_cell("\n".join(lines), indent)
+
+
+def _parse(python: str) -> ast.Module | None:
+    try:
+        return ast.parse(python)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+
+
+def _module_level_globals(python: str) -> list[ast.Global]:
+    """`global` statements of a cell outside any function or class: in the notebook they
+    name module variables, which they are already."""
+    tree = _parse(python)
+    found: list[ast.Global] = []
+    stack: list[ast.AST] = list(tree.body) if tree else []
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.Global):
+            found.append(node)
+        elif not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef,
+                                   ast.Lambda, ast.expr)):
+            stack.extend(ast.iter_child_nodes(node))
+    return found
+
+
+def global_names(graph: StepGraph, cells: list[Cell]) -> list[str]:
+    """Every name a `global` statement in ``cells`` declares (in functions or not), sorted.
+
+    Cells run inside the step's function: the step declares these names global at its
+    top, so the cells' assignments and the functions' `global` statements name the same
+    variable, as the notebook's one namespace does (a function that does
+    `global counter; counter += 1` changes the `counter` the cells set).
+    """
+    names: set[str] = set()
+    for cell in cells:
+        tree = _parse(graph.codes[cell.index].python)
+        for node in ast.walk(tree) if tree else ():
+            if isinstance(node, ast.Global):
+                names.update(node.names)
+    return sorted(names)
+
+
+def _blank_statement(lines: list[str], stmt: ast.stmt, comment: str) -> None:
+    """Replace a one-line statement with ``pass`` (line numbers and other statements on the
+    line stay)."""
+    if stmt.end_lineno != stmt.lineno or stmt.end_col_offset is None:
+        return
+    raw = lines[stmt.lineno - 1].encode("utf-8", "surrogatepass")
+    start, end = stmt.col_offset, stmt.end_col_offset
+    text = raw[start:end].decode("utf-8", "surrogatepass")
+    if raw[:start].strip() == b"" and raw[end:].strip() in (b"", b";"):
+        lines[stmt.lineno - 1] = (raw[:start].decode("utf-8", "surrogatepass") + comment
+                                  + text)
+    else:
+        lines[stmt.lineno - 1] = (raw[:start] + b"pass" + raw[end:]).decode(
+            "utf-8", "surrogatepass")
 
 
 def _comment_unused_imports(python: str, lines: list[str], used: set[str]) -> None:
@@ -224,6 +282,10 @@ def step_source(graph: StepGraph, step: Step) -> list[str]:
         "):",
         f"    {_docstring(doc)}",
     ]
+    declared = [n for n in global_names(graph, [*step.functions_cells, *step.cells])
+                if n not in step.params]  # a parameter declared global is a check error
+    if declared:
+        out.append(f"    global {', '.join(declared)}  # declared global in the step's cells")
     uses_ipython = any(graph.codes[c.index].magics and not all(
         m.install for m in graph.codes[c.index].magics)
         for c in [*step.imports_cells, *step.functions_cells, *step.cells])
@@ -447,6 +509,8 @@ def verify_shape(source: str, graph: StepGraph) -> None:
             raise fail(f"step function {node.name!r} has defaults")
         stmts = list(node.body)
         if stmts and isinstance(stmts[0], ast.Expr) and isinstance(stmts[0].value, ast.Constant):
+            stmts.pop(0)
+        if stmts and isinstance(stmts[0], ast.Global):
             stmts.pop(0)
         while stmts and isinstance(stmts[0], ast.ImportFrom) and \
                 (stmts[0].module or "").startswith("nbship.runtime."):

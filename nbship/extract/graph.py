@@ -289,6 +289,7 @@ def build_graph(nb: Notebook) -> StepGraph:
     _order_edges(a, graph)
     _mutation_warnings(a, graph)
     _closure_warnings(a, graph)
+    _global_checks(a, graph)
     _file_handoffs(a, graph)
     _execution_order(a, nb)
     _missing_modules(a, nb, special[SKIP])
@@ -922,6 +923,54 @@ def _closure_warnings(a: _Analysis, graph: StepGraph) -> None:
                           f"changes {var!r}, which {func}() sees in the notebook but not in the "
                           f"pipeline (there it keeps the value it had in step {src!r})",
                           cell, line, hint=f"pass {var} to {func}() as an argument")
+
+
+def _global_statements(cells: list[Cell], codes: dict[int, CellCode]
+                       ) -> list[tuple[Cell, int, str, str | None]]:
+    """(cell, line, name, top-level def/class it is in or None) of each `global` name."""
+    found: list[tuple[Cell, int, str, str | None]] = []
+    for cell in cells:
+        tree = codes[cell.index].tree
+        for top in tree.body if tree else ():
+            owner = top.name if isinstance(top, (ast.FunctionDef, ast.AsyncFunctionDef,
+                                                 ast.ClassDef)) else None
+            for node in ast.walk(top):
+                if isinstance(node, ast.Global):
+                    found += [(cell, node.lineno, n, owner) for n in node.names]
+    return found
+
+
+def _global_checks(a: _Analysis, graph: StepGraph) -> None:
+    """`global` inside a step's functions works (codegen declares the names global for the
+    whole step) except where it cannot: on a parameter of the step (a function argument
+    cannot be global), and in a function that travels to a later step (there it changes a
+    copy of its own globals, not the step's variable)."""
+    steps = graph.steps
+    for step in steps:
+        for cell, line, name, _owner in _global_statements(
+                [*step.functions_cells, *step.cells], a.codes):
+            if name in step.params:
+                a.problem(ERROR, "global",
+                          f"`global {name}`: {name!r} is a pipeline parameter of step "
+                          f"{step.name!r}, an argument of its function, which cannot be "
+                          "declared global", cell, line,
+                          hint=f"return the new value instead (`{name} = f({name})`), or give "
+                          "the global another name")
+    defining = {s.name: {owner: (cell, line, name) for cell, line, name, owner in
+                         _global_statements(s.cells, a.codes) if owner}
+                for s in steps}
+    for step in steps:
+        for func, src in sorted(step.inputs.items()):
+            if func not in defining.get(src, {}):
+                continue
+            _cell, _line, name = defining[src][func]
+            cell, line = step.reads.get(func, (step.cells[0], 1))
+            a.problem(ERROR, "global",
+                      f"{func} comes from step {src!r} and declares `global {name}`; called "
+                      f"in this step it would change its own copy of {name!r}, not this "
+                      f"step's (the notebook has one {name!r})", cell, line,
+                      hint=f"define {func} in a cell tagged `functions` (copied into each "
+                      "step that uses it), or in this step")
 
 
 def _first_binding(step: Step, var: str) -> tuple[Cell, int]:

@@ -198,3 +198,69 @@ def test_a_mid_step_metric_is_the_value_the_notebook_prints(tmp_path: Path) -> N
     printed, logged = notebook_and_pipeline(tmp_path, MIDDLE)
     assert printed == {"acc": 0.9, "loss": 0.25}
     assert logged == printed
+
+
+# shape 4: `global` in a function --------------------------------------------------------
+GLOBAL_IN_A_FUNCTION: Cells = [
+    (["step:prep"], "counter = 0\n\ndef bump():\n    global counter\n    counter += 1\n\n"
+                    "bump()\nbump()"),
+    (["step:report"], "total = counter * 10\n"),
+    (["functions"], "def add(n):\n    global counter\n    counter += n"),
+    (["step:again"], "counter = total\nadd(5)\nglobal seen\nseen = counter; global total\n"
+                     "final = float(counter)"),
+    (["pipeline-metrics"], "print(counter)\nprint(total)\nprint(final)"),
+]
+
+
+def test_global_names_are_the_steps_own(tmp_path: Path) -> None:
+    from nbship.extract.codegen import Provenance, generate
+
+    g = graph(tmp_path, GLOBAL_IN_A_FUNCTION)
+    assert g.errors == []
+    prov = Provenance(notebook="n.ipynb", sha256="0" * 64, commit=None, dirty=False)
+    source = generate(g, base_image="x", provenance=prov)
+    assert "    global counter  # declared" in source
+    assert "    global counter, seen, total  # declared" in source
+    assert "pass  # declared global for the whole step: global seen" in source
+    compile(source, "pipeline.py", "exec")  # no `global` after the name is used
+
+
+@pytest.mark.slow
+def test_a_function_changing_a_global_changes_the_steps_variable(tmp_path: Path) -> None:
+    printed, logged = notebook_and_pipeline(tmp_path, [
+        (["step:prep"], "counter = 0"),
+        ([], "def bump():\n    global counter\n    counter += 1"),
+        ([], "bump()"),
+        (["step:report"], "print(counter)\nshown = counter"),
+        (["pipeline-metrics"], "print(shown)"),
+    ])
+    assert printed == {"shown": 1.0} and logged == printed
+
+
+@pytest.mark.slow
+def test_globals_from_functions_cells_and_cells_agree_with_the_notebook(tmp_path: Path,
+                                                                        ) -> None:
+    printed, logged = notebook_and_pipeline(tmp_path, GLOBAL_IN_A_FUNCTION)
+    assert printed == {"counter": 25.0, "total": 20.0, "final": 25.0}
+    assert logged == printed
+
+
+def test_a_function_with_global_used_by_a_later_step_is_named(tmp_path: Path) -> None:
+    g = graph(tmp_path, [
+        (["step:prep"], "counter = 0\ndef bump():\n    global counter\n    counter += 1\nbump()"),
+        (["step:report"], "x = 1\nbump()\nprint(counter)"),
+    ])
+    found = [p for p in g.errors if p.kind == "global"]
+    assert [(p.where.cell, p.where.line) for p in found] == [(1, 2)]
+    assert "bump" in found[0].message and "'counter'" in found[0].message
+    assert "functions" in (found[0].hint or "")
+
+
+def test_a_parameter_declared_global_is_named(tmp_path: Path) -> None:
+    g = graph(tmp_path, [
+        (["parameters"], "rate = 0.5"),
+        (["step:a"], "x = rate\ndef halve():\n    global rate\n    rate = rate / 2\nhalve()"),
+    ])
+    found = [p for p in g.errors if p.kind == "global"]
+    assert [(p.where.cell, p.where.line) for p in found] == [(1, 3)]
+    assert "'rate'" in found[0].message
