@@ -346,7 +346,7 @@ def _bound(rest_client: Any, timeouts: Timeouts) -> None:
     if getattr(pool, "_nbship_bound", False):
         return
     request = pool.request
-    retries = urllib3.Retry(total=3, connect=2, read=0, status=0, redirect=5,
+    retries = urllib3.Retry(total=8, connect=2, read=0, other=0, status=0, redirect=5,
                             remove_headers_on_redirect=["Authorization", "Cookie",
                                                         "Proxy-Authorization"])
 
