@@ -235,3 +235,22 @@ def test_a_release_records_only_a_sealed_runs_metrics(runs: list[Path]) -> None:
         assert latest_run(graph, a.parents[1]) == a / "provenance.json"
     finally:
         shutil.rmtree(newer)
+
+
+def test_serve_name_never_picks_a_run_folder_brought_from_elsewhere(runs: list[Path]) -> None:
+    """`nbship serve NAME` serves the newest run recorded here: a newer folder that was
+    brought (its provenance changed: a fake commit) neither shadows it nor is served."""
+    from nbship.cli import _run_dir
+    from nbship.serving.bundle import newest_run
+
+    a = runs[1]
+    newer = a.parent / "29991231-000000-000001"
+    shutil.copytree(a, newer)
+    prov = json.loads((newer / "provenance.json").read_text())
+    prov["run"]["id"], prov["git"]["commit"] = newer.name, "f" * 40
+    (newer / "provenance.json").write_text(json.dumps(prov))
+    try:
+        assert newest_run(a.parent) == a
+        assert _run_dir("tiny", a.parents[1]) == a  # what `nbship serve|model push NAME` take
+    finally:
+        shutil.rmtree(newer)
