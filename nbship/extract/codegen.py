@@ -282,8 +282,10 @@ def step_source(graph: StepGraph, step: Step) -> list[str]:
         "):",
         f"    {_docstring(doc)}",
     ]
-    declared = [n for n in global_names(graph, [*step.functions_cells, *step.cells])
-                if n not in step.params]  # a parameter declared global is a check error
+    shared = {n for names in step.shared_functions.values() for n in names}
+    declared = [n for n in sorted(shared.union(global_names(
+        graph, [*step.functions_cells, *step.cells]))) if n not in step.params]
+    # (a parameter declared global is a check error)
     if declared:
         out.append(f"    global {', '.join(declared)}  # declared global in the step's cells")
     uses_ipython = any(graph.codes[c.index].magics and not all(
@@ -317,6 +319,9 @@ def step_source(graph: StepGraph, step: Step) -> list[str]:
         for var in sorted(step.inputs):
             body.append(f"{INDENT}{var} = {RUNTIME}.load({input_arg(var)}, {var!r})"
                         f"  # from step {step.inputs[var]!r}")
+        for func in sorted(step.shared_functions):
+            body.append(f"{INDENT}{func} = {RUNTIME}.share_globals({func}, globals())"
+                        "  # its `global` names are this step's")
     for cell in step.cells:
         body += [_marker(cell), *_cell_code(graph, cell)]
         here = [m for m in step.metrics if step.metric_after.get(m) == cell.index]

@@ -141,6 +141,9 @@ class Step:
     # metric -> the cell after which it is logged (the metrics cell stands inside the step);
     # others are logged at the end of the step
     metric_after: dict[str, int] = field(default_factory=dict)
+    # functions taken from upstream steps whose bodies declare `global` names -> the names
+    # (the step rebinds them to its own namespace: codegen, StepRun.share_globals)
+    shared_functions: dict[str, list[str]] = field(default_factory=dict)
     local_modules: list[str] = field(default_factory=list)  # files beside the notebook
 
     @property
@@ -664,6 +667,25 @@ def _dataflow(a: _Analysis, graph: StepGraph, skip_cells: list[Cell]) -> None:
         for name, stmt in code.imports.items():
             carried.setdefault(name, stmt)
 
+    functions_globals = _function_globals(graph.functions_cells, a.codes)
+    step_globals = {s.name: _function_globals(s.cells, a.codes) for s in steps}
+
+    def uses_globals(step: Step, upstream: list[Step], declared: dict[str, bool],
+                     cell: Cell, line: int, pending: list[tuple[str, tuple[Cell, int]]]) -> None:
+        """``step`` calls a function that declares ``global`` names: as in the notebook, it
+        reads their current value (from upstream, unless the step binds them) and the
+        step passes on what the function made of them."""
+        if step is graph.serve:
+            return
+        for name, stores in declared.items():
+            binds = any(e.kind == "def" and e.name == name for code in step.code
+                        for e in code.events)
+            known = name in graph.parameters or any(name in s.produces for s in upstream)
+            if known and not binds and name not in step.inputs:
+                pending.append((name, (cell, line)))
+            if known or binds or stores:
+                step.produces.setdefault(name, (cell, line))
+
     skip_defs: dict[str, Cell] = {}
     for cell in skip_cells:
         for e in a.codes[cell.index].events:
@@ -688,6 +710,10 @@ def _dataflow(a: _Analysis, graph: StepGraph, skip_cells: list[Cell]) -> None:
                     producer.outputs[name] = producer.produces[name]
                     if step is not graph.serve:
                         edges.setdefault((producer.name, step.name), []).append(name)
+                    declared = step_globals[producer.name].get(name)
+                    if declared and step is not graph.serve:
+                        step.shared_functions[name] = sorted(declared)
+                        uses_globals(step, upstream, declared, cell, line, pending)
             elif name in graph.parameters:
                 if name not in step.params:
                     step.params.append(name)
@@ -701,6 +727,8 @@ def _dataflow(a: _Analysis, graph: StepGraph, skip_cells: list[Cell]) -> None:
                     step.functions_cells.append(fcell)
                     pending.extend((n, (fcell, ln)) for n, ln in
                                    functions_reads[fcell.index].items())
+                if name in functions_globals:
+                    uses_globals(step, upstream, functions_globals[name], cell, line, pending)
             elif name in carried:
                 if carried[name] not in step.carried_imports:
                     step.carried_imports.append(carried[name])
@@ -940,15 +968,37 @@ def _global_statements(cells: list[Cell], codes: dict[int, CellCode]
     return found
 
 
+def _function_globals(cells: list[Cell], codes: dict[int, CellCode]
+                      ) -> dict[str, dict[str, bool]]:
+    """Functions defined at the top of ``cells`` whose bodies declare ``global`` names ->
+    each name and whether the function assigns it."""
+    found: dict[str, dict[str, bool]] = {}
+    for cell in cells:
+        tree = codes[cell.index].tree
+        for top in tree.body if tree else ():
+            if not isinstance(top, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            nodes = list(ast.walk(top))
+            declared = {n for node in nodes if isinstance(node, ast.Global) for n in node.names}
+            if declared:
+                found[top.name] = {n: any(isinstance(node, ast.Name) and node.id == n
+                                          and isinstance(node.ctx, ast.Store)
+                                          for node in nodes) for n in sorted(declared)}
+    return found
+
+
 def _global_checks(a: _Analysis, graph: StepGraph) -> None:
     """`global` inside a step's functions works (codegen declares the names global for the
-    whole step) except where it cannot: on a parameter of the step (a function argument
-    cannot be global), and in a function that travels to a later step (there it changes a
+    whole step; a function from an upstream step is rebound to the step's namespace)
+    except where it cannot: on a parameter of the step (a function argument cannot be
+    global), and in a method of a class that travels to a later step (there it changes a
     copy of its own globals, not the step's variable)."""
     steps = graph.steps
     for step in steps:
-        for cell, line, name, _owner in _global_statements(
-                [*step.functions_cells, *step.cells], a.codes):
+        shared = [(step.cells[0], 1, name, None) for names in step.shared_functions.values()
+                  for name in names]
+        for cell, line, name, _owner in [*_global_statements(
+                [*step.functions_cells, *step.cells], a.codes), *shared]:
             if name in step.params:
                 a.problem(ERROR, "global",
                           f"`global {name}`: {name!r} is a pipeline parameter of step "
@@ -957,7 +1007,8 @@ def _global_checks(a: _Analysis, graph: StepGraph) -> None:
                           hint=f"return the new value instead (`{name} = f({name})`), or give "
                           "the global another name")
     defining = {s.name: {owner: (cell, line, name) for cell, line, name, owner in
-                         _global_statements(s.cells, a.codes) if owner}
+                         _global_statements(s.cells, a.codes)
+                         if owner and owner not in step_functions(s)}
                 for s in steps}
     for step in steps:
         for func, src in sorted(step.inputs.items()):
@@ -966,11 +1017,17 @@ def _global_checks(a: _Analysis, graph: StepGraph) -> None:
             _cell, _line, name = defining[src][func]
             cell, line = step.reads.get(func, (step.cells[0], 1))
             a.problem(ERROR, "global",
-                      f"{func} comes from step {src!r} and declares `global {name}`; called "
-                      f"in this step it would change its own copy of {name!r}, not this "
-                      f"step's (the notebook has one {name!r})", cell, line,
+                      f"class {func} comes from step {src!r} and a method declares `global "
+                      f"{name}`; used in this step it would change its own copy of {name!r}, "
+                      f"not this step's (the notebook has one {name!r})", cell, line,
                       hint=f"define {func} in a cell tagged `functions` (copied into each "
                       "step that uses it), or in this step")
+
+
+def step_functions(step: Step) -> set[str]:
+    """Names of the functions defined at the top of ``step``'s cells."""
+    return {top.name for code in step.code for top in (code.tree.body if code.tree else ())
+            if isinstance(top, (ast.FunctionDef, ast.AsyncFunctionDef))}
 
 
 def _first_binding(step: Step, var: str) -> tuple[Cell, int]:

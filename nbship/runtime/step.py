@@ -138,6 +138,30 @@ class StepRun:
         artifact.metadata.update({"sha256": sha256_file(path), "serializer": "profile",
                                   "type": "nbship.profile/v1"})
 
+    def share_globals(self, value: Any, namespace: dict[str, Any]) -> Any:
+        """A function from an upstream step whose body declares ``global`` names, rebound to
+        this step's module namespace (the step declares those names global too).
+
+        Unpickled, a function keeps a dict of its own globals: ``global counter;
+        counter += 1`` would change that copy, not the step's ``counter``. In the notebook
+        there is one namespace. The globals it brought fill in names the step lacks.
+        """
+        import types
+
+        if not isinstance(value, types.FunctionType):
+            return value
+        for key, item in value.__globals__.items():
+            namespace.setdefault(key, item)
+        shared = types.FunctionType(value.__code__, namespace, value.__name__,
+                                    value.__defaults__, value.__closure__)
+        shared.__kwdefaults__ = value.__kwdefaults__
+        shared.__dict__.update(value.__dict__)
+        shared.__qualname__ = value.__qualname__
+        shared.__doc__ = value.__doc__
+        shared.__annotations__ = dict(value.__annotations__)
+        shared.__module__ = value.__module__
+        return shared
+
     def log_metric(self, artifact: Any, name: str, value: Any) -> None:
         try:
             number = float(value)

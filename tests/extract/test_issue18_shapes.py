@@ -245,14 +245,43 @@ def test_globals_from_functions_cells_and_cells_agree_with_the_notebook(tmp_path
     assert logged == printed
 
 
-def test_a_function_with_global_used_by_a_later_step_is_named(tmp_path: Path) -> None:
+CALLED_IN_LATER_STEPS: Cells = [
+    (["step:prep"], "counter = 0\ndef bump():\n    global counter\n    counter += 1\nbump()"),
+    (["functions"], "def setup(seed):\n    global cfg\n    cfg = {'seed': seed}"),
+    (["step:report"], "bump()\nbump()\nsetup(7)"),
+    (["step:later"], "shown = counter + 0.5\nseed = cfg['seed']\nbump()\nagain = counter"),
+    (["pipeline-metrics"], "print(shown)\nprint(seed)\nprint(again)"),
+]
+
+
+def test_a_function_with_global_called_by_a_later_step_changes_that_steps_variable(
+        tmp_path: Path) -> None:
+    g = graph(tmp_path, CALLED_IN_LATER_STEPS)
+    assert g.errors == []
+    report, later = g.step("report"), g.step("later")
+    assert report.shared_functions == {"bump": ["counter"]}
+    assert report.inputs == {"bump": "prep", "counter": "prep"}
+    assert later.inputs == {"bump": "prep", "cfg": "report", "counter": "report"}
+
+
+@pytest.mark.slow
+def test_a_function_with_global_called_by_a_later_step_agrees_with_the_notebook(
+        tmp_path: Path) -> None:
+    printed, logged = notebook_and_pipeline(tmp_path, CALLED_IN_LATER_STEPS)
+    assert printed == {"shown": 3.5, "seed": 7.0, "again": 4.0}
+    assert logged == printed
+
+
+def test_a_class_whose_method_declares_global_used_by_a_later_step_is_named(
+        tmp_path: Path) -> None:
     g = graph(tmp_path, [
-        (["step:prep"], "counter = 0\ndef bump():\n    global counter\n    counter += 1\nbump()"),
-        (["step:report"], "x = 1\nbump()\nprint(counter)"),
+        (["step:prep"], "counter = 0\nclass C:\n    def bump(self):\n        global counter\n"
+                        "        counter += 1"),
+        (["step:report"], "x = 1\nC().bump()\nprint(counter)"),
     ])
     found = [p for p in g.errors if p.kind == "global"]
     assert [(p.where.cell, p.where.line) for p in found] == [(1, 2)]
-    assert "bump" in found[0].message and "'counter'" in found[0].message
+    assert "C" in found[0].message and "'counter'" in found[0].message
     assert "functions" in (found[0].hint or "")
 
 
