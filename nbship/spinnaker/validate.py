@@ -10,8 +10,9 @@ that enforce them (see ../shared/corpus/spinnaker/INDEX.md for the files read):
   ``refId`` unique in the pipeline, and ``requisiteStageRefIds`` naming existing
   refIds, without cycles;
 * per stage type, what Deck's validators block and what orca throws on at run time
-  (a registry: ``STAGES``); a type Spinnaker does not have is an error, one it has
-  that nbship does not check further passes;
+  (a registry: ``STAGES``); a type nbship has no rules for is a warning (orca resolves
+  types from its builders, their aliases and plugins: no closed list knows them all),
+  a near-miss of one it has rules for (``manualJudgement``) an error;
 * triggers: the known types, cron as Quartz with seconds, the fields each needs,
   ``expectedArtifactIds`` resolving;
 * ``expectedArtifacts``: unique ids, ``matchArtifact``; every artifact id a stage or
@@ -257,8 +258,9 @@ def _judgment(check: Check, stage: dict[str, Any], path: str) -> None:
 @rule("wait")
 def _wait(check: Check, stage: dict[str, Any], path: str) -> None:
     value = stage.get("waitTime")
-    if value is None:
-        check.error(f"{path}.waitTime", "required (seconds)")
+    if value is None:  # Deck asks for it; orca's WaitStageContext waits 0 s without it
+        check.warn(f"{path}.waitTime", "no waitTime: Deck asks for one, orca waits 0 s "
+                   "(orca-core/.../pipeline/WaitStage.java)")
     elif not (isinstance(value, int) and value >= 0 or isinstance(value, str)
               and (value.isdigit() or "${" in value)):
         check.error(f"{path}.waitTime", "a number of seconds, or an expression")
@@ -300,6 +302,37 @@ def _pipeline_stage(check: Check, stage: dict[str, Any], path: str) -> None:
     check.need(stage, path, "pipeline")
     if not (stage.get("application") or stage.get("pipelineApplication")):
         check.error(f"{path}.application", "required: the application of the pipeline to run")
+
+
+def _near(a: str, b: str) -> bool:
+    """Whether ``a`` is ``b`` but for case, or one letter added, dropped or changed."""
+    a, b = a.lower(), b.lower()
+    if a == b:
+        return True
+    if abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        return sum(x != y for x, y in zip(a, b)) == 1
+    short, long_ = sorted((a, b), key=len)
+    return any(long_[:i] + long_[i + 1:] == short for i in range(len(long_)))
+
+
+def _unknown_type(check: Check, kind: str, path: str) -> None:
+    """A stage type nbship has no rules for. Orca resolves stage types from its
+    StageDefinitionBuilder beans, their aliases and plugins' stages (orca-core/.../
+    StageResolver.java; e.g. ``Aws.LambdaDeploymentStage`` is an alias in
+    orca-clouddriver/.../providers/aws/lambda/LambdaDeploymentStage.java,
+    ``bakeCloudFoundryManifest`` orca-bakery/.../cf/BakeCloudFoundryManifestStage.java):
+    no closed list can know them all, so an unknown type is a warning. A near-miss of a
+    type nbship checks (``manualJudgement``) is an error: orca would fail the execution
+    with "No StageDefinitionBuilder implementation for ..." and nothing names the fix."""
+    meant = next((k for k in sorted(STAGES) if _near(kind, k)), None)
+    if meant is not None:
+        check.error(path, f"{kind!r} is not a stage type Spinnaker has: {meant!r} is meant")
+    else:
+        check.warn(path, f"{kind!r}: a stage type nbship has no rules for (a plugin's, "
+                   "another provider's or a newer Spinnaker's): not checked; orca fails the "
+                   "execution if no StageDefinitionBuilder or plugin has it")
 
 
 # ---------------------------------------------------------------- triggers
@@ -603,7 +636,7 @@ def validate_pipeline(doc: Any, file: str, *, save: bool = False) -> list[Proble
         elif kind in STAGES:
             STAGES[kind](check, stage, path)
         elif kind not in OTHER_STAGE_TYPES:
-            check.error(f"{path}.type", f"{kind!r} is not a stage type Spinnaker has")
+            _unknown_type(check, kind, f"{path}.type")
         for key in ("requiredArtifactIds", "expectedArtifactIds"):
             for j, ref in enumerate(stage.get(key) or []):
                 if isinstance(ref, str) and "${" not in ref and ref not in check.artifact_ids:

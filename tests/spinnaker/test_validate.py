@@ -153,8 +153,6 @@ BROKEN: list[tuple[str, Callable[[dict[str, Any]], None], str, str]] = [
      "$.stages[3].options.mergeStrategy", "strategic, json or merge"),
     ("patch mode unknown", _set(["stages", 3, "mode"], "guess"), "$.stages[3].mode",
      "static, dynamic or label"),
-    ("wait without waitTime", _set(["stages", 4, "waitTime"], DELETE),
-     "$.stages[4].waitTime", "required"),
     ("wait with words", _set(["stages", 4, "waitTime"], "soon"), "$.stages[4].waitTime",
      "seconds"),
     ("unbalanced expression", _set(["stages", 4, "stageEnabled", "expression"],
@@ -261,3 +259,45 @@ def test_cli_names_file_path_and_exit_status(tmp_path: Path) -> None:
     assert f"{bad}: $.stages[2].type: error: 'manualJudgement' is not a stage type" \
         in done.stdout
     assert "broken.json: $: error: not JSON" in done.stdout
+
+
+ENGINES = Path(__file__).parent / "engines"
+
+
+@pytest.mark.parametrize("path", sorted(ENGINES.glob("*.json")), ids=lambda p: p.name)
+def test_pipelines_from_orcas_and_spins_own_tests_pass(path: Path) -> None:
+    """Issue 20 (8): Orca's and spin's test pipelines (engines/SOURCES.md); Deck's
+    fixtures are in the corpus above."""
+    assert errors(json.loads(path.read_text()), save=True) == []
+
+
+def test_stage_types_nbship_has_no_rules_for_are_warnings_near_misses_errors() -> None:
+    """Issue 20 (8): orca resolves stage types from its builders, aliases and plugins
+    (orca-core/.../StageResolver.java): Aws.LambdaDeploymentStage (an alias in orca's
+    LambdaDeploymentStage.java), bakeCloudFoundryManifest, upsertLoadBalancers, a
+    plugin's stage pass with a warning; a near-miss of a type with rules fails."""
+    doc = good()
+    others = ["bakeCloudFoundryManifest", "upsertLoadBalancers", "Aws.LambdaDeploymentStage",
+              "Acme.MyPluginStage"]
+    for i, kind in enumerate(others):
+        doc["stages"].append({"refId": f"x{i}", "requisiteStageRefIds": [], "type": kind,
+                              "name": kind})
+    problems = validate_pipeline(doc, "x.json")
+    assert [p for p in problems if p.severity == ERROR] == []
+    warned = {p.path for p in problems if "nbship has no rules for" in p.message}
+    assert warned == {f"$.stages[{len(good()['stages']) + i}].type" for i in range(4)}
+    for typo, meant in [("manualJudgement", "manualJudgment"), ("DeployManifest",
+                                                                "deployManifest"),
+                        ("runJobManifests", "runJobManifest")]:
+        doc = good()
+        doc["stages"][2]["type"] = typo
+        assert errors(doc) == [f"$.stages[2].type: {typo!r} is not a stage type Spinnaker "
+                               f"has: {meant!r} is meant"]
+
+
+def test_a_wait_without_wait_time_is_a_warning() -> None:
+    doc = good()
+    del doc["stages"][4]["waitTime"]
+    assert errors(doc) == []
+    assert any(p.path == "$.stages[4].waitTime" and "orca waits 0 s" in p.message
+               for p in validate_pipeline(doc, "x.json"))
