@@ -7,15 +7,29 @@ cannot run code here.
 
 * ``${parameters.NAME}`` / ``${parameters['NAME']}`` / ``${trigger.parameters.NAME}``
 * ``${#stage('NAME')['status']}`` (``.toString()`` allowed), ``['context']['KEY']``,
-  ``['outputs']['KEY']``; ``${#judgment('NAME')}``; ``${execution.status}``
+  ``['outputs']['KEY']``, ``.hasSucceeded``/``.hasFailed``; ``${#stageExists('NAME')}``;
+  ``${#judgment('NAME')}`` (alias ``#judgement``); ``${#toJson(VALUE)}``;
+  ``${execution.status}``
 * string literals, ``true``/``false``, and one ``==``/``!=`` comparison, negation
   ``!``, ``&&``/``||`` (``and``/``or``) between them.
+
+The helpers are Orca's own definitions
+(orca-core/src/main/java/com/netflix/spinnaker/orca/pipeline/expressions/functions/
+StageExpressionFunctionProvider.java): ``#stage`` finds the execution's first stage of
+that name, whether it has run or not (a stage not started yet has status NOT_STARTED),
+and throws when there is none; ``hasSucceeded`` is status SUCCEEDED and ``hasFailed``
+status TERMINAL (StageExecutionImpl); ``#judgment`` is the ``judgmentInput`` of the
+manualJudgment stage of that name -- the option a person chose from its
+``judgmentInputs``, never its continue/stop status -- and throws when no such stage
+has one (a stage with no ``judgmentInputs``, or not judged yet); ``#toJson`` writes
+its value as Jackson does, without spaces.
 
 Anything else is an :class:`ExpressionError` naming the expression and the forms above.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,16 +45,19 @@ class ExpressionError(NbshipError):
 
 
 FORMS = ("parameters.NAME, trigger.parameters.NAME, #stage('NAME')['status'|'context'|"
-         "'outputs'][...], #judgment('NAME'), execution.status, 'literals', true/false, "
+         "'outputs'][...], #stage('NAME').hasSucceeded|hasFailed, #stageExists('NAME'), "
+         "#judgment('NAME'), #toJson(VALUE), execution.status, 'literals', true/false, "
          "==, !=, !, &&, ||")
 
 
 @dataclass(frozen=True)
 class Scope:
-    """What an expression can see: the parameters, and the stages that ran so far."""
+    """What an expression can see: the parameters, and the execution's stages."""
 
     parameters: Mapping[str, Any]
-    stages: Mapping[str, Mapping[str, Any]]  # stage name -> {status, context, outputs}
+    # stage name -> {status, context, outputs[, type]}: every stage of the execution, as
+    # in Orca (those not started yet with status NOT_STARTED)
+    stages: Mapping[str, Mapping[str, Any]]
     execution_status: str = "RUNNING"
 
 
@@ -139,6 +156,10 @@ class _Parser:
         if tok == "#":
             fn = self.take()
             self.take("(")
+            if fn == "toJson":  # Jackson's writeValueAsString: no spaces, keys in order
+                value = self.either()
+                self.take(")")
+                return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
             arg = self.take()
             if arg[0] not in "'\"":
                 raise self.fail(f"#{fn}() takes a quoted stage name")
@@ -147,10 +168,22 @@ class _Parser:
             stage = self.scope.stages.get(name)
             if fn == "stage":
                 if stage is None:
-                    raise self.fail(f"no stage named {name!r} has run")
-                return dict(stage)
-            if fn == "judgment":
-                return (stage or {}).get("context", {}).get("judgmentStatus")
+                    raise self.fail(f"Unable to locate [{name}] using #stage({name})")
+                status = str(stage.get("status", "NOT_STARTED"))
+                return {**stage, "status": status, "hasSucceeded": status == "SUCCEEDED",
+                        "hasFailed": status == "TERMINAL"}
+            if fn == "stageExists":
+                return stage is not None
+            if fn in ("judgment", "judgement"):
+                chosen = (stage or {}).get("context", {}).get("judgmentInput")
+                if stage is None or stage.get("type") != "manualJudgment" \
+                        or chosen is None:
+                    raise self.fail(
+                        f"Unable to locate manual Judgment stage [{name}] using #{fn}({name}): "
+                        "Stage doesn't exist or doesn't contain judgmentInput in its context "
+                        "(the option chosen from its judgmentInputs; Orca skips a stage whose "
+                        "stageEnabled cannot be evaluated)")
+                return chosen
             raise self.fail(f"#{fn}() is not a helper a rehearsal knows")
         if tok == "parameters":
             return dict(self.scope.parameters)
@@ -190,7 +223,12 @@ def evaluate(text: str, scope: Scope) -> Any:
     whole = re.fullmatch(r"\s*\$\{(.*)\}\s*", text, re.DOTALL)
     if whole and "${" not in whole.group(1):
         return _Parser(whole.group(1), scope).parse()
-    return EMBEDDED.sub(lambda m: str(_Parser(m.group(1), scope).parse()), text)
+    return EMBEDDED.sub(lambda m: _text(_Parser(m.group(1), scope).parse()), text)
+
+
+def _text(value: Any) -> str:
+    """A value put into a string as Java's toString does (true, not True)."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def resolve(value: Any, scope: Scope) -> Any:

@@ -736,7 +736,14 @@ class Rehearsal:
     prometheus: str | None = None  # the rehearsal's own, when a stage judges from it
 
     def scope(self) -> Scope:
-        return Scope(self.parameters, self.stages)
+        """Every stage of the execution, as Orca's ``#stage`` sees them: those that ran,
+        and the others NOT_STARTED (the first of a name, as Orca's findFirst)."""
+        stages: dict[str, dict[str, Any]] = {}
+        for s in self.doc["stages"]:
+            name = str(s.get("name") or s["type"])
+            stages.setdefault(name, self.stages.get(name) or {
+                "status": "NOT_STARTED", "type": s["type"], "context": {}, "outputs": {}})
+        return Scope(self.parameters, stages)
 
     def where(self, stage: dict[str, Any]) -> str:
         """The stage's JSON path in the file (``$.stages[i]``)."""
@@ -769,8 +776,21 @@ class Rehearsal:
         if not isinstance(cond, dict) or cond.get("type") != "expression":
             return True
         expr = str(cond.get("expression", "true"))
-        value = evaluate(expr if "${" in expr else "${" + expr + "}", self.scope())
-        return value is True or str(value).strip().lower() == "true"
+        if not expr.strip():  # orca: no expression, the stage is not optional
+            return True
+        try:
+            value = evaluate(expr if "${" in expr else "${" + expr + "}", self.scope())
+        except ExpressionError as exc:
+            # orca's OptionalStageSupport: a condition that does not evaluate to true or
+            # false is an InvalidExpression, and the stage is SKIPPED (not failed)
+            self.echo(f"  stageEnabled of {stage.get('name')!r} cannot be evaluated, so "
+                      f"Orca skips the stage: {exc}")
+            return False
+        if str(value).strip().lower() not in ("true", "false"):
+            self.echo(f"  stageEnabled of {stage.get('name')!r} is {value!r}, not true or "
+                      "false, so Orca skips the stage")
+            return False
+        return str(value).strip().lower() == "true"
 
     def run(self) -> dict[str, Any]:
         started_at = datetime.now(UTC)
@@ -809,7 +829,7 @@ class Rehearsal:
             if stage["type"] == "runJobManifest":
                 context["propertyFileContents"] = dict(outcome.outputs)
             self.stages[name] = {"status": outcome.status, "outputs": outcome.outputs,
-                                 "context": context}
+                                 "context": context, "type": stage["type"]}
             if outcome.status != "SKIPPED":
                 self.echo(f"  -> {outcome.status}" + (f": {outcome.message}"
                                                       if outcome.message else ""))

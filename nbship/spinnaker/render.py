@@ -363,9 +363,14 @@ def model_delivery(record: dict[str, Any], model_ref: str, cfg: DeployConfig
     approval = "Promote the canary?"
     passed = "#stage('Judge the canary')['status'].toString() == 'SUCCEEDED'"
     if cfg.judgment:  # promoted: the judge passed and a person said continue
-        promoted = f"${{ {passed} and #judgment('{approval}') == 'continue' }}"
+        # Orca's #judgment(NAME) is the option chosen from judgmentInputs (and throws
+        # without one), not continue/stop: "continue" is the approval's status SUCCEEDED,
+        # "stop" its TERMINAL, FAILED_CONTINUE here (StageExpressionFunctionProvider.java,
+        # ManualJudgmentStage.groovy); as Kayenta's own sample pipelines test it
+        approved = f"#stage('{approval}')['status'].toString() == 'SUCCEEDED'"
+        promoted = f"${{ {passed} and {approved} }}"
         not_promoted = (f"${{ {passed.replace('==', '!=')} or "
-                        f"#judgment('{approval}') == 'stop' }}")
+                        f"{approved.replace('==', '!=')} }}")
     else:
         promoted, not_promoted = f"${{ {passed} }}", f"${{ {passed.replace('==', '!=')} }}"
     manifest_name = f"inferenceservice {name}"

@@ -167,3 +167,32 @@ def test_cli_rehearse_and_history(tmp_path: Path) -> None:
     bad = nbship("rehearse", "pipeline.json", "-p", "x=1")
     assert bad.returncode == 2 and "no parameter x" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_stage_enabled_as_orca_evaluates_it(tmp_path: Path) -> None:
+    """Issue 20 (1): ``#judgment`` is the chosen judgmentInput, and a judgment without
+    judgmentInputs has none, so the condition cannot be evaluated and Orca skips the
+    stage (OptionalStageSupport.java); ``#stage`` sees stages not started yet."""
+    doc = pipeline([
+        {"refId": "1", "requisiteStageRefIds": [], "type": "manualJudgment",
+         "name": "Go?", "judgmentInputs": [], "instructions": "go?"},
+        {"refId": "2", "requisiteStageRefIds": ["1"], "type": "wait", "name": "On continue",
+         "waitTime": 1, "stageEnabled": {"type": "expression",
+                                         "expression": "${#judgment('Go?') == 'continue'}"}},
+        {"refId": "3", "requisiteStageRefIds": ["1"], "type": "wait", "name": "On status",
+         "waitTime": 1, "stageEnabled": {"type": "expression", "expression":
+                                         "#stage('Go?')['status'].toString() == 'SUCCEEDED'"
+                                         " and #stage('Last')['status'] == 'NOT_STARTED'"}},
+        {"refId": "4", "requisiteStageRefIds": ["2", "3"], "type": "wait", "name": "Last",
+         "waitTime": 1},
+    ])
+    lines: list[str] = []
+    record, _ = rehearse(write(tmp_path, doc), Options(judge="continue", time_scale=0.001,
+                                                       jobs="venv", root=tmp_path / "deploy"),
+                         echo=lines.append)
+    stages = {s["name"]: s for s in record["stages"]}
+    assert record["status"] == "SUCCEEDED"
+    assert stages["On continue"]["status"] == "SKIPPED"
+    assert any("Unable to locate manual Judgment stage [Go?]" in line for line in lines)
+    assert stages["On status"]["status"] == "SUCCEEDED"
+    assert stages["Last"]["status"] == "SUCCEEDED"

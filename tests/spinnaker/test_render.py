@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from nbship.spinnaker.expressions import Scope, evaluate
 from nbship.spinnaker.render import render
 from nbship.spinnaker.validate import validate_file
 from tests.conftest import ROOT, push_release, showcase_project
@@ -181,8 +182,30 @@ def test_model_delivery_canary_judgment_promotion_and_rollback(
     # a "stop" at the approval goes on to the rollback, as a failed judgment does
     assert delivery["stages"][3]["continuePipeline"] is True
     assert delivery["stages"][5]["requisiteStageRefIds"] == ["4"]
-    assert "#judgment('Promote the canary?') == 'stop'" in \
-        delivery["stages"][5]["stageEnabled"]["expression"]
+    assert "#judgment" not in json.dumps(delivery)  # no judgmentInputs to choose from
+    # issue 20 (1): each outcome evaluated as Orca does (#stage/#judgment per Orca's
+    # StageExpressionFunctionProvider; Deck sends no judgmentInput when the stage has no
+    # judgmentInputs): exactly one of promote/roll back runs, and the precondition fails
+    # only after a rollback
+    stages = delivery["stages"]
+    cases = {  # (judge, approval) -> (promote, roll back)
+        ("SUCCEEDED", "SUCCEEDED"): (True, False),      # continue
+        ("SUCCEEDED", "FAILED_CONTINUE"): (False, True),  # stop
+        ("FAILED_CONTINUE", "SKIPPED"): (False, True)}  # the judge failed
+    for (judge, approval), want in cases.items():
+        scope = Scope({"model": model_ref}, {
+            s["name"]: {"status": "NOT_STARTED", "type": s["type"], "context": {},
+                        "outputs": {}} for s in stages} | {
+            "Judge the canary": {"status": judge, "type": "runJobManifest", "context": {},
+                                 "outputs": {}},
+            "Promote the canary?": {"status": approval, "type": "manualJudgment",
+                                    "context": {"judgmentStatus": "continue" if approval ==
+                                                "SUCCEEDED" else "stop"}, "outputs": {}}})
+        got = tuple(evaluate(stages[i]["stageEnabled"]["expression"], scope) for i in (4, 5))
+        assert got == want, (judge, approval)
+        assert evaluate(stages[6]["stageEnabled"]["expression"], scope) is want[1]
+        assert evaluate(stages[6]["preconditions"][0]["context"]["expression"],
+                        scope) is want[0]
     rollback = json.loads(written[-1].read_text())
     back = rollback["stages"][0]["manifests"][0]["spec"]["predictor"]
     assert "canaryTrafficPercent" not in back
