@@ -35,7 +35,15 @@ from typing import Any
 JOIN = ' * on(instance) group_left() nbship_model_info{run="${scope}"}'
 
 
-def _rate(series: str, window: str = "15s", labels: str = "") -> str:
+# rate()'s window: at least four scrapes of the PodMonitor (nbship/monitoring/cluster.py,
+# interval 15s). rate() extrapolates from the samples inside its window and gives nothing
+# with fewer than two (Prometheus' promql/functions.go, extrapolatedRate): a 15 s window
+# over a 15 s scrape holds one sample most of the time, so the query had gaps or no data.
+SCRAPE_SECONDS = 15
+WINDOW = f"{4 * SCRAPE_SECONDS}s"
+
+
+def _rate(series: str, window: str = WINDOW, labels: str = "") -> str:
     return f"rate({series}{labels}[{window}]){JOIN}"
 
 
@@ -72,9 +80,8 @@ def canary_config(config_id: str, application: str) -> dict[str, Any]:
     """Kayenta's CanaryConfig for nbship's model servers (Prometheus metrics store)."""
     return {
         "id": config_id, "name": config_id, "configVersion": "1",
-        "description": "nbship model server canary: errors, latency, class concentration "
-                       "and prediction drift, scoped by the run each server serves "
-                       "(rendered by nbship)",
+        "description": "nbship model server canary: " + ", ".join(m["name"] for m in METRICS)
+                       + ", scoped by the run each server serves (rendered by nbship)",
         "applications": [application],
         "judge": {"name": "NetflixACAJudge-v1.0", "judgeConfigurations": {}},
         "metrics": [{"name": m["name"], "groups": [m["group"]], "scopeName": "default",

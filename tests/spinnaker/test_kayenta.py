@@ -113,3 +113,23 @@ def test_lifetime_durations(text: str, seconds: float) -> None:
 def test_a_bad_lifetime_is_a_message() -> None:
     with pytest.raises(ValueError, match="not an ISO-8601 duration"):
         duration_seconds("5 minutes")
+
+
+def test_windows_hold_four_scrapes_and_the_description_names_only_its_metrics() -> None:
+    """Issue 20 (7): rate() gives nothing with fewer than two samples in its window
+    (Prometheus' extrapolatedRate), so every range is at least four of the PodMonitor's
+    scrape intervals; the config's description names the metrics it has, no others."""
+    import re
+
+    from nbship.monitoring.cluster import pod_monitor
+
+    interval = pod_monitor("marker-classifier")["spec"]["podMetricsEndpoints"][0]["interval"]
+    scrape = int(interval.rstrip("s"))
+    for metric in METRICS:
+        windows = re.findall(r"\[(\d+)s\]", metric["promql"])
+        assert windows and all(int(w) >= 4 * scrape for w in windows), (metric["name"],
+                                                                        windows)
+    config = canary_config("nbship-model-server", "markers")
+    described = config["description"]
+    assert all(m["name"] in described for m in config["metrics"])
+    assert "drift" not in described  # PSI is the judge job's, not this config's
