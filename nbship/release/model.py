@@ -55,6 +55,7 @@ _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 # a value archive holds the few files of one value folder (value.meta + the value): more
 # members, or bigger names, are not an archive nbship wrote
 MAX_MEMBERS = 64
+MAX_VALUE = 16 << 30  # bytes: one value's archive (a model's weights), read into memory
 _MEMBER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}(/[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}){0,7}")
 
 
@@ -387,12 +388,20 @@ def load_model(reference: str) -> Any:
     except ReleaseError as exc:
         raise ServeError(exc.message, hint=exc.hint) from None
     values: dict[str, Any] = {}
-    for var, value in record["serve"]["values"].items():
-        try:
-            values[var] = serializers.load(folder / "values" / str(value["file"])
-                                           .removesuffix(".tar"))
-        except serializers.UntrustedArtifact as exc:
-            raise ServeError(f"value {var!r} of {reference} is refused: {exc}") from None
+    # each value from its archive, read once and checked against the signed sha256, then
+    # unpacked privately: a value changed in the cache after the pull is never served
+    with tempfile.TemporaryDirectory(prefix="nbship-model-") as private:
+        for var, value in record["serve"]["values"].items():
+            tar = folder / str(value["file"])
+            data = read_file(tar, MAX_VALUE, f"value {var!r}'s archive")
+            if hashlib.sha256(data).hexdigest() != value["sha256"]:
+                raise ServeError(f"{tar} changed since it was pulled; it is not served")
+            unpacked = Path(private) / str(value["file"]).removesuffix(".tar")
+            _untar(data, unpacked)
+            try:
+                values[var] = serializers.load(unpacked)
+            except serializers.UntrustedArtifact as exc:
+                raise ServeError(f"value {var!r} of {reference} is refused: {exc}") from None
     values.update(record["serve"].get("parameters", {}))
     source = read_file(folder / SERVE_FILE, MAX_MODULE, "the serving code")  # read once
     if hashlib.sha256(source).hexdigest() != record["serve"]["sha256"]:

@@ -229,3 +229,25 @@ def test_a_registrys_digest_never_becomes_a_path(tmp_path: Path) -> None:
     assert "is not the sha256 of the manifest" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
     assert not list(tmp_path.rglob("escaped*")) and not list(tmp_path.rglob("serve.py"))
+
+
+def test_a_value_changed_in_the_model_cache_is_never_served(
+        runs: list[Path], local_registry: str, model_cache: Path) -> None:
+    import numpy as np
+
+    from nbship.runtime import serializers
+
+    pushed = model.push(runs[0], local_registry, echo=lambda line: None)
+    ref = f"{pushed.reference.registry}/{pushed.reference.repository}@{pushed.digest}"
+    folder, record, _ = model.pull(ref)
+    # the unpacked value rewritten whole, its own metadata made to agree
+    unpacked = folder / "values" / "value-0"
+    for path in unpacked.iterdir():
+        path.unlink()
+    serializers.save(np.full(3, 1000.0), unpacked)
+    assert model.load_model(ref).predict([1, 1, 1]).tolist() == [2.0, 2.0, 2.0]
+    # the archive changed: refused
+    tar = folder / record["serve"]["values"]["weights"]["file"]
+    tar.write_bytes(tar.read_bytes() + b"\0" * 512)
+    with pytest.raises(ServeError, match="changed since it was pulled"):
+        model.load_model(ref)
