@@ -24,7 +24,7 @@ from nbship.release import model
 from nbship.serving.bundle import read_sealed
 
 EXAMPLES = int(os.environ.get("NBSHIP_HYPOTHESIS_EXAMPLES", "40"))
-PROPS = settings(max_examples=EXAMPLES * 5, deadline=None,
+PROPS = settings(max_examples=EXAMPLES * 3, deadline=None,
                  derandomize="NBSHIP_HYPOTHESIS_RANDOM" not in os.environ,
                  suppress_health_check=[HealthCheck.too_slow])
 
