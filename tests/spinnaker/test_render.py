@@ -262,3 +262,40 @@ def test_cli_renders_with_the_model_beside_the_release(local_registry: str,
                             *sorted(str(p) for p in out.glob("*.json")), "--save"], cwd=ROOT,
                            capture_output=True, text=True, timeout=120)
     assert check.returncode == 0 and "5 file(s): 0 error(s)" in check.stdout, check.stdout
+
+
+def test_labels_jobs_webhooks_and_monikers_as_spinnaker_takes_them(
+        local_registry: str, tmp_path: Path) -> None:
+    """Issue 20 (9): no managed-by label of nbship's (clouddriver's
+    KubernetesManifestLabeler overwrites it with `spinnaker`), Jobs with a TTL and
+    resources, webhook triggers with anchored payload constraints (Echo's ArtifactMatcher
+    finds the regex in the value), every deployManifest with a moniker."""
+    import re
+
+    release, target, _ = release_with_model(local_registry, tmp_path)
+    written = render(release, tmp_path / "out", pyproject=ROOT / "pyproject.toml",
+                     model=target)
+    docs = {p.name: json.loads(p.read_text()) for p in written}
+    assert "app.kubernetes.io/managed-by" not in json.dumps(docs)
+    webhooks = []
+    for name, doc in docs.items():
+        for job in jobs(doc):
+            assert job["spec"]["ttlSecondsAfterFinished"] > 0
+            container = job["spec"]["template"]["spec"]["containers"][0]
+            assert set(container["resources"]) == {"requests", "limits"}
+            assert job["metadata"]["labels"] == {"app.kubernetes.io/name": "marker-classifier"}
+        for stage in doc["stages"]:
+            if stage["type"] == "deployManifest":
+                assert stage["moniker"] == {"app": "marker-classifier"}, name
+        webhooks += [t for t in doc["triggers"] if t["type"] == "webhook"]
+    assert len(webhooks) == 4
+    for trigger in webhooks:
+        constraints = trigger["payloadConstraints"]
+        assert constraints and all(v.startswith("^") and v.endswith("$")
+                                   for v in constraints.values())
+        if trigger["source"].startswith("nbship-drift-"):  # Alertmanager's body
+            assert re.search(constraints["status"], "firing")
+            assert not re.search(constraints["status"], "resolved")
+        else:
+            assert re.search(constraints["name"], "marker-classifier")
+            assert not re.search(constraints["name"], "marker-classifier-2")
