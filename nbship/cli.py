@@ -835,7 +835,7 @@ def cmd_kfp(args: argparse.Namespace) -> int:
 
 def cmd_deploy(args: argparse.Namespace) -> int:
     from nbship.errors import UnusableInputError
-    from nbship.spinnaker.validate import ERROR, validate_file
+    from nbship.spinnaker.validate import ERROR, validate_files
 
     if args.action == "render":
         from nbship.spinnaker.render import render
@@ -866,16 +866,14 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     if not files:
         raise UnusableInputError("no pipeline files: give FILES, or render spinnaker/*.json")
     errors = warnings = 0
-    for path in files:
-        problems = validate_file(path, save=args.save)
-        for problem in problems:
-            if problem.severity == ERROR:
-                errors += 1
-            else:
-                warnings += 1
-                if args.quiet:
-                    continue
-            print(problem)
+    for problem in validate_files(files, save=args.save):  # and across the files
+        if problem.severity == ERROR:
+            errors += 1
+        else:
+            warnings += 1
+            if args.quiet:
+                continue
+        print(problem)
     print(f"{len(files)} file(s): {errors} error(s), {warnings} warning(s)")
     return 1 if errors else 0
 

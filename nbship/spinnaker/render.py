@@ -332,7 +332,7 @@ def continuous_training(record: dict[str, Any], release_ref: str, cfg: DeployCon
          "payloadConstraints": {"status": "^firing$"}},
     ]
     if cfg.cron:
-        triggers.insert(0, {"type": "cron", "enabled": True, "id": f"{name}-nightly",
+        triggers.insert(0, {"type": "cron", "enabled": True, "id": "",  # render() names it
                             "cronExpression": quartz_from_kfp(cfg.cron)})
     run = _job(f"{name}-training", steps, _command(
         "kfp run", ["${parameters.release}"], {"--experiment": name,
@@ -530,6 +530,9 @@ def render(reference: str, out: Path, *, pyproject: Path = Path("pyproject.toml"
     for file, doc in docs.items():
         if env:
             doc["name"] = f"{doc['name']}-{env}"
+        for trigger in doc["triggers"]:  # Echo keeps one cron trigger per id, whatever
+            if trigger["type"] == "cron":  # its pipeline: unique per app, env, pipeline
+                trigger["id"] = f"{cfg.application}-{doc['name']}-cron"
         problems = [p for p in validate_pipeline(doc, file, save=True) if p.severity == ERROR]
         if problems:
             raise UnusableInputError("the rendered pipeline does not validate:\n  "

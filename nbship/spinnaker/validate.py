@@ -655,3 +655,44 @@ def validate_file(path: Path, *, save: bool = False) -> list[Problem]:
     except ValueError as exc:
         return [Problem(str(path), "$", f"not JSON: {exc}")]
     return validate_pipeline(doc, str(path), save=save)
+
+
+def trigger_id_problems(docs: list[tuple[str, Any]]) -> list[Problem]:
+    """Cron trigger ids two different pipelines share, across the files given together.
+    Echo's scheduler keeps one enabled cron trigger per id for all pipelines of all
+    applications (echo-scheduler/.../actions/pipeline/TriggerRepository.groovy: a map by
+    id, "Duplicate trigger ids found"; PipelineConfigsPollingJob: the Quartz trigger key
+    is the id), so one of the two schedules silently never fires."""
+    seen: dict[str, tuple[str, str, Any]] = {}  # id -> (file, path, pipeline)
+    problems: list[Problem] = []
+    for file, doc in docs:
+        if not isinstance(doc, dict):
+            continue
+        owner = (doc.get("application"), doc.get("name"))
+        for i, trigger in enumerate(doc.get("triggers") or []):
+            if not (isinstance(trigger, dict) and trigger.get("type") == "cron"
+                    and trigger.get("enabled", True) is not False
+                    and isinstance(trigger.get("id"), str)):
+                continue
+            path = f"$.triggers[{i}].id"
+            first = seen.setdefault(trigger["id"], (file, path, owner))
+            if first[:2] != (file, path) and (first[2] != owner or first[0] == file):
+                problems.append(Problem(file, path, (
+                    f"cron trigger id {trigger['id']!r} is also {first[0]}: {first[1]} "
+                    f"(pipeline {first[2][1]!r}): Echo keeps one cron trigger per id "
+                    "(TriggerRepository), so one of them never fires; ids must be unique "
+                    "per application, environment and pipeline")))
+    return problems
+
+
+def validate_files(paths: list[Path], *, save: bool = False) -> list[Problem]:
+    """Each file validated, then what only the files together show (cron trigger ids)."""
+    problems: list[Problem] = []
+    docs: list[tuple[str, Any]] = []
+    for path in paths:
+        problems += validate_file(path, save=save)
+        try:
+            docs.append((str(path), json.loads(path.read_text())))
+        except (OSError, ValueError):
+            continue
+    return problems + trigger_id_problems(docs)

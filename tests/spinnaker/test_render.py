@@ -11,7 +11,7 @@ import pytest
 
 from nbship.spinnaker.expressions import Scope, evaluate
 from nbship.spinnaker.render import render
-from nbship.spinnaker.validate import validate_file
+from nbship.spinnaker.validate import validate_file, validate_files
 from tests.conftest import ROOT, push_release, showcase_project
 
 STEPS = "127.0.0.1:5000/nbship-steps@sha256:" + "5" * 64
@@ -80,6 +80,18 @@ def test_env_variants_and_config_mistakes(release: str, tmp_path: Path) -> None:
     assert {s["account"] for s in prod["stages"] if "account" in s} == {"prod-k8s"}
     assert "manualJudgment" not in [s["type"] for s in staging["stages"]]
     assert "manualJudgment" in [s["type"] for s in prod["stages"]]
+    # issue 20 (4): staging's and prod's crons have ids of their own (Echo keeps one
+    # cron trigger per id), and the files validate together
+    both = render(release, tmp_path / "sp", pyproject=pyproject, env="staging") + \
+        render(release, tmp_path / "sp", pyproject=pyproject, env="prod")
+    crons = {p.name: t["id"] for p in both for t in json.loads(p.read_text())["triggers"]
+             if t["type"] == "cron"}
+    assert crons == {
+        "marker-classifier-continuous-training-staging.json":
+            "markers-marker-classifier-continuous-training-staging-cron",
+        "marker-classifier-continuous-training-prod.json":
+            "markers-marker-classifier-continuous-training-prod-cron"}
+    assert [str(p) for p in validate_files(both, save=True)] == []
     pyproject.write_text('[tool.nbship.deploy]\naccont = "x"\n')
     with pytest.raises(UnusableInputError, match="unknown key"):
         render(release, tmp_path / "x", pyproject=pyproject)

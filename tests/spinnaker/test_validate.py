@@ -301,3 +301,33 @@ def test_a_wait_without_wait_time_is_a_warning() -> None:
     assert errors(doc) == []
     assert any(p.path == "$.stages[4].waitTime" and "orca waits 0 s" in p.message
                for p in validate_pipeline(doc, "x.json"))
+
+
+def test_cron_trigger_ids_are_unique_across_the_files_given_together(tmp_path: Path) -> None:
+    """Issue 20 (4): Echo's scheduler keeps one enabled cron trigger per id
+    (echo-scheduler's TriggerRepository.groovy), so two pipelines sharing one is an error
+    when their files are validated together; the same pipeline in two files is not."""
+    cron = {"type": "cron", "enabled": True, "id": "marker-classifier-nightly",
+            "cronExpression": "0 0 3 * * ?"}
+    files = []
+    for name in ("staging", "prod", "prod"):
+        doc = good()
+        doc["name"] = f"training-{name}"
+        doc["triggers"] = [dict(cron)]
+        files.append(tmp_path / f"{name}-{len(files)}.json")
+        files[-1].write_text(json.dumps(doc))
+    done = subprocess.run([sys.executable, "-m", "nbship", "deploy", "validate",
+                           *map(str, files)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    wrong = [line for line in done.stdout.splitlines() if ": error: " in line]
+    assert wrong == [f"{f}: $.triggers[0].id: error: cron trigger id "
+                     f"'marker-classifier-nightly' is also {files[0]}: $.triggers[0].id "
+                     "(pipeline 'training-staging'): Echo keeps one cron trigger per id "
+                     "(TriggerRepository), so one of them never fires; ids must be unique "
+                     "per application, environment and pipeline" for f in files[1:]]
+    assert done.stdout.rstrip().endswith("3 file(s): 2 error(s), 0 warning(s)")
+    alone = subprocess.run([sys.executable, "-m", "nbship", "deploy", "validate",
+                            str(files[0])], cwd=ROOT, capture_output=True, text=True,
+                           timeout=120)
+    assert alone.returncode == 0, alone.stdout
