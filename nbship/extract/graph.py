@@ -668,7 +668,8 @@ def _dataflow(a: _Analysis, graph: StepGraph, skip_cells: list[Cell]) -> None:
             carried.setdefault(name, stmt)
 
     functions_globals = _function_globals(graph.functions_cells, a.codes)
-    step_globals = {s.name: _function_globals(s.cells, a.codes) for s in steps}
+    step_globals = {s.name: _function_globals(s.cells, a.codes, functions_globals)
+                    for s in steps}
 
     def uses_globals(step: Step, upstream: list[Step], declared: dict[str, bool],
                      cell: Cell, line: int, pending: list[tuple[str, tuple[Cell, int]]]) -> None:
@@ -843,11 +844,14 @@ def _bindings(step: Step, name: str) -> list[tuple[int, str]]:
 def _bound_before(step: Step, name: str, index: int) -> bool:
     """``step`` has bound ``name`` (and not deleted it) in its cells above cell ``index``."""
     kinds = [kind for at, kind in _bindings(step, name) if at < index]
-    return bool(kinds) and kinds[-1] != "del"
+    if not kinds:  # changed by a call (a function's `global`): where produces says
+        return name in step.produces and step.produces[name][0].index < index
+    return kinds[-1] != "del"
 
 
 def _bound_after(step: Step, name: str, index: int) -> bool:
-    return any(at > index and kind != "del" for at, kind in _bindings(step, name))
+    return any(at > index and kind != "del" for at, kind in _bindings(step, name)) or (
+        name in step.produces and step.produces[name][0].index > index)
 
 
 def _order_edges(a: _Analysis, graph: StepGraph) -> None:
@@ -968,11 +972,14 @@ def _global_statements(cells: list[Cell], codes: dict[int, CellCode]
     return found
 
 
-def _function_globals(cells: list[Cell], codes: dict[int, CellCode]
+def _function_globals(cells: list[Cell], codes: dict[int, CellCode],
+                      known: dict[str, dict[str, bool]] | None = None,
                       ) -> dict[str, dict[str, bool]]:
-    """Functions defined at the top of ``cells`` whose bodies declare ``global`` names ->
-    each name and whether the function assigns it."""
-    found: dict[str, dict[str, bool]] = {}
+    """Functions defined at the top of ``cells`` whose bodies declare ``global`` names, or
+    call such a function (of ``cells``, or of ``known``: the functions cells), through any
+    number of calls -> each name and whether the function (or a callee) assigns it."""
+    found: dict[str, dict[str, bool]] = dict(known or {})
+    calls: dict[str, set[str]] = {}
     for cell in cells:
         tree = codes[cell.index].tree
         for top in tree.body if tree else ():
@@ -980,11 +987,21 @@ def _function_globals(cells: list[Cell], codes: dict[int, CellCode]
                 continue
             nodes = list(ast.walk(top))
             declared = {n for node in nodes if isinstance(node, ast.Global) for n in node.names}
-            if declared:
-                found[top.name] = {n: any(isinstance(node, ast.Name) and node.id == n
-                                          and isinstance(node.ctx, ast.Store)
-                                          for node in nodes) for n in sorted(declared)}
-    return found
+            found[top.name] = {n: any(isinstance(node, ast.Name) and node.id == n
+                                      and isinstance(node.ctx, ast.Store)
+                                      for node in nodes) for n in sorted(declared)}
+            calls[top.name] = {node.id for node in nodes
+                               if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)}
+    changed = True
+    while changed:  # through calls: bar() calls foo(), which declares `global x`
+        changed = False
+        for func, callees in calls.items():
+            for callee in callees & found.keys():
+                for name, stores in found[callee].items():
+                    if found[func].get(name, False) < stores or name not in found[func]:
+                        found[func][name] = stores or found[func].get(name, False)
+                        changed = True
+    return {f: g for f, g in found.items() if g and (f in calls or known is None)}
 
 
 def _global_checks(a: _Analysis, graph: StepGraph) -> None:

@@ -274,10 +274,28 @@ def _guard_token_requests(auth: Any, registry: str) -> None:
     auth.request_token = guarded
 
 
+def check_answers(registry: str, what: str) -> None:
+    """ReleaseError at once when nothing answers at ``registry``: oras-py retries a refused
+    connection with back-off for minutes. Any HTTP answer (a 401 asking for credentials
+    included) counts; nothing is sent but a GET of ``/v2/``."""
+    scheme = "http" if insecure(registry) else "https"
+    try:
+        with open_url(urllib.request.Request(f"{scheme}://{registry}/v2/"), TIMEOUTS):
+            return
+    except urllib.error.HTTPError:
+        return
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ReleaseError(f"pushing {what}: no registry answers at {registry} ({reason})",
+                           hint="is the registry up? (nbship registry status; nbship "
+                                "registry up starts the embedded one)") from None
+
+
 def push_files(target: Reference, folder: Any, files: list[tuple[str, str]],
                config: tuple[str, str], what: str, hint: str) -> None:
     """Push ``files`` (names in ``folder``, media types) as one artifact with ``config`` as
     its config blob, with oras-py; ReleaseError naming ``what`` when it fails."""
+    check_answers(target.registry, f"{what} {target}")
     try:
         import oras.client
     except ImportError:

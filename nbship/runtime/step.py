@@ -150,17 +150,37 @@ class StepRun:
 
         if not isinstance(value, types.FunctionType):
             return value
-        for key, item in value.__globals__.items():
-            namespace.setdefault(key, item)
-        shared = types.FunctionType(value.__code__, namespace, value.__name__,
-                                    value.__defaults__, value.__closure__)
-        shared.__kwdefaults__ = value.__kwdefaults__
-        shared.__dict__.update(value.__dict__)
-        shared.__qualname__ = value.__qualname__
-        shared.__doc__ = value.__doc__
-        shared.__annotations__ = dict(value.__annotations__)
-        shared.__module__ = value.__module__
-        return shared
+        old = value.__globals__
+        done: dict[int, types.FunctionType] = {}
+
+        def rebind(func: types.FunctionType) -> types.FunctionType:
+            # the functions it reaches (its globals, its closure: a step's functions are
+            # closures over each other) came in the same pickle, with the same globals
+            if id(func) in done:
+                return done[id(func)]
+            shared = types.FunctionType(func.__code__, namespace, func.__name__,
+                                        func.__defaults__, func.__closure__)
+            done[id(func)] = shared
+            shared.__kwdefaults__ = func.__kwdefaults__
+            shared.__dict__.update(func.__dict__)
+            shared.__qualname__ = func.__qualname__
+            shared.__doc__ = func.__doc__
+            shared.__annotations__ = dict(func.__annotations__)
+            shared.__module__ = func.__module__
+            for cell in func.__closure__ or ():
+                try:
+                    inner = cell.cell_contents
+                except ValueError:  # an empty cell
+                    continue
+                if isinstance(inner, types.FunctionType) and inner.__globals__ is old:
+                    cell.cell_contents = rebind(inner)
+            return shared
+
+        for key, item in old.items():
+            if key not in namespace:
+                namespace[key] = rebind(item) if isinstance(item, types.FunctionType) \
+                    and item.__globals__ is old else item
+        return rebind(value)
 
     def log_metric(self, artifact: Any, name: str, value: Any) -> None:
         try:

@@ -293,3 +293,62 @@ def test_a_parameter_declared_global_is_named(tmp_path: Path) -> None:
     found = [p for p in g.errors if p.kind == "global"]
     assert [(p.where.cell, p.where.line) for p in found] == [(1, 3)]
     assert "'rate'" in found[0].message
+
+
+GLOBAL_VARIATIONS: Cells = [
+    (["step:prep"], """c1 = c2 = c3 = c4 = c5 = c6 = 0
+def bump1():
+    global c1
+    c1 += 1
+def outer2():
+    def inner():
+        global c2
+        c2 += 2
+    inner()
+class K3:
+    def m(self):
+        global c3
+        c3 += 3
+def deco(fn):
+    def wrapper():
+        global c4
+        c4 += 4
+        return fn()
+    return wrapper
+@deco
+def g4():
+    return 0
+def counter5():
+    n = 0
+    def step():
+        nonlocal n
+        global c5
+        n += 1
+        c5 += n
+    step()
+    step()
+def a6():
+    b6()
+def b6():
+    c6_()
+def c6_():
+    global c6
+    c6 += 6
+bump1(); outer2(); K3().m(); g4(); counter5(); a6()
+[bump1() for _ in range(2)]
+(lambda: a6())()"""),
+    (["step:mid"], "a6()"),
+    (["step:later"], "bump1()\nouter2()\ntotal = c1 + c2 + c3 + c4 + c5 + c6"),
+    (["pipeline-metrics"], "\n".join(f"print({n})" for n in
+                                     ["c1", "c2", "c3", "c4", "c5", "c6", "total"])),
+]
+
+
+@pytest.mark.slow
+def test_variations_of_global_agree_with_the_notebook(tmp_path: Path) -> None:
+    """Nested functions, methods, decorators, nonlocal beside global, augmented assignment,
+    comprehensions, lambdas, and calls through three functions, in one step and across."""
+    printed, logged = notebook_and_pipeline(tmp_path, GLOBAL_VARIATIONS)
+    assert printed == {"c1": 4.0, "c2": 4.0, "c3": 3.0, "c4": 4.0, "c5": 3.0, "c6": 18.0,
+                       "total": 36.0}
+    assert logged == printed

@@ -328,3 +328,20 @@ def test_buildah_push_sends_no_credentials_to_a_foreign_realm(
         Buildah().push(buildah_image, target, insecure=True)
     assert BASIC in elsewhere.seen  # through --authfile
     assert commands and not [c for c in commands if any(PASSWORD in arg for arg in c)]
+
+
+def test_a_push_to_where_no_registry_answers_is_a_message_at_once(tmp_path: Path) -> None:
+    """oras-py retries a refused connection for minutes; nbship asks /v2/ once first."""
+    import socket
+    import time
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "a.txt").write_text("a")
+    target = oci.repository(f"127.0.0.1:{port}", "models", "m").with_tag("t")
+    started = time.monotonic()
+    with pytest.raises(ReleaseError, match=f"no registry answers at 127.0.0.1:{port}"):
+        oci.push_files(target, tmp_path, [("a.txt", "text/plain")], ("a.txt", "text/plain"),
+                       "a model release", "hint")
+    assert time.monotonic() - started < 10
