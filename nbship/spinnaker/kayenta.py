@@ -124,6 +124,61 @@ def duration_seconds(text: str) -> float:
     return d * 86400 + h * 3600 + mi * 60 + s
 
 
+
+@dataclass(frozen=True)
+class Intervals:
+    """How Orca plans a kayentaCanary that has no endTime (orca-kayenta's
+    RunCanaryIntervalsStage.kt ``beforeStages`` and KayentaCanaryContext.kt): a warmup
+    wait of ``beginCanaryAnalysisAfterMins``, then per interval a wait of the interval
+    and an analysis of ``windows[i]`` (seconds after the stage starts)."""
+
+    warmup: float
+    interval: float
+    windows: list[tuple[float, float]]
+
+
+def canary_intervals(config: dict[str, Any]) -> Intervals:
+    """The intervals Orca plans for ``canaryConfig``; ValueError for one Orca cannot plan.
+
+    Orca counts intervals as ``lifetime.toMinutes() / interval.toMinutes()`` in whole
+    minutes (the interval, ``canaryAnalysisIntervalMins``, defaulting to the lifetime,
+    and the lifetime when 0 or longer): a lifetime under a minute is 0/0 (a Long
+    division by zero: the stage fails before any analysis). Each window starts after the
+    warmup (or ``lookbackMins`` before its end) and ends ``i`` intervals later."""
+    def minutes(key: str, default: int | None) -> int | None:
+        value = config.get(key)
+        if value is None or value == "":
+            return default
+        try:
+            return int(str(value))
+        except ValueError:
+            raise ValueError(f"{key} {value!r} is not a whole number of minutes") from None
+
+    if config.get("lifetimeDuration"):
+        lifetime = duration_seconds(str(config["lifetimeDuration"]))
+    elif config.get("lifetimeHours") not in (None, ""):
+        lifetime = float(str(config["lifetimeHours"])) * 3600
+    else:
+        raise ValueError("Canary stage configuration must include either `endTime` or "
+                         "`lifetimeDuration`.")
+    every = minutes("canaryAnalysisIntervalMins", None)
+    interval = lifetime if every is None else every * 60.0
+    if interval == 0 or interval > lifetime:
+        interval = lifetime
+    whole_lifetime, whole_interval = int(lifetime // 60), int(interval // 60)
+    if whole_interval == 0:
+        raise ValueError(
+            f"a lifetime of {lifetime:g} s is under a minute: Orca counts the intervals as "
+            f"lifetime.toMinutes() / interval.toMinutes() = {whole_lifetime}/"
+            f"{whole_interval} and fails (RunCanaryIntervalsStage); at least PT1M")
+    warmup = (minutes("beginCanaryAnalysisAfterMins", 0) or 0) * 60.0
+    lookback = (minutes("lookbackMins", 0) or 0) * 60.0
+    windows = []
+    for i in range(1, whole_lifetime // whole_interval + 1):
+        end = warmup + i * interval
+        windows.append((end - lookback if lookback > 0 else warmup, end))
+    return Intervals(warmup, interval, windows)
+
 # --- the judge ---------------------------------------------------------------------------
 
 

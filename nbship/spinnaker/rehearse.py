@@ -497,14 +497,22 @@ class KayentaCanary:
         scopes = config.get("scopes") or []
         if len(scopes) != 1:
             return "a rehearsal judges one scope (controlScope and experimentScope)"
+        if any(isinstance(sc, dict) and sc.get("endTimeIso") for sc in scopes):
+            return "a rehearsal judges a canary as it runs (lifetimeDuration), not an " \
+                "endTimeIso in the past"
+        from nbship.spinnaker.kayenta import canary_intervals
+
+        try:  # what Orca cannot plan fails here before anything starts
+            canary_intervals(config)
+        except ValueError as exc:
+            return f"canaryConfig: {exc}"
         if which("prometheus") is None:
             return "judging a canary here needs Prometheus (make tools; apt-get install " \
                 "prometheus)"
         return None
 
     def run(self, stage: dict[str, Any], rehearsal: Rehearsal) -> Outcome:
-        from nbship.monitoring.stack import api
-        from nbship.spinnaker.kayenta import duration_seconds, judge
+        from nbship.spinnaker.kayenta import canary_intervals
 
         config = stage["canaryConfig"]
         _, doc = canary_configs(rehearsal.path.parent)[str(config["canaryConfigId"])]
@@ -513,15 +521,40 @@ class KayentaCanary:
         if not control or not experiment:
             raise RehearsalError(f"the canary's scopes are empty (control {control!r}, "
                                  f"experiment {experiment!r})")
-        seconds = duration_seconds(config.get("lifetimeDuration") or
-                                   f"PT{float(config.get('lifetimeHours') or 0)}H")
+        try:  # Orca's plan: a warmup wait, then per interval a wait and an analysis
+            plan = canary_intervals(config)
+        except ValueError as exc:
+            raise RehearsalError(f"canaryConfig: {exc}") from None
         prometheus = rehearsal.prometheus
         assert prometheus is not None  # started before the stages when one is kayentaCanary
-        rehearsal.echo(f"    observing control {control} and experiment {experiment} for "
-                       f"{seconds:g} s (Prometheus {prometheus})")
-        start = time.time()
-        time.sleep(seconds)
-        end = time.time()
+        rehearsal.echo(f"    observing control {control} and experiment {experiment}: "
+                       f"{len(plan.windows)} interval(s) of {plan.interval:g} s after "
+                       f"{plan.warmup:g} s (Prometheus {prometheus})")
+        began = time.time()
+        thresholds = {k: v for k, v in (config.get("scoreThresholds") or {}).items()
+                      if v is not None}
+        scores: list[float] = []
+        verdict = None
+        time.sleep(plan.warmup)
+        for i, (first, last) in enumerate(plan.windows, 1):
+            time.sleep(max(0.0, began + last - time.time()))  # Interval Wait #i
+            verdict = self.analyse(doc, scope, control, experiment, prometheus,
+                                   began + first, began + last, thresholds)
+            scores.append(verdict.score)
+            rehearsal.echo(f"    interval {i}: canary score {verdict.score:g}")
+            marginal = float(thresholds.get("marginal", 50))
+            if verdict.score <= marginal and i < len(plan.windows):
+                break  # MonitorKayentaCanaryTask: at or under marginal ends the canary
+        assert verdict is not None  # at least one window: canary_intervals says so
+        return self.outcome(verdict, scores, thresholds, rehearsal)
+
+    @staticmethod
+    def analyse(doc: dict[str, Any], scope: dict[str, Any], control: str, experiment: str,
+                prometheus: str, start: float, end: float, thresholds: dict[str, Any]
+                ) -> Any:
+        """One RunCanaryPipelineStage: both scopes' series over [start, end], judged."""
+        from nbship.monitoring.stack import api
+        from nbship.spinnaker.kayenta import judge
 
         def series(template: str) -> tuple[list[float], list[float]]:
             out = []
@@ -533,13 +566,18 @@ class KayentaCanary:
                 out.append([float(v) for _, v in found[0]["values"]] if found else [])
             return out[0], out[1]
 
-        verdict = judge(doc, series, {k: v for k, v in (config.get("scoreThresholds") or {})
-                                      .items() if v is not None})
+        return judge(doc, series, thresholds)
+
+    @staticmethod
+    def outcome(verdict: Any, scores: list[float], thresholds: dict[str, Any],
+                rehearsal: Rehearsal) -> Outcome:
+        """The stage's result from the last interval's score, as AggregateCanaryResults
+        decides it (at or under marginal, or under pass: TERMINAL)."""
         for m in verdict.metrics:
             rehearsal.echo(f"    {'pass' if m['passed'] else 'FAIL'}  {m['name']:<20} "
                            f"{m['classification']:<7} {m['why']}")
         outputs = {"overallScore": verdict.score, "overallResult": verdict.result,
-                   "canaryScores": [verdict.score],
+                   "canaryScores": scores,
                    "metrics": {m["name"]: m["classification"] for m in verdict.metrics},
                    "analysis": [{k: m[k] for k in ("name", "classification", "why", "points")}
                                 for m in verdict.metrics]}

@@ -147,6 +147,14 @@ def read_config(pyproject: Path, name: str, env: str | None,
                                  "Kayenta config id: letters, digits, '.', '_', '-'")
     if not 1 <= int(values.get("canary_percent", 10)) <= 99:
         raise UnusableInputError(f"{pyproject} [tool.nbship.deploy]: canary_percent is 1-99")
+    if values.get("canary_config") and int(values.get("canary_seconds", 600)) < 60:
+        # orca-kayenta's RunCanaryIntervalsStage counts intervals in whole minutes
+        # (lifetime.toMinutes() / interval.toMinutes()): under a minute is 0/0, and fails
+        raise UnusableInputError(
+            f"{pyproject} [tool.nbship.deploy]: canary_seconds = "
+            f"{values.get('canary_seconds')} with canary_config: Kayenta's lifetime is at "
+            "least a minute (Orca plans its intervals in whole minutes and fails under one)",
+            hint="canary_seconds = 60 or more, or no canary_config (the judge Job)")
     from nbship.pipelines.training import read_config as training
 
     sets = nbship.get("parameter_sets", {}) or {}

@@ -290,6 +290,16 @@ def _kayenta(check: Check, stage: dict[str, Any], path: str) -> None:
             or any(isinstance(s, dict) and s.get("endTimeIso") for s in scopes)):
         check.error(f"{at}.lifetimeDuration", "required (or lifetimeHours, or a scope's "
                     "endTimeIso)")
+    elif not any(isinstance(s, dict) and s.get("endTimeIso") for s in scopes) and not any(
+            "${" in str(config.get(k, "")) for k in (
+                "lifetimeDuration", "lifetimeHours", "canaryAnalysisIntervalMins",
+                "beginCanaryAnalysisAfterMins", "lookbackMins")):
+        from nbship.spinnaker.kayenta import canary_intervals
+
+        try:  # the intervals as Orca plans them (RunCanaryIntervalsStage)
+            canary_intervals(config)
+        except ValueError as exc:
+            check.error(f"{at}.lifetimeDuration" if "lifetime" in str(exc) else at, str(exc))
 
 
 @rule("findArtifactFromExecution")

@@ -12,7 +12,9 @@ import pytest
 
 from nbship.spinnaker.kayenta import (
     METRICS,
+    Intervals,
     canary_config,
+    canary_intervals,
     classify,
     config_problems,
     duration_seconds,
@@ -133,3 +135,50 @@ def test_windows_hold_four_scrapes_and_the_description_names_only_its_metrics() 
     described = config["description"]
     assert all(m["name"] in described for m in config["metrics"])
     assert "drift" not in described  # PSI is the judge job's, not this config's
+
+
+# issue 20 (3): Orca's interval planning, with the table of orca-kayenta's
+# src/test/kotlin/com/netflix/spinnaker/orca/kayenta/pipeline/RunCanaryIntervalsStageTest.kt
+# ("start and end times are not specified", lifetime 48 h) as data: warmup, interval and
+# lookback minutes -> the analysis windows, in minutes after the stage starts
+H = 60  # minutes in an hour
+ORCA_INTERVALS = [
+    (None, None, None, [(0, 48 * H)]),
+    (None, "", "", [(0, 48 * H)]),
+    (None, "0", "0", [(0, 48 * H)]),
+    (None, str(8 * H), None, [(0, 8 * H * i) for i in range(1, 7)]),
+    ("45", None, "", [(45, 45 + 48 * H)]),
+    ("45", "0", None, [(45, 45 + 48 * H)]),
+    ("45", str(8 * H), "", [(45, 45 + 8 * H * i) for i in range(1, 7)]),
+    (None, None, "60", [(47 * H, 48 * H)]),
+    (None, str(8 * H), "60", [(8 * H * i - H, 8 * H * i) for i in range(1, 7)]),
+    ("45", "0", "60", [(45 + 47 * H, 45 + 48 * H)]),
+    ("45", str(8 * H), "60", [(45 + 8 * H * i - H, 45 + 8 * H * i) for i in range(1, 7)]),
+]
+
+
+@pytest.mark.parametrize(("warmup", "interval", "lookback", "windows"), ORCA_INTERVALS)
+def test_intervals_as_orca_plans_them(warmup: str | None, interval: str | None,
+                                      lookback: str | None,
+                                      windows: list[tuple[int, int]]) -> None:
+    config = {"lifetimeDuration": "PT48H", "beginCanaryAnalysisAfterMins": warmup,
+              "canaryAnalysisIntervalMins": interval, "lookbackMins": lookback}
+    planned = canary_intervals(config)
+    assert [(a / 60, b / 60) for a, b in planned.windows] == windows
+    assert planned.warmup == 60 * int(warmup or 0)
+    assert planned.interval == 60 * (int(interval) if interval and interval != "0"
+                                     else 48 * H)
+
+
+def test_a_lifetime_under_a_minute_is_what_orca_cannot_plan() -> None:
+    # RunCanaryIntervalsStage: lifetime.toMinutes() / interval.toMinutes() is 0/0
+    with pytest.raises(ValueError, match="0/0"):
+        canary_intervals({"lifetimeDuration": "PT30S"})
+    with pytest.raises(ValueError, match="endTime"):
+        canary_intervals({})
+    # a minute and a half, no interval: one interval of 90 s, as Orca waits it
+    assert canary_intervals({"lifetimeDuration": "PT90S"}) == Intervals(0, 90, [(0, 90)])
+    # an interval of a minute over 150 s: two intervals; Orca never analyses the last 30 s
+    assert canary_intervals({"lifetimeDuration": "PT150S", "canaryAnalysisIntervalMins": 1}
+                            ).windows == [(0, 60), (0, 120)]
+    assert canary_intervals({"lifetimeHours": "1"}).windows == [(0, 3600)]

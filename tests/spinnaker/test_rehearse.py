@@ -196,3 +196,31 @@ def test_stage_enabled_as_orca_evaluates_it(tmp_path: Path) -> None:
     assert any("Unable to locate manual Judgment stage [Go?]" in line for line in lines)
     assert stages["On status"]["status"] == "SUCCEEDED"
     assert stages["Last"]["status"] == "SUCCEEDED"
+
+
+def test_a_kayenta_canary_orca_cannot_plan_is_refused_before_anything_starts(
+        tmp_path: Path) -> None:
+    """Issue 20 (3): Orca plans a kayentaCanary's intervals in whole minutes
+    (RunCanaryIntervalsStage): under a minute is 0/0. The rehearsal's handler refuses it
+    as its check, and validation (run first) refuses the file."""
+    from nbship.spinnaker.kayenta import canary_config
+    from nbship.spinnaker.rehearse import KayentaCanary
+
+    (tmp_path / "kayenta").mkdir()
+    (tmp_path / "kayenta" / "c.json").write_text(json.dumps(canary_config("c", "markers")))
+    stage = {"refId": "1", "requisiteStageRefIds": [], "type": "kayentaCanary",
+             "name": "Judge", "analysisType": "realTime",
+             "canaryConfig": {"canaryConfigId": "c", "lifetimeDuration": "PT30S",
+                              "scopes": [{"scopeName": "default", "controlScope": "a",
+                                          "experimentScope": "b"}]}}
+    why = KayentaCanary().check(stage, tmp_path, "$.stages[0]")
+    assert why is not None and "0/0" in why and "RunCanaryIntervalsStage" in why
+    stage["canaryConfig"]["lifetimeDuration"] = "PT60S"
+    why = KayentaCanary().check(stage, tmp_path, "$.stages[0]")
+    assert why is None or "needs Prometheus" in why
+    stage["canaryConfig"]["lifetimeDuration"] = "PT30S"
+    from nbship.errors import UnusableInputError
+
+    with pytest.raises(UnusableInputError, match="0/0"):
+        rehearse(write(tmp_path, pipeline([stage])), Options(root=tmp_path / "deploy"))
+    assert not (tmp_path / "deploy").exists()

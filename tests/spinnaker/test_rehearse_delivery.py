@@ -180,7 +180,7 @@ def kayenta(delivery: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) 
     if which("prometheus") is None:
         pytest.skip("not installed: prometheus (make tools; .ci/run installs it)")
     project = showcase_project(tmp_path_factory.mktemp("kayenta"), (
-        '[tool.nbship.deploy]\ncanary_seconds = 30\ncanary_config = "nbship-model-server"\n'
+        '[tool.nbship.deploy]\ncanary_seconds = 60\ncanary_config = "nbship-model-server"\n'
         '[tool.nbship.training."notebooks/marker_classifier.ipynb"]\ncron = "0 0 3 * * *"\n'))
     written = render(delivery["release"], project / "spinnaker",
                      pyproject=project / "pyproject.toml", model=delivery["refs"]["good"])

@@ -253,6 +253,10 @@ def test_a_kayenta_canary_config_judges_with_kayenta(local_registry: str,
 
     with pytest.raises(UnusableInputError, match="canary_config is a Kayenta config id"):
         render(release, tmp_path / "out2", pyproject=pyproject, model=target)
+    # issue 20 (3): Orca plans Kayenta's intervals in whole minutes: 30 s is 0/0
+    pyproject.write_text('[tool.nbship.deploy]\ncanary_config = "c"\ncanary_seconds = 30\n')
+    with pytest.raises(UnusableInputError, match="at least a minute"):
+        render(release, tmp_path / "out3", pyproject=pyproject, model=target)
 
 
 def test_cli_renders_with_the_model_beside_the_release(local_registry: str,

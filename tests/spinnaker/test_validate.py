@@ -163,6 +163,13 @@ BROKEN: list[tuple[str, Callable[[dict[str, Any]], None], str, str]] = [
     ("canary without lifetime", _set(["stages", 5, "canaryConfig", "lifetimeDuration"],
                                      DELETE), "$.stages[5].canaryConfig.lifetimeDuration",
      "required"),
+    # issue 20 (3): Orca's RunCanaryIntervalsStage counts whole minutes: 30 s is 0/0
+    ("canary under a minute", _set(["stages", 5, "canaryConfig", "lifetimeDuration"],
+                                   "PT30S"), "$.stages[5].canaryConfig.lifetimeDuration",
+     "0/0"),
+    ("canary interval in words", _set(["stages", 5, "canaryConfig",
+                                       "canaryAnalysisIntervalMins"], "soon"),
+     "$.stages[5].canaryConfig", "whole number of minutes"),
     ("canary without config id", _set(["stages", 5, "canaryConfig", "canaryConfigId"], DELETE),
      "$.stages[5].canaryConfig.canaryConfigId", "required"),
     ("dynamic delete without criteria", _set(["stages", 6, "criteria"], DELETE),
