@@ -323,6 +323,9 @@ def _parser() -> argparse.ArgumentParser:
     dp.add_argument("--jobs", choices=["image", "venv"], default="image",
                     help="rehearse: run the Run Job stages in their released image (buildah, "
                     "the default) or in this venv")
+    dp.add_argument("--servers", choices=["image", "venv"], default=None,
+                    help="rehearse: run the model servers in their InferenceService's image "
+                    "(buildah), as KServe does, or in this venv (default: as --jobs)")
     dp.add_argument("--release", default=None, metavar="RELEASE_REF",
                     help="rehearse: the release whose images (by digest, as its release.json "
                     "records them) may have this machine's key, the nbship-key secret "
@@ -896,7 +899,7 @@ def _rehearse(args: argparse.Namespace) -> int:
     options = rehearse.Options(parameters=params, judge=args.judge,
                                time_scale=args.time_scale, stable=args.stable,
                                traffic=args.traffic, kfp_host=args.kfp_host,
-                               jobs=args.jobs, release=args.release,
+                               jobs=args.jobs, servers=args.servers, release=args.release,
                                ask=input if sys.stdin.isatty() else None)
     record, path = rehearse.rehearse(Path(args.files[0]), options,
                                      echo=lambda line: print(line, flush=True))

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from nbship.ci.compare import DIFFERS, EQUAL, SKIPPED, Verdict, compare
-from nbship.ci.notebook_run import NotebookRun
+from nbship.ci.notebook_run import NotebookRun, metric_key
 from nbship.errors import Location, NbshipError
 from nbship.extract.graph import StepGraph
 from nbship.runtime import serializers
@@ -80,7 +80,8 @@ def compare_runs(graph: StepGraph, notebook: NotebookRun, provenance: dict[str, 
                                            serializers.summary(ours),
                                            serializers.summary(theirs)))
     for name, step_name in graph.metrics.items():
-        meta = notebook.captured.get(step_name, {}).get(name, {"status": "missing"})
+        key = metric_key(graph.step(step_name), name)  # where the notebook printed it
+        meta = notebook.captured.get(key, {}).get(name, {"status": "missing"})
         if meta["status"] != "saved" or name not in pipeline_metrics:
             side = "the pipeline" if meta["status"] == "saved" else "the notebook"
             report.findings.append(Finding("metric", name, step_name, [],
@@ -88,7 +89,7 @@ def compare_runs(graph: StepGraph, notebook: NotebookRun, provenance: dict[str, 
                                            "missing" if side == "the notebook" else "",
                                            "missing" if side == "the pipeline" else ""))
             continue
-        ours = float(serializers.load(notebook.capture_dir / step_name / name))
+        ours = float(serializers.load(notebook.capture_dir / key / name))
         theirs = pipeline_metrics[name]
         report.findings.append(Finding("metric", name, step_name, [],
                                        compare(ours, theirs, rtol=rtol, atol=atol),

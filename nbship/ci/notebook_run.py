@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from nbship.errors import Location, NbshipError
-from nbship.extract.graph import StepGraph
+from nbship.extract.graph import Step, StepGraph
 from nbship.runtime import serializers
 from nbship.runtime.numerics import Numerics
 
@@ -53,6 +53,16 @@ class NotebookRun:
     # the notebook's cell position -> its outputs in this run (every cell ran)
     outputs: dict[int, list[Any]] = field(default_factory=dict)
     failure: NotebookFailure | None = None  # what papermill itself fails on, if anything
+
+
+# Metrics a step logs where the metrics cell stands inside it (Step.metric_after) are
+# captured there, under the step's name with this suffix; its other values at its end.
+MID_STEP = "@metrics"
+
+
+def metric_key(step: Step, name: str) -> str:
+    """Where the notebook run keeps metric ``name`` of ``step`` (a capture's step key)."""
+    return step.name + MID_STEP if name in step.metric_after else step.name
 
 
 def capture(directory: str, step: str, namespace: dict[str, Any], names: list[str]) -> None:
@@ -88,8 +98,22 @@ def instrument(graph: StepGraph, capture_dir: Path, settings: Numerics | None = 
         nb.cells[first].metadata.setdefault("tags", []).append("parameters")
     inserts: list[tuple[int, Any]] = []
     for step in graph.steps:
-        names = sorted(set(step.outputs) | set(step.metrics))
-        if not names:
+        mid: dict[int, list[str]] = {}
+        for metric, after in step.metric_after.items():
+            mid.setdefault(after, []).append(metric)
+        for after, metrics in mid.items():  # the values the notebook prints there
+            code = (f"# nbship: capture the metrics of step {step.name!r} where the metrics "
+                    "cell stands (not kept in the saved notebook)\n"
+                    "from nbship.ci.notebook_run import capture as _nbship_capture\n"
+                    f"_nbship_capture({str(capture_dir)!r}, {step.name + MID_STEP!r}, "
+                    f"globals(), {sorted(metrics)!r})")
+            cell = nbformat.v4.new_code_cell(code)
+            cell.metadata["tags"] = [CAPTURE_TAG]
+            cell.metadata["nbship"] = {"capture": step.name}
+            inserts.append((after + 1, cell))
+        names = sorted(set(step.outputs) | {m for m in step.metrics
+                                              if m not in step.metric_after})
+        if not names and not step.metrics:
             continue
         code = (f"# nbship: capture what step {step.name!r} passes on (not kept in the "
                 "saved notebook)\n"

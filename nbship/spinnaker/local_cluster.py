@@ -23,6 +23,7 @@ traffic fails no request. Every process is ours (a Popen we hold) and is stopped
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -31,6 +32,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +65,7 @@ class Revision:
     log: Path
     ready: bool = False
     stopped: bool = False
+    container: contextlib.ExitStack | None = None  # its image's container, removed after
 
     @property
     def url(self) -> str:
@@ -96,14 +99,20 @@ class Cluster:
     _lock: threading.RLock = field(default_factory=threading.RLock)
     _started: float = field(default_factory=time.monotonic)
     _pending: list[threading.Thread] = field(default_factory=list)
+    # the predictor container -> the command prefix that runs in its image (a message
+    # when it cannot): model servers run from the InferenceService's image, as KServe
+    # runs them; None: from this venv (--servers venv)
+    runner: Callable[[dict[str, Any]], AbstractContextManager[list[str] | str]] | None = None
 
     # --- what the stages do ------------------------------------------------------------
 
-    def serve(self, name: str, model: str, namespace: str = "default") -> Service:
+    def serve(self, name: str, model: str, namespace: str = "default",
+              container: dict[str, Any] | None = None) -> Service:
         """What is in production before the rehearsal starts: ``model`` serving ``name``
-        (waits until it is ready)."""
+        (waits until it is ready), in ``container``'s image when given."""
         self.apply_isvc({"metadata": {"name": name, "namespace": namespace},
-                         "spec": {"predictor": {"containers": [{"args": [model]}]}}})
+                         "spec": {"predictor": {"containers": [
+                             {**(container or {}), "args": [model]}]}}})
         self.settle()
         service = self.services[name]
         if service.stable is None or not service.stable.ready:
@@ -134,7 +143,7 @@ class Cluster:
                     and service.canary is None:
                 self._event(name, f"{name}: unchanged ({short(model)})")
                 return
-            revision = self._start(name, model)
+            revision = self._start(name, model, containers[0])
             if service.stable is None:
                 service.stable, service.percent = revision, None
                 self._event(name, f"{name}: first revision {short(model)}")
@@ -219,17 +228,34 @@ class Cluster:
                             if name in self.services else {}})
         self.echo(f"  [cluster] {text}")
 
-    def _start(self, name: str, model: str) -> Revision:
+    def _start(self, name: str, model: str, container: dict[str, Any]) -> Revision:
         port = free_port()
         log = self.root / f"{name}-{port}.log"
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(log, "wb") as out:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "nbship", "serve", model, "--port", str(port),
-                 "--monitor", str(self.root / "monitor")],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
-        return Revision(model, port, process, log)
+        argv = ["-m", "nbship", "serve", model, "--port", str(port),
+                "--monitor", str((self.root / "monitor").resolve())]
+        if self.runner is None:  # --servers venv
+            cmd, env = [sys.executable, *argv], {**os.environ, "PYTHONUNBUFFERED": "1",
+                                                 "OMP_NUM_THREADS": "1"}
+            stack = None
+        else:  # the InferenceService's image, as KServe runs its predictor
+            stack = contextlib.ExitStack()
+            prefix = stack.enter_context(self.runner(container))
+            if isinstance(prefix, str):
+                stack.close()
+                raise ClusterError(f"{name}: the model server cannot start: {prefix}")
+            cmd, env = [*prefix, "python", *argv], None
+            self.echo(f"  [cluster] {name}: nbship serve {short(model)} in "
+                      f"{container.get('image')}")
+        try:
+            with open(log, "wb") as out:
+                process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                           stdin=subprocess.DEVNULL, env=env)
+        except BaseException:
+            if stack is not None:
+                stack.close()
+            raise
+        return Revision(model, port, process, log, container=stack)
 
     def _watch(self, service: Service, revision: Revision) -> None:
         def wait() -> None:
@@ -304,3 +330,5 @@ def _stop(revision: Revision) -> None:
         except subprocess.TimeoutExpired:
             revision.process.kill()
             revision.process.wait(10)
+    if revision.container is not None:  # the image's container, removed
+        revision.container.close()

@@ -68,6 +68,9 @@ class Options:
     traffic: float = 20.0  # requests a second to each InferenceService; 0: none
     kfp_host: str | None = None  # None: nbship kfp's local pipeline host
     jobs: str = "image"  # Run Jobs in their released image (buildah) or in this venv
+    # model servers in the InferenceService's image (buildah), as KServe runs them, or in
+    # this venv; None: as the Jobs
+    servers: str | None = None
     release: str | None = None  # the release whose images may have this machine's key
     root: Path = Path(".nbship/deploy")
     ask: Callable[[str], str] | None = None  # the terminal's input(), when there is one
@@ -586,8 +589,52 @@ class KayentaCanary:
                        f"canary score {verdict.score:g} ({verdict.result})")
 
 
+def _predictor(stages: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
+    """The predictor container the pipeline deploys ``name`` with (its image, its env):
+    what the stable server before the rehearsal runs in as well."""
+    for s in stages:
+        for doc in s.get("manifests") or [] if s.get("type") == "deployManifest" else []:
+            if _is_isvc(doc) and doc["metadata"].get("name") == name:
+                return dict(doc["spec"]["predictor"]["containers"][0])
+    return None
+
+
+ServerRunner = Callable[[dict[str, Any]], contextlib.AbstractContextManager[list[str] | str]]
+
+
+def server_runner(rehearsal: Rehearsal, workdir: Path) -> ServerRunner:
+    """How the local cluster runs a model server in its InferenceService's image: a
+    buildah container as a Job's (the host's network, a pid namespace of its own, the
+    project and the rehearsal's folder mounted), given the ``nbship-key`` secret only
+    when the image is the rehearsed release's (checked again here, resolved)."""
+    from nbship.signing import KEY_ENV, key_hex
+
+    @contextlib.contextmanager
+    def run(container: dict[str, Any]) -> Iterator[list[str] | str]:
+        image = str(container.get("image") or "")
+        if not image:
+            yield "the predictor container names no image"
+            return
+        why = rehearsal.key.problem(container, "the predictor container", True)
+        if why:
+            yield why
+            return
+        env = {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
+               REHEARSAL_ENV: rehearsal.run_id}
+        if asks_for_key(container) is not None:
+            env[KEY_ENV] = key_hex()
+        workdir.mkdir(parents=True, exist_ok=True)
+        mounts = () if workdir.resolve().is_relative_to(rehearsal.project) \
+            else (workdir.resolve(),)
+        with in_image(image, env, rehearsal.project, mounts) as prefix:
+            yield prefix
+
+    return run
+
+
 @contextlib.contextmanager
-def in_image(image: str, env: dict[str, str], project: Path) -> Iterator[list[str] | str]:
+def in_image(image: str, env: dict[str, str], project: Path,
+             mounts: tuple[Path, ...] = ()) -> Iterator[list[str] | str]:
     """A working container of ``image`` (pulled by buildah): the command prefix that runs
     in it (chroot isolation: the host's network, where the local servers and registry
     are; a pid namespace of its own, with its own /proc: it sees and signals only its own
@@ -618,7 +665,7 @@ def in_image(image: str, env: dict[str, str], project: Path) -> Iterator[list[st
         # runs as pid 1 of a new pid namespace (its /proc mounted anew; killed with us)
         yield [unshare, "--pid", "--fork", "--mount-proc", "--kill-child",
                buildah, "run", "--isolation", "chroot", "-v", f"{cwd}:{cwd}",
-               "--workingdir", cwd,
+               *[f"-v={m}:{m}" for m in mounts], "--workingdir", cwd,
                *[f"--env={k}={v}" for k, v in sorted(env.items())], name, "--"]
     finally:
         subprocess.run([buildah, "rm", name], capture_output=True, stdin=subprocess.DEVNULL)
@@ -938,6 +985,9 @@ def rehearse(path: Path, options: Options, echo: Callable[[str], None] = print
                              hint="--judge continue (or stop)")
     if options.jobs not in ("image", "venv"):
         raise RehearsalError(f"--jobs {options.jobs}: image or venv")
+    servers = options.servers or options.jobs
+    if servers not in ("image", "venv"):
+        raise RehearsalError(f"--servers {options.servers}: image or venv")
     if options.time_scale < 0 or options.traffic < 0:
         raise RehearsalError("--time-scale and --traffic are not negative")
     parameters = _parameters(doc, options.parameters, str(path))
@@ -946,14 +996,23 @@ def rehearse(path: Path, options: Options, echo: Callable[[str], None] = print
     keyed = [(i, s["manifest"]["spec"]["template"]["spec"]["containers"][0])
              for i, s in enumerate(stages) if s["type"] == "runJobManifest"]
     keyed = [(i, c) for i, c in keyed if asks_for_key(c) is not None]
-    if options.jobs == "image" and keyed:
+    if options.jobs != "image":
+        keyed = []
+    if servers == "image":  # the predictors' containers ask for the key as well
+        keyed += [(i, doc["spec"]["predictor"]["containers"][0])
+                  for i, s in enumerate(stages) if s["type"] == "deployManifest"
+                  for doc in s.get("manifests") or [] if _is_isvc(doc)
+                  if asks_for_key(doc["spec"]["predictor"]["containers"][0]) is not None]
+    if keyed:
         trust = key_trust(options, parameters)
-        refused = [(i, trust.problem(c, f"$.stages[{i}].{JOB}", False)) for i, c in keyed]
+        refused = [(i, trust.problem(c, f"$.stages[{i}]." + (
+            JOB if stages[i]["type"] == "runJobManifest"
+            else "manifests[0].spec.predictor.containers[0]"), False)) for i, c in keyed]
         if any(why for _, why in refused):
             raise RehearsalError("cannot rehearse:\n  " + "\n  ".join(
-                f"{path}: $.stages[{i}] (runJobManifest {stages[i].get('name', '')!r}): {why}"
-                for i, why in refused if why), hint="--release REF: the release whose images "
-                "may have this machine's key (or --jobs venv)")
+                f"{path}: $.stages[{i}] ({stages[i]['type']} {stages[i].get('name', '')!r}): "
+                f"{why}" for i, why in refused if why), hint="--release REF: the release "
+                "whose images may have this machine's key (or --jobs venv)")
         echo(f"  the nbship-key secret goes to the images of {trust.release} ({trust.source})")
     name = str(doc.get("name") or path.stem)
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
@@ -961,6 +1020,8 @@ def rehearse(path: Path, options: Options, echo: Callable[[str], None] = print
     cluster = Cluster(workdir, echo=echo)
     rehearsal = Rehearsal(path, doc, options, echo, cluster, parameters, run_id=run_id,
                           project=Path.cwd().resolve(), key=trust)
+    if servers == "image":
+        cluster.runner = server_runner(rehearsal, workdir)
     services = _services(stages)
     load: Load | None = None
     echo(f"rehearsing {name} ({path}), execution {run_id}")
@@ -979,7 +1040,7 @@ def rehearse(path: Path, options: Options, echo: Callable[[str], None] = print
                 raise RehearsalError(f"--stable: {path} deploys no InferenceService")
             echo(f"  production before the rehearsal: {options.stable}")
             for svc, namespace in services:
-                cluster.serve(svc, options.stable, namespace)
+                cluster.serve(svc, options.stable, namespace, _predictor(stages, svc))
         if services and options.traffic > 0:
             from nbship.release.model import load_model
 
@@ -1012,7 +1073,7 @@ def rehearse(path: Path, options: Options, echo: Callable[[str], None] = print
                      "file": str(path), "sha256": sha256_file(path)},
         "parameters": parameters,
         "options": {"judge": options.judge, "time_scale": options.time_scale,
-                    "jobs": options.jobs, "key_release": trust.release,
+                    "jobs": options.jobs, "servers": servers, "key_release": trust.release,
                     "stable": options.stable, "traffic": options.traffic,
                     "kfp_host": options.kfp_host},
         **execution,

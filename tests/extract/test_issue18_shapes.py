@@ -352,3 +352,27 @@ def test_variations_of_global_agree_with_the_notebook(tmp_path: Path) -> None:
     assert printed == {"c1": 4.0, "c2": 4.0, "c3": 3.0, "c4": 4.0, "c5": 3.0, "c6": 18.0,
                        "total": 36.0}
     assert logged == printed
+
+
+@pytest.mark.slow
+def test_equivalence_takes_a_mid_step_metric_where_the_notebook_prints_it(
+        tmp_path: Path) -> None:
+    """`nbship test`'s equivalence compares the pipeline's metric with the value captured
+    where the metrics cell stands, not at the end of the step."""
+    import json
+
+    from nbship.ci.equivalence import check_equivalence
+    from nbship.ci.notebook_run import run_notebook
+    from nbship.pipelines.compile import compile_graph
+    from nbship.pipelines.local import run_compiled
+
+    path = write_notebook(tmp_path / "n.ipynb", MIDDLE)
+    g = build_graph(read_notebook(path))
+    result = run_compiled(compile_graph(g, tmp_path / "build"), {}, root=tmp_path / "runs",
+                          echo=lambda line: None)
+    notebook = run_notebook(g, {}, tmp_path / "out", label="t")
+    assert notebook.captured["train@metrics"]["acc"]["status"] == "saved"
+    report = check_equivalence(g, notebook, json.loads(result.provenance.read_text()),
+                               rtol=0, atol=0, label="t")
+    metrics = {f.name: (f.notebook, f.pipeline) for f in report.findings if f.kind == "metric"}
+    assert metrics == {"acc": ("0.9", "0.9"), "loss": ("0.25", "0.25")}

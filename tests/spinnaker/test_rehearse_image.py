@@ -243,3 +243,46 @@ def test_without_release_the_key_follows_a_signed_model_release(
     with pytest.raises(RehearsalError, match="none named: --release REF names it"):
         rehearse(path, Options(root=project / ".nbship" / "deploy",
                                parameters={"model": forged}), echo=lambda line: None)
+
+
+def isvc_stage(image: str, model: str, key: bool) -> dict[str, Any]:
+    container: dict[str, Any] = {"name": "kserve-container", "image": image, "args": [model]}
+    if key:
+        container["env"] = [KEY]
+    return {"refId": "1", "requisiteStageRefIds": [], "type": "deployManifest",
+            "name": "Deploy", "account": "k8s", "cloudProvider": "kubernetes",
+            "source": "text", "manifests": [{
+                "apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
+                "metadata": {"name": "m", "namespace": "default"},
+                "spec": {"predictor": {"containers": [container]}}}]}
+
+
+def test_model_servers_run_in_the_inference_services_image_by_default(
+        images: dict[str, str], project: Path) -> None:
+    """Issue 20 (2): as KServe runs the predictor, the rehearsal runs `nbship serve MODEL`
+    in the InferenceService's image (the release's server image), with the nbship-key
+    secret only for the release's image; --servers venv only on request."""
+    from nbship.signing import key_hex
+
+    model = images["release"].split("/")[0] + "/models/m@sha256:" + "a" * 64
+    root = project / ".nbship" / "deploy"
+    record, _ = rehearse(write(project, pipeline([isvc_stage(images["release"], model,
+                                                             key=True)])),
+                         Options(root=root, release=images["release_ref"], traffic=0),
+                         echo=lambda line: None)
+    assert record["options"]["servers"] == "image"
+    (log,) = (root / "rehearsals" / record["id"]).glob("m-*.log")
+    said = dict(line.split("=", 1) for line in log.read_text().splitlines()
+                if line.startswith("SPINNAKER_PROPERTY_"))
+    # the stand-in image's `python` says what it was asked to run, and with which key
+    assert said["SPINNAKER_PROPERTY_verb"] == f"serve {model}"
+    assert said["SPINNAKER_PROPERTY_key"] == key_hex()
+    assert said["SPINNAKER_PROPERTY_cwd"] == str(project)
+    assert any("did not get ready" in e["what"] for e in record["cluster"]["events"]), \
+        record["cluster"]["events"]  # the stand-in serves nothing
+    assert containers() == []  # the server's container removed once it stopped
+    # another image asking for the key is refused before anything starts
+    with pytest.raises(RehearsalError, match=r"deployManifest 'Deploy'.*nbship-key"):
+        rehearse(write(project, pipeline([isvc_stage(images["other"], model, key=True)])),
+                 Options(root=root, release=images["release_ref"], traffic=0),
+                 echo=lambda line: None)
