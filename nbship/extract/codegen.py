@@ -322,6 +322,12 @@ def step_source(graph: StepGraph, step: Step) -> list[str]:
         for func in sorted(step.shared_functions):
             body.append(f"{INDENT}{func} = {RUNTIME}.share_globals({func}, globals())"
                         "  # its `global` names are this step's")
+        for func in sorted(step.rebinds):
+            names = [n for n in step.rebinds[func] if n not in declared]
+            if names:  # it reads (and changes) this step's variables, as in the notebook
+                cells_arg = ", ".join(f"{n!r}: (lambda: {n}).__closure__[0]" for n in names)
+                body.append(f"{INDENT}{func} = {RUNTIME}.rebind({func}, {{{cells_arg}}})"
+                            "  # reads this step's variables")
     for cell in step.cells:
         body += [_marker(cell), *_cell_code(graph, cell)]
         here = [m for m in step.metrics if step.metric_after.get(m) == cell.index]

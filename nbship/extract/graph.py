@@ -25,7 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from nbship.errors import Location
-from nbship.extract.names import CellCode, analyse, imported_modules
+from nbship.extract.names import (
+    CellCode,
+    analyse,
+    changed_names,
+    imported_modules,
+    scope_free,
+)
 from nbship.notebook import (
     FUNCTIONS,
     IMPORTS,
@@ -145,6 +151,12 @@ class Step:
     # (the step rebinds them to its own namespace: codegen, StepRun.share_globals)
     shared_functions: dict[str, list[str]] = field(default_factory=dict)
     local_modules: list[str] = field(default_factory=list)  # files beside the notebook
+    # names read from upstream that the step passes to a call (random.shuffle(deck)),
+    # before binding them: it passes them on (issue 18, shape 3)
+    passed: dict[str, tuple[Cell, int]] = field(default_factory=dict)
+    # functions/classes taken from upstream steps -> the names they read that the step has:
+    # codegen points them at the step's variables, as the notebook's one namespace does
+    rebinds: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def func(self) -> str:
@@ -626,6 +638,8 @@ def _scan_step(step: Step) -> None:
                 step.produces[e.name] = (cell, e.line)
             elif e.kind == "call" and e.name not in bound:
                 step.possible_mutations.setdefault(e.name, (cell, e.line))
+            elif e.kind == "arg" and e.name not in bound:
+                step.passed.setdefault(e.name, (cell, e.line))
             elif e.kind == "deferred":
                 deferred.setdefault(e.name, (cell, e.line))
     for name, where in deferred.items():
@@ -693,6 +707,14 @@ def _dataflow(a: _Analysis, graph: StepGraph, skip_cells: list[Cell]) -> None:
             if e.kind == "def":
                 skip_defs.setdefault(e.name, cell)
 
+    # functions a step defines travel to the steps that use them, where they read and
+    # change that step's variables (issue 18, shapes 1-3: follow_calls)
+    step_defs = {s.name: defined_callables(s.code) for s in steps}
+    functions_changes: dict[int, dict[str, int]] = {
+        c.index: {n: ln for node in defined_callables([a.codes[c.index]]).values()
+                  for n, ln in callable_reads(node)[1].items()}
+        for c in graph.functions_cells}
+
     edges: dict[tuple[str, str], list[str]] = {}
     serving = [graph.serve] if graph.serve is not None else []
     if graph.serve is not None:
@@ -702,15 +724,35 @@ def _dataflow(a: _Analysis, graph: StepGraph, skip_cells: list[Cell]) -> None:
         upstream = steps[:i] if step is not graph.serve else [
             s for s in steps if s.cells[0].index < step.cells[0].index]
         pending = list(step.reads.items())
+        follow = step is not graph.serve
+        soft: set[str] = set()  # names a function from upstream reads: loaded if upstream
+        changes: dict[str, tuple[Cell, int]] = {}  # names the step's calls may change
+        for node in step_defs.get(step.name, {}).values() if follow else ():
+            for n in callable_reads(node)[1]:
+                changes.setdefault(n, step.reads.get(n, (step.cells[0], 1)))
         while pending:
             name, (cell, line) = pending.pop(0)
             producer = next((s for s in reversed(upstream) if name in s.produces), None)
+            if name in soft and producer is None and name not in functions_defs:
+                soft.discard(name)
+                continue  # the function keeps the value it brought
             if producer is not None:
                 if name not in step.inputs:
                     step.inputs[name] = producer.name
                     producer.outputs[name] = producer.produces[name]
                     if step is not graph.serve:
                         edges.setdefault((producer.name, step.name), []).append(name)
+                    if follow and name in step_defs[producer.name]:
+                        free, changed = callable_reads(step_defs[producer.name][name])
+                        step.rebinds[name] = sorted(free)
+                        before = _bound_before_use(step, name)
+                        for n in free:
+                            if n not in before and n not in step.reads and n not in soft \
+                                    and n not in step.inputs:
+                                soft.add(n)
+                                pending.append((n, (cell, line)))
+                        for n in changed:
+                            changes.setdefault(n, (cell, line))
                     declared = step_globals[producer.name].get(name)
                     if declared and step is not graph.serve:
                         step.shared_functions[name] = sorted(declared)
@@ -724,6 +766,8 @@ def _dataflow(a: _Analysis, graph: StepGraph, skip_cells: list[Cell]) -> None:
                     step.imports_cells.append(import_cell_of[name])
             elif name in functions_defs:
                 fcell = functions_defs[name]
+                for n in functions_changes[fcell.index] if follow else ():
+                    changes.setdefault(n, (cell, line))
                 if fcell not in step.functions_cells:
                     step.functions_cells.append(fcell)
                     pending.extend((n, (fcell, ln)) for n, ln in
@@ -753,12 +797,32 @@ def _dataflow(a: _Analysis, graph: StepGraph, skip_cells: list[Cell]) -> None:
                               "import, builtin or parameter)", cell, line,
                               hint="define it in an earlier step, or add it to the "
                               "parameters cell")
+        if follow:
+            _follow_calls(step, changes, functions_defs)
         step.imports_cells.sort(key=lambda c: c.index)
         step.functions_cells.sort(key=lambda c: c.index)
     order = {s.name: i for i, s in enumerate(steps)}
     graph.edges = [Edge(src, dst, tuple(sorted(vs)))
                    for (src, dst), vs in sorted(edges.items(),
                                                 key=lambda kv: (order[kv[0][1]], order[kv[0][0]]))]
+
+
+def _follow_calls(step: Step, changes: dict[str, tuple[Cell, int]],
+                  functions_defs: dict[str, Cell]) -> None:
+    """What a step's calls may change in place, it passes on (Kale forwards what a step
+    reads): a value read from upstream that the step passes to a call (``random.shuffle(
+    deck)``) or that a function it uses changes (``seen.append(v)`` in ``record``). And the
+    functions it takes from upstream steps read the step's own variables (``rebinds``):
+    those it loads, binds before it first uses the function, or has as parameters or from
+    functions cells."""
+    for name, where in [*changes.items(), *step.passed.items()]:
+        if name in step.inputs:
+            step.produces.setdefault(name, where)
+    copied = {n for n, c in functions_defs.items() if c in step.functions_cells}
+    for func, names in list(step.rebinds.items()):
+        before = _bound_before_use(step, func)
+        step.rebinds[func] = [n for n in names if n in step.inputs or n in step.params
+                              or n in before or n in copied]
 
 
 def _check_serve(a: _Analysis, graph: StepGraph) -> None:
@@ -924,6 +988,55 @@ def _mutation_warnings(a: _Analysis, graph: StepGraph) -> None:
                           hint=f"assign the result (`{name} = ...`) so this step passes it on")
 
 
+Definition = ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Lambda
+
+
+def defined_callables(cells: list[CellCode]) -> dict[str, Definition]:
+    """Functions, classes and lambdas (``f = lambda: ...``) that ``cells`` bind in their
+    own namespace, also inside ``if``/``try``/``with``/``for`` blocks -> the last one."""
+    found: dict[str, Definition] = {}
+
+    def visit(nodes: list[ast.AST]) -> None:
+        for node in nodes:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                found[node.name] = node
+            elif isinstance(node, ast.Assign) and isinstance(node.value, ast.Lambda):
+                for target in node.targets:
+                    if isinstance(target, ast.Name):
+                        found[target.id] = node.value
+            elif isinstance(node, (ast.stmt, ast.ExceptHandler, ast.match_case)):
+                visit([c for c in ast.iter_child_nodes(node)
+                       if isinstance(c, (ast.stmt, ast.ExceptHandler, ast.match_case))])
+
+    for code in cells:
+        visit(list(code.tree.body) if code.tree else [])
+    return found
+
+
+def callable_reads(node: Definition) -> tuple[dict[str, int], dict[str, int]]:
+    """The names a function (class, lambda) reads from the namespace it was defined in,
+    and those of them it may change in place (``seen.append(v)``, ``d[k] = v``,
+    ``random.shuffle(deck)``), each with its first line."""
+    free, _globals = scope_free(node)
+    free = {n: ln for n, ln in free.items() if n not in _NOTEBOOK_BUILTINS}
+    changed = {n: ln for n, ln in changed_names(node, READ_ONLY_METHODS).items() if n in free}
+    return free, changed
+
+
+def _bound_before_use(step: Step, name: str) -> set[str]:
+    """The names ``step`` binds before it first refers to ``name``."""
+    bound: set[str] = set()
+    for code in step.code:
+        for e in code.events:
+            if e.name == name and e.kind in ("read", "call", "arg", "deferred"):
+                return bound
+            if e.kind == "def":
+                bound.add(e.name)
+            elif e.kind == "del":
+                bound.discard(e.name)
+    return bound
+
+
 def _functions_free_names(step: Step) -> dict[str, set[str]]:
     """Functions a step defines at the top of its cells -> the free names their bodies read."""
     found: dict[str, set[str]] = {}
@@ -948,7 +1061,8 @@ def _closure_warnings(a: _Analysis, graph: StepGraph) -> None:
             names = free[src].get(func)
             if not names:
                 continue
-            for var in sorted(names & set(step.produces)):
+            # (the function reads the step's own variables where codegen can point it at them)
+            for var in sorted(names & set(step.produces) - set(step.rebinds.get(func, ()))):
                 cell, line = _first_binding(step, var)
                 a.problem(WARNING, "closure",
                           f"{func}() comes from step {src!r} and reads {var!r}; this step "

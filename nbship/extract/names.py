@@ -35,7 +35,7 @@ INSTALL_COMMANDS = ("pip", "conda", "mamba", "uv")
 
 @dataclass(frozen=True)
 class Event:
-    kind: str  # read | def | del | mut | call | deferred
+    kind: str  # read | def | del | mut | call | arg (passed to a call) | deferred
     name: str
     line: int
 
@@ -479,6 +479,13 @@ class _Walker:
             root = root_name(node.func)
             if root is not None:
                 self.emit("call", root.id, root)
+        if isinstance(node, ast.Call) and not (isinstance(node.func, ast.Name)
+                                               and node.func.id in PURE_BUILTINS):
+            # a value passed to a call may come back changed (random.shuffle(deck))
+            for arg in [*node.args, *(k.value for k in node.keywords)]:
+                root = root_name(arg)
+                if root is not None:
+                    self.emit("arg", root.id, root)
         for child in ast.iter_child_nodes(node):
             self.expr(child)
 
@@ -589,3 +596,41 @@ def imported_modules(trees: Iterable[ast.AST | None]) -> list[str]:
             elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
                 names.append(node.module)
     return names
+
+
+# Builtins that never change their arguments: passing a value to them is a read.
+PURE_BUILTINS = frozenset(
+    "print len str repr int float bool complex list tuple set frozenset dict sorted sum min "
+    "max abs round isinstance issubclass type enumerate zip range any all hash id format "
+    "hasattr getattr callable divmod pow chr ord bin hex oct ascii dir bytes bytearray "
+    "reversed map filter iter".split()
+)
+
+
+def changed_names(node: ast.AST, read_only: frozenset[str]) -> dict[str, int]:
+    """Names that code under ``node`` may change in place (with first line): the roots of
+    item/attribute stores and deletes, of method calls not in ``read_only``, and of the
+    arguments of calls (other than to PURE_BUILTINS). Nested scopes are included (a
+    nested function may run), so names they bind themselves may be listed: callers keep
+    the ones that matter (a function's free names)."""
+    found: dict[str, int] = {}
+
+    def note(target: ast.AST) -> None:
+        root = root_name(target)
+        if root is not None:
+            found.setdefault(root.id, getattr(root, "lineno", 1))
+
+    for sub in ast.walk(node):
+        if isinstance(sub, (ast.Attribute, ast.Subscript)) and isinstance(
+                sub.ctx, (ast.Store, ast.Del)):
+            note(sub)
+        elif isinstance(sub, ast.Call):
+            func = sub.func
+            if isinstance(func, ast.Attribute) and func.attr not in read_only:
+                note(func.value)
+            if isinstance(func, ast.Name) and func.id in PURE_BUILTINS:
+                continue
+            for arg in [*sub.args, *(k.value for k in sub.keywords)]:
+                if isinstance(arg, (ast.Name, ast.Attribute, ast.Subscript, ast.Starred)):
+                    note(arg)
+    return found

@@ -42,6 +42,59 @@ class StepFailure(Exception):
     """Raised inside a step for a value that cannot cross the step boundary."""
 
 
+def rebind_closures(value: Any, cells: dict[str, Any],
+                    seen: dict[int, Any] | None = None, filename: str | None = None) -> Any:
+    """``value`` (a function or class defined in a notebook step) with each closure cell
+    named in ``cells`` replaced by that cell; functions from the same file found in its
+    other cells are rebound too. A class is changed in place (its methods)."""
+    import types
+
+    seen = {} if seen is None else seen
+    if id(value) in seen:
+        return seen[id(value)]
+    if isinstance(value, type):
+        seen[id(value)] = value
+        for key, item in list(vars(value).items()):
+            wrapper = type(item) if isinstance(item, (staticmethod, classmethod)) else None
+            raw = item.__func__ if wrapper is not None else item
+            if isinstance(raw, types.FunctionType):
+                new = rebind_closures(raw, cells, seen, filename)
+                if new is not raw:
+                    setattr(value, key, wrapper(new) if wrapper is not None else new)
+        return value
+    if not isinstance(value, types.FunctionType):
+        return value
+    code = value.__code__
+    if filename is not None and code.co_filename != filename:
+        return value  # a library's function: its closures are its own
+    if not code.co_freevars or value.__closure__ is None:
+        return value
+    seen[id(value)] = value  # (a cycle back to it keeps it)
+    new_cells: list[Any] = []
+    for name, cell in zip(code.co_freevars, value.__closure__):
+        if name in cells:
+            new_cells.append(cells[name])
+            continue
+        try:
+            inner = cell.cell_contents
+        except ValueError:  # an empty cell
+            new_cells.append(cell)
+            continue
+        rebound = rebind_closures(inner, cells, seen, code.co_filename) \
+            if isinstance(inner, types.FunctionType) else inner
+        new_cells.append(cell if rebound is inner else types.CellType(rebound))
+    made = types.FunctionType(code, value.__globals__, value.__name__, value.__defaults__,
+                              tuple(new_cells))
+    made.__kwdefaults__ = value.__kwdefaults__
+    made.__dict__.update(value.__dict__)
+    made.__qualname__ = value.__qualname__
+    made.__doc__ = value.__doc__
+    made.__annotations__ = dict(value.__annotations__)
+    made.__module__ = value.__module__
+    seen[id(value)] = made
+    return made
+
+
 def locate(filename: str, lineno: int) -> dict[str, Any] | None:
     """Map a line of a generated step file to (cell, id, line in cell, source line)."""
     for n in range(lineno, 0, -1):
@@ -181,6 +234,19 @@ class StepRun:
                 namespace[key] = rebind(item) if isinstance(item, types.FunctionType) \
                     and item.__globals__ is old else item
         return rebind(value)
+
+    def rebind(self, value: Any, cells: dict[str, Any]) -> Any:
+        """A function or class from an upstream step, pointed at this step's variables.
+
+        Unpickled, a function defined in a step keeps its own copies of the step variables
+        it reads (closure cells of that step's function). In the notebook it reads the one
+        namespace when called: ``cells`` are this step's cells for those names (generated
+        code takes them as ``(lambda: x).__closure__[0]``), so the function sees this
+        step's current value and changes this step's object (issue 18, shapes 1 and 2).
+        Functions it closes over that come from the same code (a helper, a decorator's
+        wrapped function) are pointed at them too.
+        """
+        return rebind_closures(value, cells)
 
     def log_metric(self, artifact: Any, name: str, value: Any) -> None:
         try:
