@@ -396,6 +396,17 @@ def _trigger(check: Check, trigger: Any, path: str) -> None:
         check.need(trigger, path, "application", "pipeline")
     elif kind == "jenkins":
         check.need(trigger, path, "master", "job")
+    elif kind == "webhook":
+        check.need(trigger, path, "source")
+        constraints = trigger.get("payloadConstraints")
+        if constraints is not None and not isinstance(constraints, dict):
+            check.error(f"{path}.payloadConstraints", "an object: payload key -> regex")
+        for key, regex in (constraints if isinstance(constraints, dict) else {}).items():
+            try:
+                re.compile(str(regex))
+            except re.error as exc:  # Echo logs it; the trigger never fires
+                check.error(f"{path}.payloadConstraints.{key}", f"not a regex ({exc}): "
+                            "Echo's ArtifactMatcher never matches it")
     for i, ref in enumerate(trigger.get("expectedArtifactIds") or []):
         if ref not in check.artifact_ids:
             check.error(f"{path}.expectedArtifactIds[{i}]", f"{ref!r} names no expected "

@@ -338,3 +338,17 @@ def test_cron_trigger_ids_are_unique_across_the_files_given_together(tmp_path: P
                             str(files[0])], cwd=ROOT, capture_output=True, text=True,
                            timeout=120)
     assert alone.returncode == 0, alone.stdout
+
+
+def test_a_webhook_constraint_that_is_no_regex_is_an_error() -> None:
+    """Issue 20 (9): Echo's ArtifactMatcher logs a constraint that does not compile and
+    never fires the trigger."""
+    doc = good()
+    doc["triggers"].append({"type": "webhook", "enabled": True, "source": "s",
+                            "payloadConstraints": {"name": "^ok$", "commit": "[0-9a-f"}})
+    i = len(doc["triggers"]) - 1
+    assert [e for e in errors(doc) if "payloadConstraints" in e] == [
+        f"$.triggers[{i}].payloadConstraints.commit: not a regex (unterminated character "
+        "set at position 0): Echo's ArtifactMatcher never matches it"]
+    doc["triggers"][i]["payloadConstraints"]["commit"] = "^[0-9a-f]{40}$"
+    assert errors(doc) == []
