@@ -558,6 +558,10 @@ def serve_source(graph: StepGraph) -> str:
         "    " + _docstring("Run the serve cells with the pipeline values; return predict() "
                            "and the reference inputs for drift (None when the cell names none)."),
     ]
+    declared = [n for n in global_names(graph, [*serve.functions_cells, *serve.cells])
+                if n not in args]  # (an argument cannot be declared global)
+    if declared:  # `global calls` in predict() names build()'s `calls`, as in the notebook
+        head.append(f"    global {', '.join(declared)}")
     body: list[str] = []
     for cell in serve.imports_cells:
         body += [_marker(cell, "imports", SERVE_INDENT),

@@ -376,3 +376,21 @@ def test_equivalence_takes_a_mid_step_metric_where_the_notebook_prints_it(
                                rtol=0, atol=0, label="t")
     metrics = {f.name: (f.notebook, f.pipeline) for f in report.findings if f.kind == "metric"}
     assert metrics == {"acc": ("0.9", "0.9"), "loss": ("0.25", "0.25")}
+
+
+def test_global_in_the_serve_cells_names_builds_variable(tmp_path: Path) -> None:
+    """The model server runs the serve cells inside build(): a `global` in predict() names
+    the variable the cells set, as in the notebook (a request counter)."""
+    import types
+
+    from nbship.extract.codegen import serve_source
+
+    g = graph(tmp_path, [(["step:train"], "scale = 2"),
+                         (["serve"], "calls = 0\ndef predict(inputs):\n    global calls\n"
+                                     "    calls += 1\n    return [x * scale for x in inputs]")])
+    assert g.errors == []
+    module = types.ModuleType("serve")
+    exec(compile(serve_source(g), "serve.py", "exec"), module.__dict__)
+    predict, _reference = module.build(scale=2)
+    assert predict([1, 2]) == [2, 4] and predict([3]) == [6]
+    assert module.calls == 2
