@@ -742,8 +742,11 @@ def _dataflow(a: _Analysis, graph: StepGraph, skip_cells: list[Cell]) -> None:
                     producer.outputs[name] = producer.produces[name]
                     if step is not graph.serve:
                         edges.setdefault((producer.name, step.name), []).append(name)
-                    if follow and name in step_defs[producer.name]:
-                        free, changed = callable_reads(step_defs[producer.name][name])
+                    # the step that defined it (the producer may pass it on unchanged)
+                    definer = next((s for s in reversed(upstream)
+                                    if name in step_defs[s.name]), None) if follow else None
+                    if definer is not None:
+                        free, changed = callable_reads(step_defs[definer.name][name])
                         step.rebinds[name] = sorted(free)
                         before = _bound_before_use(step, name)
                         for n in free:
