@@ -214,7 +214,10 @@ def _parser() -> argparse.ArgumentParser:
                         "schedule: never two enabled), show status, disable the schedule. "
                         "Every id made is also printed as SPINNAKER_PROPERTY_<name>=<value> "
                         "for a Spinnaker Run Job stage. Auth: none, --token (or $KFP_TOKEN), "
-                        "--sa-token in a pod ($KF_PIPELINES_SA_TOKEN_PATH), --kube-context.",
+                        "--sa-token in a pod ($KF_PIPELINES_SA_TOKEN_PATH), --cookies (a "
+                        "gateway's session), or --kube-context instead of --host. Multi-user "
+                        "KFP: --namespace (or [tool.nbship.kfp] namespace) names the "
+                        "profile.",
                         epilog="Examples:\n"
                         "  nbship kfp upload 127.0.0.1:5000/releases/marker-classifier "
                         "--host http://localhost:8080\n"
@@ -228,15 +231,27 @@ def _parser() -> argparse.ArgumentParser:
     kf.add_argument("release", metavar="RELEASE",
                     help="HOST:PORT/releases/NAME[:TAG|@DIGEST], or NAME on the embedded "
                     "registry (tag latest); status and disable take NAME")
-    kf.add_argument("--host", default=os.environ.get("KF_PIPELINES_ENDPOINT"),
+    kf.add_argument("--host", default=None,
                     help="the KFP API, e.g. http://localhost:8080 (default: "
-                    "$KF_PIPELINES_ENDPOINT; without one, this machine: kfp.local and "
-                    "the local scheduler)")
+                    "$KF_PIPELINES_ENDPOINT; without one or --kube-context, this machine: "
+                    "kfp.local and the local scheduler)")
+    kf.add_argument("--namespace", default=None, metavar="PROFILE",
+                    help="multi-user KFP: the profile namespace of experiments, runs, "
+                    "recurring runs and uploaded pipelines (default: [tool.nbship.kfp] "
+                    "namespace in ./pyproject.toml, else kfp's context file, else the pod's "
+                    "own namespace as kfp.Client finds it)")
+    kf.add_argument("--cookies", default=None, metavar="NAME=VALUE",
+                    help="cookies for a gateway that takes a session, as kfp.Client(cookies=)"
+                    " (e.g. authservice_session=...; default: $KFP_COOKIES, else the "
+                    "client_authentication_cookie of ~/.config/kfp/context.json)")
     kf.add_argument("--token", default=None, help="a bearer token (default: $KFP_TOKEN)")
     kf.add_argument("--sa-token", type=Path, default=None, metavar="PATH",
                     help="the service account token file in a pod "
                     "(default: $KF_PIPELINES_SA_TOKEN_PATH)")
-    kf.add_argument("--kube-context", default=None, help="a kubeconfig context")
+    kf.add_argument("--kube-context", default=None, metavar="NAME",
+                    help="instead of --host: reach KFP through this kubeconfig context's "
+                    "API server (its service proxy to ml-pipeline in kubeflow), as "
+                    "kfp.Client does")
     kf.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS",
                     help="--host: seconds to wait for a connection to the KFP API (default 10)")
     kf.add_argument("--read-timeout", type=float, default=60.0, metavar="SECONDS",
@@ -776,19 +791,30 @@ def cmd_kfp(args: argparse.Namespace) -> int:
     from nbship.jsonhttp import Timeouts
     from nbship.pipelines import kfp_remote
 
-    if not args.host:
+    if args.host and args.kube_context:
+        raise UnusableInputError("--host or --kube-context, not both: --kube-context reaches "
+                                 "KFP through that context's API server",
+                                 hint="--host for a port-forward, a gateway or an in-cluster "
+                                 "address")
+    if not args.kube_context:
+        args.host = args.host or os.environ.get(kfp_remote.ENDPOINT_ENV) or None
+    if not args.host and not args.kube_context:
         return _kfp_here(args)
     say = lambda line: print(line, flush=True)  # noqa: E731
     name = _pipeline_of(args.release)
     experiment = args.experiment or name
     if not (args.connect_timeout > 0 and args.read_timeout > 0):
         raise UnusableInputError("--connect-timeout and --read-timeout are seconds above 0")
-    remote = kfp_remote.Remote(args.host, kfp_remote.Auth(args.token, args.sa_token,
-                                                          args.kube_context), echo=say,
-                               timeouts=Timeouts(args.connect_timeout, args.read_timeout))
+    namespace = args.namespace or kfp_remote.configured_namespace(Path("pyproject.toml"))
+    remote = kfp_remote.Remote(args.host or "", kfp_remote.Auth(
+        args.token, args.sa_token, args.kube_context, args.cookies), echo=say,
+        timeouts=Timeouts(args.connect_timeout, args.read_timeout),
+        namespace=namespace or "")
+    args.host = remote.host
     if args.action == "status":
         doc = remote.status(name, experiment)
-        print(f"pipeline {name}: {doc['pipeline_id'] or 'not uploaded'}")
+        print(f"pipeline {name}: {doc['pipeline_id'] or 'not uploaded'}"
+              + (f" (namespace {doc['namespace']})" if doc["namespace"] else ""))
         for version in doc["versions"]:
             print(f"  version   {version}")
         for sched in doc["schedules"]:
