@@ -221,3 +221,30 @@ def test_the_recurring_run_lookup_pages_and_a_new_schedule_deletes_the_old(
         status = nbship("status", "marker-classifier", "--host", host, env=env,
                         home=tmp_path)
         assert status.returncode == 0 and f"schedule  {new} ENABLED" in status.stdout
+
+
+def test_in_a_pod_the_namespace_is_the_pods_as_kfp_client_finds_it(
+        multi: tuple[StandIn, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No --namespace, a multi-user API: kfp.Client reads the pod's namespace
+    (Client._NAMESPACE_PATH) and would write it into ~/.config/kfp/context.json; nbship
+    takes it and writes nothing."""
+    from kfp.client import client as kfp_client
+
+    from nbship.pipelines.kfp_remote import Auth, KfpError, Remote
+
+    api, host = multi
+    pod_ns = tmp_path / "namespace"
+    pod_ns.write_text("team-a")
+    context = tmp_path / ".config" / "kfp" / "context.json"
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(kfp_client.Client, "_LOCAL_KFP_CONTEXT", str(context))
+    monkeypatch.setattr(kfp_client.Client, "_NAMESPACE_PATH", str(pod_ns))
+    remote = Remote(host, Auth(token=TOKEN), echo=lambda _: None)
+    assert remote.multi_user and remote.namespace == "team-a"
+    assert remote.status("marker-classifier", "marker-classifier")["schedules"] == []
+    assert not context.exists()
+    pod_ns.unlink()  # not in a pod, nothing named: stopped before any call but healthz
+    before = len(api.requests)
+    with pytest.raises(KfpError, match="multi-user"):
+        Remote(host, Auth(token=TOKEN), echo=lambda _: None)
+    assert {p for _, p, _ in api.requests[before:]} == {"/apis/v2beta1/healthz"}
