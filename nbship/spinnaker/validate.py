@@ -447,6 +447,31 @@ def _expressions(text: str) -> Iterator[tuple[str | None, str]]:
 ROOT = re.compile(r"\s*(#?[A-Za-z_][A-Za-z0-9_]*|[0-9'\"({\[!-])")
 
 
+JUDGMENT_CALL = re.compile(r"""#judge?ment\(\s*(['"])(.*?)\1\s*\)""")
+
+
+def _judgments(check: Check, stages: list[dict[str, Any]]) -> None:
+    """``#judgment('NAME')`` is Orca's chosen ``judgmentInput`` of the manualJudgment stage
+    NAME, and throws when it has none (StageExpressionFunctionProvider.java): a stage
+    with no ``judgmentInputs`` never has one, so the expression always fails (and a
+    ``stageEnabled`` that fails skips its stage: OptionalStageSupport.java)."""
+    inputs = {str(s.get("name")): s.get("judgmentInputs") for s in stages
+              if s.get("type") == "manualJudgment"}
+    named = {str(s.get("name")) for s in stages}  # another type: its own error says so
+    for i, stage in enumerate(stages):
+        for where, text in _walk_strings(stage, f"$.stages[{i}]"):
+            for m in JUDGMENT_CALL.finditer(text):
+                name = m.group(2)
+                if name not in named:
+                    check.error(where, f"#judgment({name!r}) names no manualJudgment stage: "
+                                "Orca's #judgment throws")
+                elif name in inputs and not inputs[name]:
+                    check.error(where, f"#judgment({name!r}) is the option chosen from that "
+                                "stage's judgmentInputs, and it has none: Orca's #judgment "
+                                "throws (judge on #stage(NAME)['status'] instead, or give "
+                                "judgmentInputs)")
+
+
 def _walk_strings(value: Any, path: str) -> Iterator[tuple[str, str]]:
     if isinstance(value, str):
         yield path, value
@@ -665,6 +690,7 @@ def validate_pipeline(doc: Any, file: str, *, save: bool = False) -> list[Proble
         _check_expressions(check, stage, path, set(stage))
     _check_expressions(check, doc.get("triggers") or [], "$.triggers", set())
     _check_expressions(check, doc.get("parameterConfig") or [], "$.parameterConfig", set())
+    _judgments(check, stages)
     return check.problems
 
 

@@ -163,6 +163,11 @@ BROKEN: list[tuple[str, Callable[[dict[str, Any]], None], str, str]] = [
     ("canary without lifetime", _set(["stages", 5, "canaryConfig", "lifetimeDuration"],
                                      DELETE), "$.stages[5].canaryConfig.lifetimeDuration",
      "required"),
+    # issue 20 (1): Orca's #judgment is the judgmentInput chosen from judgmentInputs
+    ("#judgment of a judgment without inputs", _set(["stages", 2, "judgmentInputs"], []),
+     "$.stages[4].stageEnabled.expression", "it has none: Orca's #judgment throws"),
+    ("#judgment of no judgment", _set(["stages", 2, "name"], "Go?"),
+     "$.stages[4].stageEnabled.expression", "names no manualJudgment stage"),
     # issue 20 (3): Orca's RunCanaryIntervalsStage counts whole minutes: 30 s is 0/0
     ("canary under a minute", _set(["stages", 5, "canaryConfig", "lifetimeDuration"],
                                    "PT30S"), "$.stages[5].canaryConfig.lifetimeDuration",
