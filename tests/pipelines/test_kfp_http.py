@@ -102,6 +102,18 @@ def test_a_redirect_to_another_port_gets_no_token(
     assert len(_authorized(origin.seen)) == len(origin.seen) > 1
 
 
+def test_a_session_cookie_stays_at_its_origin_too(
+        origin_and_elsewhere: tuple[str, Any, Any]) -> None:
+    """Issue 20 (10): --cookies (kfp.Client's cookies=) is sent to the origin, by the
+    probe and by kfp-server-api, and never after a redirect to another port."""
+    host, origin, elsewhere = origin_and_elsewhere
+    remote = Remote(host, Auth(cookies="authservice_session=s"), echo=lambda _: None)
+    remote.status("marker-classifier", "marker-classifier")
+    assert elsewhere.seen and _authorized(elsewhere.seen) == []
+    cookies = [h.get("Cookie") for _, _, h in origin.seen]
+    assert len(cookies) > 1 and set(cookies) == {"authservice_session=s"}
+
+
 def test_the_cli_keeps_the_token_at_its_origin(
         origin_and_elsewhere: tuple[str, Any, Any]) -> None:
     host, origin, elsewhere = origin_and_elsewhere
