@@ -93,6 +93,7 @@ class Cell:
     limits: dict[str, str] = field(default_factory=dict)
     image: str | None = None
     cache: bool | None = None
+    report: bool | None = None  # report:enabled / report:disabled (Kale's HTML report)
     labels: dict[str, str] = field(default_factory=dict)
     annotations: dict[str, str] = field(default_factory=dict)
     secrets: list[tuple[str, str, str]] = field(default_factory=list)  # (name, key, env)
@@ -332,6 +333,13 @@ def parse_tags(cell: Cell) -> list[TagNote]:
             else:
                 notes.append(
                     TagNote(cell.index, f"tag {tag!r}: use cache:enabled or cache:disabled"))
+        elif tag.startswith("report:"):
+            value = tag.split(":", 1)[1]
+            if value in ("enabled", "disabled"):
+                cell.report = value == "enabled"
+            else:
+                notes.append(
+                    TagNote(cell.index, f"tag {tag!r}: use report:enabled or report:disabled"))
         elif tag.startswith("secret:"):
             parts = tag.split(":")
             if len(parts) == 4 and all(parts[1:]):
@@ -379,7 +387,7 @@ def parse_tags(cell: Cell) -> list[TagNote]:
 # cell's role or setting (`Skip` runs the cell, `pipeline-metric` logs nothing).
 OWN_TAGS = tuple(_ROLE_TAGS)
 OWN_PREFIXES = ("step", "block", "prev", "image", "cache", "secret", "limit", "annotation",
-                "label")
+                "label", "report")
 # Kale's structure words, also misspelt with another separator (`step-train`)
 _STEP_PREFIXES = ("step", "block", "prev")
 _HEAD = re.compile(r"^(?P<head>[A-Za-z]+)\s*(?P<sep>[:=_\- ])\s*(?P<rest>\S.*)$", re.S)

@@ -73,6 +73,10 @@ def compare_runs(graph: StepGraph, notebook: NotebookRun, provenance: dict[str, 
                 report.findings.append(Finding("value", var, step.name, users,
                                                Verdict(SKIPPED, f"notebook side: {why}")))
                 continue
+            if not outputs.get(var, {}).get("sha256"):  # a displayed value not kept
+                report.findings.append(Finding("value", var, step.name, users, Verdict(
+                    SKIPPED, "pipeline side: not saved (the step's last line displays it)")))
+                continue
             ours = serializers.load(notebook.capture_dir / step.name / var)
             theirs = serializers.load(Path(outputs[var]["uri"]))
             verdict = compare(ours, theirs, rtol=rtol, atol=atol)
@@ -97,7 +101,9 @@ def compare_runs(graph: StepGraph, notebook: NotebookRun, provenance: dict[str, 
     involved = {f.producer for f in report.mismatches} | {
         c for f in report.mismatches for c in f.consumers}
     for problem in graph.warnings:
-        if problem.kind == "mutation" and any(f"'{s}'" in problem.message for s in involved):
+        # what check said may differ: in-place changes, code holding an earlier step's copies
+        if problem.kind in ("mutation", "closure") and any(
+                f"'{s}'" in problem.message for s in involved):
             report.hints.append(f"{problem.where}: {problem.message}")
     if report.mismatches and not report.hints:
         report.hints.append("state that is not a variable (random generators, files, "

@@ -340,8 +340,9 @@ def step_source(graph: StepGraph, step: Step) -> list[str]:
     for var in sorted(step.outputs):
         cell, _line = step.outputs[var]
         cid = f", cell_id={cell.id!r}" if cell.id else ""
+        kept = ", result=True" if var in step.results else ""  # displayed, read by no step
         body.append(f"{INDENT}{RUNTIME}.save({output_arg(var)}, {var!r}, {var}, "
-                    f"cell={cell.index}{cid})")
+                    f"cell={cell.index}{cid}{kept})")
     for metric in at_end:
         body.append(f"{INDENT}{RUNTIME}.log_metric({METRICS_ARG}, {metric!r}, {metric})")
     if serving:

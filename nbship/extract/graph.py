@@ -132,12 +132,16 @@ class Step:
     labels: dict[str, str] = field(default_factory=dict)
     annotations: dict[str, str] = field(default_factory=dict)
     secrets: list[tuple[str, str, str]] = field(default_factory=list)
+    report: bool | None = None  # report:enabled/disabled; None: the default, a report
     # filled by the analysis
     reads: dict[str, tuple[Cell, int]] = field(default_factory=dict)  # upstream reads
     produces: dict[str, tuple[Cell, int]] = field(default_factory=dict)  # last binding/mutation
     possible_mutations: dict[str, tuple[Cell, int]] = field(default_factory=dict)
     inputs: dict[str, str] = field(default_factory=dict)  # variable -> producer step
     outputs: dict[str, tuple[Cell, int]] = field(default_factory=dict)
+    # the bare name ending the step's last cell, which Jupyter displays: an output even
+    # though no later step reads it (Kale's trailing variable); saving it may fail
+    results: dict[str, tuple[Cell, int]] = field(default_factory=dict)
     params: list[str] = field(default_factory=list)
     imports_cells: list[Cell] = field(default_factory=list)
     import_names: set[str] = field(default_factory=set)  # names taken from imports cells
@@ -298,6 +302,7 @@ def build_graph(nb: Notebook) -> StepGraph:
         graph.serve = Step(name="serve", cells=special[SERVE],
                            code=[a.codes[c.index] for c in special[SERVE]])
     _dataflow(a, graph, special[SKIP])
+    _trailing_results(graph)
     _check_serve(a, graph)
     _kale_serving(a, graph, special[SKIP])
     _metrics(a, graph, metric_names, special[METRICS])
@@ -365,6 +370,7 @@ def _group(a: _Analysis, nb: Notebook) -> tuple[list[Step], dict[str, list[Cell]
             first.cells[:0] = leading
             first.prev, first.image, first.cache = [], None, None
             first.limits, first.labels, first.annotations, first.secrets = {}, {}, {}, []
+            first.report = None
             for cell in first.cells:
                 _apply_settings(first, cell)
         elif any(c.source.strip() for c in leading):
@@ -408,6 +414,7 @@ def _apply_settings(step: Step, cell: Cell) -> None:
     step.labels.update(cell.labels)
     step.annotations.update(cell.annotations)
     step.secrets.extend(s for s in cell.secrets if s not in step.secrets)
+    step.report = cell.report if cell.report is not None else step.report
 
 
 def _check_names(a: _Analysis, steps: list[Step], params: dict[str, Parameter]) -> None:
@@ -826,6 +833,25 @@ def _follow_calls(step: Step, changes: dict[str, tuple[Cell, int]],
         before = _bound_before_use(step, func)
         step.rebinds[func] = [n for n in names if n in step.inputs or n in step.params
                               or n in before or n in copied]
+
+
+def _trailing_results(graph: StepGraph) -> None:
+    """A step whose last statement is a bare name the step binds (``model`` at the end of
+    its last cell: what Jupyter displays as the cell's result) passes that value on as an
+    output even when no later step reads it, as Kale 2.3 does (kubeflow/kale#783)."""
+    for step in graph.steps:
+        code = next((c for c in reversed(step.code)  # the last cell with statements
+                     if (c.tree.body if c.tree is not None else c.python.strip())), None)
+        name = code.trailing_name if code is not None else None
+        if name and name in step.produces and name not in step.outputs \
+                and name not in graph.parameters:
+            step.results[name] = step.outputs[name] = step.produces[name]
+
+
+def report_cells(step: Step) -> list[Cell]:
+    """The cells whose outputs make the step's HTML report (Kale's per-step report): the
+    step's own cells in notebook order, none when a ``report:disabled`` tag turns it off."""
+    return [] if step.report is False else list(step.cells)
 
 
 def _check_serve(a: _Analysis, graph: StepGraph) -> None:

@@ -61,6 +61,22 @@ class CellCode:
     tree: ast.Module | None = None  # None when the cell does not parse
     cell_magic: str | None = None  # e.g. "time" for a %%time cell (body starts on line 2)
 
+    @property
+    def trailing_name(self) -> str | None:
+        """The variable a bare name on the cell's last statement displays (``df`` at the
+        end of a cell), as Kale's ``get_trailing_variable`` finds it; None for anything
+        else (a call, an attribute, an assignment, a syntax error, an empty cell) and for
+        ``df;``, which Jupyter does not display."""
+        if self.tree is None or not self.tree.body:
+            return None
+        last = self.tree.body[-1]
+        if not isinstance(last, ast.Expr) or not isinstance(last.value, ast.Name):
+            return None
+        lines = self.python.splitlines()
+        end = last.end_lineno or last.lineno
+        rest = lines[end - 1][last.end_col_offset or 0:] if end <= len(lines) else ""
+        return None if rest.lstrip().startswith(";") else last.value.id
+
     def names(self, kind: str) -> dict[str, int]:
         """First line of each name with an event of ``kind``."""
         out: dict[str, int] = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from nbship.extract.graph import StepGraph
+from nbship.extract.graph import StepGraph, report_cells
 
 
 def _cells(step_cells: list[Any]) -> str:
@@ -29,6 +29,10 @@ def to_text(graph: StepGraph) -> str:
             extras.append("limits " + ", ".join(f"{k}={v}" for k, v in s.limits.items()))
         if s.cache is False:
             extras.append("cache disabled")
+        if s.report is False:
+            extras.append("report disabled")
+        if s.results:
+            extras.append("keeps " + ", ".join(sorted(s.results)) + " (its last line)")
         extra = ("  [" + "; ".join(extras) + "]") if extras else ""
         lines.append(f"  {s.name:<{width}}  cells {_cells(s.cells)}{extra}")
     lines.append("")
@@ -88,6 +92,11 @@ def to_json(graph: StepGraph) -> str:
                 "labels": s.labels,
                 "annotations": s.annotations,
                 "secrets": [list(x) for x in s.secrets],
+                # the bare name ending the step (displayed by Jupyter), kept as an output
+                "results": sorted(s.results),
+                # Kale's per-step HTML report: the cells whose outputs it shows
+                "report": {"enabled": s.report is not False,
+                           "cells": [c.index for c in report_cells(s)]},
             }
             for s in graph.steps
         ],

@@ -152,7 +152,10 @@ class StepRun:
             raise StepFailure(f"input {name!r} is refused: {exc}") from None
 
     def save(self, artifact: Any, name: str, value: Any, cell: int, cell_id: str | None = None,
-             ) -> None:
+             result: bool = False) -> None:
+        """Save a value for downstream steps. ``result``: the bare name ending the step,
+        which no step reads (the notebook only displays it): a value that cannot be saved
+        is a warning, not a failed step."""
         where = f"cell {cell}" + (f" (id {cell_id})" if cell_id else "")
         chosen = serializers.choose(value)
         if chosen is serializers.FALLBACK:
@@ -161,6 +164,13 @@ class StepRun:
         try:
             meta = serializers.save(value, artifact.path)
         except Exception as exc:
+            if result:
+                import shutil
+
+                shutil.rmtree(artifact.path, ignore_errors=True)
+                print(f"nbship: warning: {name!r}, displayed at the end of {where}, is not "
+                      f"kept (no later step reads it): {exc}", file=sys.stderr)
+                return
             raise StepFailure(
                 f"variable {name!r} of type {type(value).__module__}.{type(value).__qualname__}, "
                 f"produced by {where}, cannot be passed to the next step: {exc}") from None

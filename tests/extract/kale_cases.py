@@ -7,7 +7,8 @@ Each case gets one verdict:
 * ``agree``: nbship's analysis gives what Kale's test asserts;
 * ``differs``: it does not; every such case is in DELIBERATE with the reason nbship
   differs on purpose (tests/extract/test_kale_cases.py fails on any other);
-* ``not comparable``: a Kale helper nbship has no counterpart of (NO_COUNTERPART).
+* ``not comparable``: a Kale AST helper nbship has no counterpart of (NO_COUNTERPART);
+  never a Kale feature nbship lacks (test_kale_cases.py checks).
 
 Kale "raises" is compared with nbship's `check` reporting an error for the cell.
 """
@@ -38,14 +39,12 @@ NO_COUNTERPART = {
     "parse_functions": "a Kale helper returning function source text",
     "link_fns_to_inputs_vars": "a Kale AST helper; nbship has no such query",
     "link_fns_to_return_vars": "a Kale AST helper; nbship has no such query",
-    "get_trailing_variable": "newer Kale's helper for its notebook-reference steps",
 }
-REPORT_TAG = "nbship has no per-step HTML report (Kale's report: tag)"
 
 FORWARDING = ("Kale forwards a function's free variables as extra step outputs and inputs; "
               "in nbship they travel inside the function (it is passed with the values it "
               "closes over), so no extra edge is needed")
-# case id -> why nbship differs on purpose
+# case id -> why nbship differs on purpose; tests/extract/test_kale_reasons.py checks each
 DELIBERATE: dict[int, str] = {
     7: FORWARDING, 9: FORWARDING, 13: FORWARDING, 14: FORWARDING, 15: FORWARDING,
     16: FORWARDING, 17: FORWARDING,
@@ -70,11 +69,11 @@ DELIBERATE: dict[int, str] = {
     52: "a bare `name` line in a metrics cell is a metric, as Jupyter displays it",
     53: "a bare `name` line in a metrics cell is a metric, as Jupyter displays it",
     88: "unknown tags are a warning, never a failure: users mix tools (DESIGN.md section 3)",
-    89: "unknown tags are a warning, never a failure: users mix tools (DESIGN.md section 3)",
     90: "a prev: tag on a cell without a step name applies to the step the cell joins",
     95: "a metrics cell may stand anywhere: its metrics are the values printed where it "
         "stands (check warns when a later step changes one)",
     96: "a secret: tag on a cell without a step name applies to the step the cell joins",
+    106: "a report: tag on a cell without a step name applies to the step the cell joins",
     113: "metric names keep the variable's name (KFP v2 metric keys allow '_'; Kale's '-' "
          "came from KFP v1), and parameters listed as metrics are logged by the last step "
          "above the metrics cell, not the first",
@@ -170,12 +169,12 @@ def _metrics_cell(case: dict[str, Any], folder: Path) -> tuple[str, str]:
     return _same(found, case["expected"]["target"])
 
 
-def _tags(case: dict[str, Any]) -> tuple[str, str]:
+def _tags(case: dict[str, Any], folder: Path) -> tuple[str, str]:
     metadata = case.get("cell_metadata") or {}
-    tags = [str(t) for t in metadata.get("tags", [])]
-    if any(t.startswith("report:") for t in tags) or \
-            "generate_html_report" in case["expected"].get("function", ""):
-        return NOT_COMPARABLE, REPORT_TAG
+    raw_tags = metadata.get("tags", [])
+    if not all(isinstance(t, str) for t in raw_tags):
+        return _refused_notebook(raw_tags, folder, "raises" in case["expected"])
+    tags = [str(t) for t in raw_tags]
     cell = Cell(index=0, id=None, source="", tags=tags, execution_count=None)
     notes = parse_tags(cell)
     exp = case["expected"]
@@ -184,6 +183,8 @@ def _tags(case: dict[str, Any]) -> tuple[str, str]:
         return (AGREE, errors[0]) if errors else (DIFFERS, "accepted" + (
             f" with a warning: {notes[0].message}" if notes else ""))
     target = exp["target"]
+    if "generate_html_report" in exp["function"]:
+        return _same(cell.report, target)
     if "step_names" in target:
         names = [cell.step] if cell.role == "step" and cell.step else [] if cell.role == "step" \
             else [{"parameters": "pipeline-parameters"}.get(cell.role, cell.role)]
@@ -193,6 +194,32 @@ def _tags(case: dict[str, Any]) -> tuple[str, str]:
         return _same(cell.annotations, target)
     secrets = {env: {"secret_name": name, "secret_key": key} for name, key, env in cell.secrets}
     return _same(secrets, target)
+
+
+def _refused_notebook(tags: list[Any], folder: Path, kale_raises: bool) -> tuple[str, str]:
+    """Tags that are not strings: nbformat's schema refuses the notebook (exit 2)."""
+    from nbship.errors import UnusableInputError
+
+    path = folder / "case.ipynb"
+    path.write_text(json.dumps({
+        "nbformat": 4, "nbformat_minor": 5,
+        "metadata": {"kernelspec": {"name": "python3", "language": "python",
+                                    "display_name": "Python 3"}},
+        "cells": [{"cell_type": "code", "id": "c0", "source": "x = 1", "outputs": [],
+                   "execution_count": None, "metadata": {"tags": tags}}]}))
+    try:
+        read_notebook(path)
+    except UnusableInputError as exc:
+        return (AGREE if kale_raises else DIFFERS), f"refused: {exc}"
+    return (DIFFERS if kale_raises else AGREE), "accepted"
+
+
+def _trailing(case: dict[str, Any], folder: Path) -> tuple[str, str]:
+    """Kale's get_trailing_variable on a cell, against nbship's analysis of the cell (what
+    a step ending with it keeps as an output: graph._trailing_results)."""
+    graph = _graph([(["step:a"], case["cells"][0])], folder)
+    return _same(graph.codes[graph.steps[0].cells[0].index].trailing_name,
+                 case["expected"]["target"])
 
 
 def _parameters_source(case: dict[str, Any], folder: Path) -> tuple[str, str]:
@@ -260,7 +287,8 @@ HANDLERS: dict[str, Callable[[dict[str, Any], Path], tuple[str, str]]] = {
     "detect_fns_free_variables": _free_variables,
     "parse_assignments_expressions": _parameters,
     "parse_metrics_print_statements": _metrics_cell,
-    "parse_cell_metadata": lambda case, folder: _tags(case),
+    "parse_cell_metadata": _tags,
+    "get_trailing_variable": _trailing,
     "get_pipeline_parameters_source": _parameters_source,
     "get_pipeline_metrics_source": _metrics_position,
     "dependencies_detection": _dependencies,
