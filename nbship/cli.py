@@ -345,6 +345,13 @@ def _parser() -> argparse.ArgumentParser:
                     help="rehearse: the release whose images (by digest, as its release.json "
                     "records them) may have this machine's key, the nbship-key secret "
                     "(default: the release a model release parameter records)")
+    dp.add_argument("--trigger-payload", default=None, type=Path, metavar="FILE",
+                    help="rehearse: run as if FILE's JSON were posted to the pipeline's "
+                    "webhook trigger (Echo's matching: source, payloadConstraints, expected "
+                    "artifacts; the trigger's artifacts bound as Orca binds them)")
+    dp.add_argument("--trigger-source", default=None, metavar="SOURCE",
+                    help="rehearse: the webhook trigger's source --trigger-payload goes to "
+                    "(default: the first that fires)")
     dp.add_argument("--json", action="store_true", help="history: the records as JSON")
 
     sc = sub.add_parser("scheduler", help="continuous training: cron, new data, webhooks",
@@ -922,10 +929,23 @@ def _rehearse(args: argparse.Namespace) -> int:
         if not sep or not key:
             raise UnusableInputError(f"-p {item}: NAME=VALUE")
         params[key] = value
+    payload = None
+    if args.trigger_payload is not None:
+        import json
+
+        try:
+            payload = json.loads(args.trigger_payload.read_text())
+        except (OSError, ValueError) as exc:
+            raise UnusableInputError(f"--trigger-payload {args.trigger_payload}: {exc}") \
+                from None
+        if not isinstance(payload, dict):
+            raise UnusableInputError(f"--trigger-payload {args.trigger_payload}: a JSON "
+                                     "object (the webhook's body)")
     options = rehearse.Options(parameters=params, judge=args.judge,
                                time_scale=args.time_scale, stable=args.stable,
                                traffic=args.traffic, kfp_host=args.kfp_host,
                                jobs=args.jobs, servers=args.servers, release=args.release,
+                               trigger_payload=payload, trigger_source=args.trigger_source,
                                ask=input if sys.stdin.isatty() else None)
     record, path = rehearse.rehearse(Path(args.files[0]), options,
                                      echo=lambda line: print(line, flush=True))

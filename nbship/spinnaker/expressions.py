@@ -9,7 +9,9 @@ cannot run code here.
 * ``${#stage('NAME')['status']}`` (``.toString()`` allowed), ``['context']['KEY']``,
   ``['outputs']['KEY']``, ``.hasSucceeded``/``.hasFailed``; ``${#stageExists('NAME')}``;
   ``${#judgment('NAME')}`` (alias ``#judgement``); ``${#toJson(VALUE)}``;
-  ``${execution.status}``
+  ``${execution.status}``; ``${#triggerResolvedArtifact('NAME')['reference']}`` and
+  ``${trigger.payload...}`` (the execution's trigger, as :mod:`nbship.spinnaker.rehearse`
+  builds it from ``--trigger-payload``)
 * string literals, ``true``/``false``, and one ``==``/``!=`` comparison, negation
   ``!``, ``&&``/``||`` (``and``/``or``) between them.
 
@@ -22,7 +24,10 @@ status TERMINAL (StageExecutionImpl); ``#judgment`` is the ``judgmentInput`` of 
 manualJudgment stage of that name -- the option a person chose from its
 ``judgmentInputs``, never its continue/stop status -- and throws when no such stage
 has one (a stage with no ``judgmentInputs``, or not judged yet); ``#toJson`` writes
-its value as Jackson does, without spaces.
+its value as Jackson does, without spaces. ``#triggerResolvedArtifact(name)`` is the
+first of the trigger's resolved expected artifacts whose *bound* artifact has that
+``name``, and throws when none has (orca-core/.../pipeline/expressions/functions/
+ArtifactExpressionFunctionProvider.java).
 
 Anything else is an :class:`ExpressionError` naming the expression and the forms above.
 """
@@ -46,7 +51,8 @@ class ExpressionError(NbshipError):
 
 FORMS = ("parameters.NAME, trigger.parameters.NAME, #stage('NAME')['status'|'context'|"
          "'outputs'][...], #stage('NAME').hasSucceeded|hasFailed, #stageExists('NAME'), "
-         "#judgment('NAME'), #toJson(VALUE), execution.status, 'literals', true/false, "
+         "#judgment('NAME'), #toJson(VALUE), #triggerResolvedArtifact('NAME'), "
+         "trigger.payload|artifacts|type..., execution.status, 'literals', true/false, "
          "==, !=, !, &&, ||")
 
 
@@ -59,6 +65,8 @@ class Scope:
     # in Orca (those not started yet with status NOT_STARTED)
     stages: Mapping[str, Mapping[str, Any]]
     execution_status: str = "RUNNING"
+    # the execution's trigger (type, payload, artifacts, resolvedExpectedArtifacts, ...)
+    trigger: Mapping[str, Any] | None = None
 
 
 TOKEN = re.compile(r"""\s*(?:
@@ -165,6 +173,15 @@ class _Parser:
                 raise self.fail(f"#{fn}() takes a quoted stage name")
             self.take(")")
             name = self.literal(arg)
+            if fn == "triggerResolvedArtifact":
+                bound = [e.get("boundArtifact") for e in
+                         (self.scope.trigger or {}).get("resolvedExpectedArtifacts") or []]
+                found = next((b for b in bound if isinstance(b, Mapping)
+                              and b.get("name") == name), None)
+                if found is None:
+                    raise self.fail(f"Unable to locate resolved artifact {name} in trigger "
+                                    "execution")
+                return dict(found)
             stage = self.scope.stages.get(name)
             if fn == "stage":
                 if stage is None:
@@ -187,8 +204,8 @@ class _Parser:
             raise self.fail(f"#{fn}() is not a helper a rehearsal knows")
         if tok == "parameters":
             return dict(self.scope.parameters)
-        if tok == "trigger":
-            return {"parameters": dict(self.scope.parameters)}
+        if tok == "trigger":  # Orca's parameters are the trigger's
+            return {**(self.scope.trigger or {}), "parameters": dict(self.scope.parameters)}
         if tok == "execution":
             return {"status": self.scope.execution_status}
         raise self.fail(f"{tok!r} is not a root a rehearsal knows")

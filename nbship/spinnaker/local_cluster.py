@@ -189,7 +189,11 @@ class Cluster:
             thread.join(max(0.0, deadline - time.monotonic()))
 
     def urls(self) -> dict[str, str]:
-        """In-cluster addresses (KServe's, serverless with tag routing) -> local ones."""
+        """In-cluster addresses (KServe's, serverless with tag routing) -> local ones.
+        ``prev-`` only while a canary splits traffic with a revision rolled out before:
+        KServe tags the ``prev`` route only then (kserve's pkg/controller/v1beta1/
+        inferenceservice/reconcilers/knative/ksvc_reconciler.go), so before the first
+        revision was rolled out, the address does not exist."""
         out: dict[str, str] = {}
         with self._lock:
             for s in self.services.values():
@@ -197,14 +201,28 @@ class Cluster:
                 stable = s.stable.url if s.stable else s.router.url
                 canary = s.canary.url if s.canary else stable
                 out[f"http://{host}"] = s.router.url
-                out[f"http://prev-{host}"] = stable
+                if s.canary is not None and s.stable is not None:
+                    out[f"http://prev-{host}"] = stable
                 out[f"http://latest-{host}"] = canary
         return out
 
-    def entrances(self) -> list[tuple[str, str]]:
-        """(name, router URL) of every InferenceService: where its clients send requests."""
+    def missing(self, url: str) -> str:
+        """Why an in-cluster address has no local counterpart."""
         with self._lock:
-            return [(s.name, s.router.url) for s in self.services.values()]
+            for s in self.services.values():
+                if url.startswith(f"http://prev-{s.name}-predictor."):
+                    return (f"{s.name} has no previous revision, so KServe routes no prev- "
+                            "tag (a first delivery has no stable server to judge a canary "
+                            "against: render's model-first-delivery pipeline serves it)")
+        return "no InferenceService of this rehearsal answers there"
+
+    def entrances(self) -> list[tuple[str, str]]:
+        """(name, router URL) of every InferenceService that has served: where its clients
+        send requests. A first revision that is not ready yet has no clients (on a cluster
+        Knative's activator would hold their requests until it is)."""
+        with self._lock:
+            return [(s.name, s.router.url) for s in self.services.values()
+                    if any(r is not None and r.ready for r in (s.stable, s.canary))]
 
     def state(self) -> dict[str, Any]:
         with self._lock:

@@ -73,6 +73,9 @@ class Options:
     servers: str | None = None
     release: str | None = None  # the release whose images may have this machine's key
     root: Path = Path(".nbship/deploy")
+    # a webhook body, as posted to Gate's /webhooks/webhook/SOURCE (None: a manual run)
+    trigger_payload: Mapping[str, Any] | None = None
+    trigger_source: str | None = None  # which webhook trigger (default: any that fires)
     ask: Callable[[str], str] | None = None  # the terminal's input(), when there is one
 
 
@@ -199,6 +202,7 @@ class CheckPreconditions:
 
 
 JOB = "manifest.spec.template.spec.containers[0]"  # the Job's container, in a stage
+IN_CLUSTER = re.compile(r"^https?://[^/]*\.svc\.cluster\.local(?::\d+)?(?:/|$)")
 REHEARSAL_ENV = "NBSHIP_REHEARSAL"  # in every Job's environment: no rehearsal inside one
 # what a Job's environment takes from this one (the rest, PYTHONPATH, PYTHON*, LD_* among
 # it, is left out); the key only as the nbship-key secret, and only to the release's images
@@ -295,7 +299,8 @@ def job_problems(container: Any, where: str, resolved: bool) -> list[str]:
             positional += 1
         i += 1
     for option, _, repeated in command.options:
-        if not repeated and seen.get(option, 0) != 1:
+        if not repeated and seen.get(option, 0) != 1 and not (
+                option in command.optional and seen.get(option, 0) == 0):
             problems.append(f"{where}.command: nbship {verb} has {option} "
                             f"{seen.get(option, 0)} time(s); render writes it once")
     if positional < len(command.positional):
@@ -426,6 +431,10 @@ class RunJob:
         argv = [str(a) for a in [*container.get("command", []), *container.get("args", [])]]
         env = self.job_env(container, argv[3], rehearsal)
         argv = rehearsal.local_argv(argv[3:])
+        unknown = [a for a in argv if IN_CLUSTER.match(a)]
+        if unknown:  # a pod would not resolve it either: the stage fails, nothing runs
+            return Outcome("TERMINAL", message=f"{unknown[0]} does not exist here: "
+                           + rehearsal.cluster.missing(unknown[0]))
         rehearsal.echo(f"    $ nbship {' '.join(argv)}"
                        + (f"   (in {container.get('image')})"
                           if rehearsal.options.jobs == "image" else ""))
@@ -755,6 +764,120 @@ def order(stages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+ARTIFACT_FIELDS = ("type", "name", "version", "location", "reference")
+
+
+def artifact_matches(match: Mapping[str, Any], artifact: Any) -> bool:
+    """kork's ExpectedArtifact.matches: each field the matchArtifact sets is a regex the
+    artifact's field must match whole (kork-artifacts/.../model/ExpectedArtifact.java,
+    ``Pattern.matcher(...).matches()``; uuid, provenance and account are not compared)."""
+    if not isinstance(artifact, Mapping):
+        return False
+    for key in ARTIFACT_FIELDS:
+        want = match.get(key)
+        if want in (None, ""):
+            continue
+        have = artifact.get(key)
+        try:
+            if have is None or re.fullmatch(str(want), str(have)) is None:
+                return False
+        except re.error:
+            return False
+    return True
+
+
+def constraint_problem(constraints: Any, payload: Mapping[str, Any]) -> str | None:
+    """Why Echo would not fire a webhook trigger with these payloadConstraints on this
+    payload: each key must be in the payload, non-null, its value holding a match of the
+    regex (echo-pipelinetriggers/.../artifacts/ArtifactMatcher.java,
+    isJsonPathConstraintInPayload: ``Pattern.asPredicate``, a find, not a whole match)."""
+    for key, regex in (constraints or {}).items():
+        if str(key).startswith("$"):
+            return f"payloadConstraints key {key!r}: a rehearsal matches top-level keys only"
+        if payload.get(key) is None:
+            return f"the payload has no {key!r} (payloadConstraints)"
+        value = payload[key]
+        text = json.dumps(value) if isinstance(value, bool) else str(value)
+        try:
+            if regex is not None and re.search(str(regex), text) is None:
+                return f"payload {key!r} = {text[:100]!r} does not match {regex!r}"
+        except re.error:  # Echo logs it: the constraint never matches
+            return f"payloadConstraints {key!r}: {regex!r} is not a regex"
+    return None
+
+
+def execution_trigger(doc: dict[str, Any], options: Options, file: str) -> dict[str, Any]:
+    """The execution's trigger, as Echo starts it and Orca resolves its artifacts.
+
+    Without ``options.trigger_payload``: a manual run. With it: the body posted to a webhook
+    trigger of the pipeline, which fires as Echo's WebhookEventHandler decides (the source,
+    the payloadConstraints; with expectedArtifactIds, one of the body's ``artifacts`` must
+    match one of them: ArtifactMatcher.anyArtifactsMatchExpected); the trigger then carries
+    the body as ``payload``, its ``parameters`` and ``artifacts`` (echo-webhooks/.../
+    WebhooksController.groovy). Then Orca binds the expected artifacts the trigger names,
+    or that use a default (orca-core/.../pipeline/util/ArtifactUtils.java resolveArtifacts,
+    ArtifactResolver.java): a received artifact that matches (more than one is an error),
+    else the default; a prior execution's artifact is not looked for (a rehearsal has no
+    execution history of Spinnaker's)."""
+    expected = [e for e in doc.get("expectedArtifacts") or [] if isinstance(e, dict)]
+    if options.trigger_payload is None:
+        if options.trigger_source is not None:
+            raise RehearsalError("--trigger-source needs --trigger-payload")
+        trigger: dict[str, Any] = {"type": "manual", "user": "rehearsal", "payload": {},
+                                   "parameters": {}, "artifacts": [],
+                                   "expectedArtifactIds": []}
+    else:
+        payload = dict(options.trigger_payload)
+        hooks = [t for t in doc.get("triggers") or [] if isinstance(t, dict)
+                 and t.get("type") == "webhook" and t.get("enabled", True) is not False
+                 and options.trigger_source in (None, t.get("source"))]
+        if not hooks:
+            raise RehearsalError(f"{file} has no enabled webhook trigger" + (
+                f" with source {options.trigger_source!r}" if options.trigger_source else "")
+                + " to post the payload to")
+        artifacts = payload.get("artifacts") or []
+        if not isinstance(artifacts, list):
+            raise RehearsalError("the payload's artifacts: a list of artifacts")
+        why: list[str] = []
+        fired = None
+        for hook in hooks:
+            problem = constraint_problem(hook.get("payloadConstraints"), payload)
+            ids = hook.get("expectedArtifactIds") or []
+            if problem is None and ids and not any(
+                    artifact_matches(e.get("matchArtifact") or {}, a)
+                    for e in expected if e.get("id") in ids for a in artifacts):
+                problem = ("none of the payload's artifacts matches the trigger's expected "
+                           f"artifacts {', '.join(map(str, ids))}")
+            if problem is None:
+                fired = hook
+                break
+            why.append(f"webhook {hook.get('source')!r}: {problem}")
+        if fired is None:
+            raise RehearsalError(f"{file}: Echo would start no execution for this payload:\n  "
+                                 + "\n  ".join(why))
+        parameters = payload.get("parameters") or {}
+        trigger = {**fired, "payload": payload, "artifacts": list(artifacts),
+                   "parameters": dict(parameters) if isinstance(parameters, dict) else {}}
+    ids = trigger.get("expectedArtifactIds") or []
+    resolved = []
+    for e in expected:
+        if not (e.get("id") in ids or e.get("useDefaultArtifact") or e.get("usePriorArtifact")):
+            continue
+        matches = [a for a in trigger["artifacts"]
+                   if artifact_matches(e.get("matchArtifact") or {}, a)]
+        if len(matches) > 1:
+            raise RehearsalError(f"{file}: expected artifact {e.get('id')} matches multiple "
+                                 "artifacts of the trigger (Orca refuses the execution)")
+        bound = matches[0] if matches else (e.get("defaultArtifact")
+                                            if e.get("useDefaultArtifact") else None)
+        if not isinstance(bound, dict):
+            raise RehearsalError(f"{file}: unmatched expected artifact {e.get('id')} could "
+                                 "not be resolved (Orca refuses the execution)")
+        resolved.append({**e, "boundArtifact": dict(bound)})
+    trigger["resolvedExpectedArtifacts"] = resolved
+    return trigger
+
+
 def _parameters(doc: dict[str, Any], given: Mapping[str, str], file: str) -> dict[str, str]:
     config = [p for p in doc.get("parameterConfig") or [] if isinstance(p, dict)]
     known = {str(p["name"]) for p in config}
@@ -819,6 +942,7 @@ class Rehearsal:
     key: KeyTrust = KeyTrust(None, frozenset(), "--jobs venv")
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)  # by name, for #stage
     prometheus: str | None = None  # the rehearsal's own, when a stage judges from it
+    trigger: dict[str, Any] = field(default_factory=dict)  # as Orca's execution has it
 
     def scope(self) -> Scope:
         """Every stage of the execution, as Orca's ``#stage`` sees them: those that ran,
@@ -828,7 +952,7 @@ class Rehearsal:
             name = str(s.get("name") or s["type"])
             stages.setdefault(name, self.stages.get(name) or {
                 "status": "NOT_STARTED", "type": s["type"], "context": {}, "outputs": {}})
-        return Scope(self.parameters, stages)
+        return Scope(self.parameters, stages, trigger=self.trigger)
 
     def where(self, stage: dict[str, Any]) -> str:
         """The stage's JSON path in the file (``$.stages[i]``)."""
@@ -990,7 +1114,11 @@ def rehearse(path: Path, options: Options, echo: Callable[[str], None] = print
         raise RehearsalError(f"--servers {options.servers}: image or venv")
     if options.time_scale < 0 or options.traffic < 0:
         raise RehearsalError("--time-scale and --traffic are not negative")
-    parameters = _parameters(doc, options.parameters, str(path))
+    trigger = execution_trigger(doc, options, str(path))
+    given = {k: str(v) for k, v in (trigger.get("parameters") or {}).items()
+             if k in {str(p.get("name")) for p in doc.get("parameterConfig") or []
+                      if isinstance(p, dict)}}  # Orca: the trigger's, then the defaults
+    parameters = _parameters(doc, {**given, **options.parameters}, str(path))
     trust = KeyTrust(None, frozenset(), "no Job asks for it" if options.jobs == "image"
                      else "--jobs venv: Jobs run this venv's nbship")
     keyed = [(i, s["manifest"]["spec"]["template"]["spec"]["containers"][0])
@@ -1019,7 +1147,11 @@ def rehearse(path: Path, options: Options, echo: Callable[[str], None] = print
     workdir = options.root / "rehearsals" / run_id
     cluster = Cluster(workdir, echo=echo)
     rehearsal = Rehearsal(path, doc, options, echo, cluster, parameters, run_id=run_id,
-                          project=Path.cwd().resolve(), key=trust)
+                          project=Path.cwd().resolve(), key=trust, trigger=trigger)
+    if trigger["type"] != "manual":
+        echo(f"  triggered by the webhook {trigger.get('source')!r}: " + ", ".join(
+            f"{e['id']} = {e['boundArtifact'].get('reference')}"
+            for e in trigger["resolvedExpectedArtifacts"]))
     if servers == "image":
         cluster.runner = server_runner(rehearsal, workdir)
     services = _services(stages)
@@ -1065,6 +1197,10 @@ def rehearse(path: Path, options: Options, echo: Callable[[str], None] = print
 
             stack.down(workdir / "monitor")
     refs = {k: v for k, v in parameters.items() if "/" in v and ("@" in v or ":" in v)}
+    for e in trigger["resolvedExpectedArtifacts"]:  # what the trigger's artifacts bound
+        bound = str(e["boundArtifact"].get("reference") or "")
+        if e["boundArtifact"].get("type") == "docker/image" and "/" in bound:
+            refs.setdefault(str(e.get("displayName") or e["id"]), bound)
     if options.stable:
         refs["stable"] = options.stable
     record: dict[str, Any] = {
@@ -1072,6 +1208,8 @@ def rehearse(path: Path, options: Options, echo: Callable[[str], None] = print
         "pipeline": {"name": name, "application": doc.get("application"),
                      "file": str(path), "sha256": sha256_file(path)},
         "parameters": parameters,
+        "trigger": {k: trigger.get(k) for k in ("type", "source", "payload",
+                                                "resolvedExpectedArtifacts")},
         "options": {"judge": options.judge, "time_scale": options.time_scale,
                     "jobs": options.jobs, "servers": servers, "key_release": trust.release,
                     "stable": options.stable, "traffic": options.traffic,

@@ -47,15 +47,19 @@ class JobCommand:
     verb: tuple[str, ...]
     positional: tuple[str, ...] = ()  # the kinds of the positional arguments, in order
     options: tuple[tuple[str, str, bool], ...] = ()  # (option, kind, may repeat), in order
+    optional: frozenset[str] = frozenset()  # options render may leave out (once at most)
 
     def argv(self, positional: list[str], options: dict[str, Any]) -> list[str]:
         """The arguments after ``python -m nbship``: the verb, the positional arguments,
         then the options in this command's order (a repeated one takes a list)."""
-        if len(positional) != len(self.positional) or \
-                set(options) != {o for o, _, _ in self.options}:
+        every = {o for o, _, _ in self.options}
+        if len(positional) != len(self.positional) or not set(options) <= every \
+                or not every - self.optional <= set(options):
             raise AssertionError(f"{' '.join(self.verb)}: not this command's arguments")
         out = [*self.verb, *positional]
         for option, _, repeated in self.options:
+            if option not in options:
+                continue
             for value in (options[option] if repeated else [options[option]]):
                 out += [option, str(value)]
         return out
@@ -71,7 +75,8 @@ JOB_COMMANDS: dict[tuple[str, ...], JobCommand] = {c.verb: c for c in (
                                                      ("--host", "url", False))),
     JobCommand(("canary", "ready"), ("url",), (("--stable", "url", False),
                                                ("--model", "name", False),
-                                               ("--timeout", "seconds", False))),
+                                               ("--timeout", "seconds", False)),
+               optional=frozenset({"--stable"})),  # the first delivery has no stable
     JobCommand(("canary", "judge"), (), (("--stable", "url", False), ("--canary", "url", False),
                                          ("--model", "name", False),
                                          ("--reference", "reference", False),
@@ -246,16 +251,35 @@ def _pipeline(cfg: DeployConfig, name: str, description: str, parameter: str,
             "parameterConfig": [param], "triggers": triggers, "stages": stages, **extra}
 
 
+def release_expression(release_ref: str) -> str:
+    """The release a CD execution delivers: the trigger's artifact bound to the release's
+    expected artifact (Orca's ``#triggerResolvedArtifact(name)``: the bound artifact with
+    that name, orca-core/.../pipeline/expressions/functions/
+    ArtifactExpressionFunctionProvider.java), the render-time release when nothing bound
+    one (a manual run: its default artifact)."""
+    return f"${{#triggerResolvedArtifact('{release_ref.split('@')[0]}')['reference']}}"
+
+
 def ml_pipeline_cd(record: dict[str, Any], release_ref: str, cfg: DeployConfig
                    ) -> dict[str, Any]:
+    """Upload, integration run, approval, schedule of the release the trigger names.
+
+    The release is an expected artifact (docker/image, the release repository): a new
+    ``commit-<sha>`` tag there (the docker trigger: Echo's DockerEventHandler makes the
+    artifact ``registry/repository:tag``; publish pushes that tag once the release is
+    complete, and never moves it) or CI's webhook posting the release by digest in its
+    ``artifacts`` bind it (Echo's WebhooksController: the body's ``artifacts``); a manual
+    run binds the default, the release rendered from. The Jobs run in the render-time
+    steps image: ``nbship kfp`` there reads the pipeline of the release they are given."""
     name = str(record["name"])
     steps = str(record["images"]["nbship-steps"]["reference"])
-    repository = steps.split("@")[0]
-    host, _, repo_path = repository.partition("/")
-    upload = _job(f"{name}-upload", steps, _command("kfp upload", ["${parameters.release}"],
+    releases = release_ref.split("@")[0]
+    host, _, repo_path = releases.partition("/")
+    release = release_expression(release_ref)
+    upload = _job(f"{name}-upload", steps, _command("kfp upload", [release],
                                                      {"--host": cfg.kfp_host}), cfg)
     run = _job(f"{name}-ci-run", steps, _command(
-        "kfp run", ["${parameters.release}"], {"--experiment": f"{name}-ci",
+        "kfp run", [release], {"--experiment": f"{name}-ci",
                                                "-p": _params(cfg.ci_parameters),
                                                "--host": cfg.kfp_host}), cfg)
     if cfg.cron is None:
@@ -263,7 +287,7 @@ def ml_pipeline_cd(record: dict[str, Any], release_ref: str, cfg: DeployConfig
                                  "schedules it", hint='[tool.nbship.training."NOTEBOOK"] '
                                  'cron = "0 0 3 * * *"')
     schedule = _job(f"{name}-schedule", steps, _command(
-        "kfp schedule", ["${parameters.release}"], {"--cron": cfg.cron,
+        "kfp schedule", [release], {"--cron": cfg.cron,
                                                     "-p": _params(cfg.parameters),
                                                     "--host": cfg.kfp_host}), cfg)
     stages = [_run_job("1", [], "Upload the pipeline version", upload, cfg),
@@ -277,22 +301,26 @@ def ml_pipeline_cd(record: dict[str, Any], release_ref: str, cfg: DeployConfig
         last = "3"
     stages.append(_run_job("4", [last], "Schedule (replaces the previous schedule)",
                            schedule, cfg))
-    return _pipeline(
+    doc = _pipeline(
         cfg, f"{name}-ml-pipeline-cd",
-        f"Delivers the KFP pipeline of {record['notebook']['path']} (rendered by nbship from "
-        f"release {release_ref}, commit {record['commit']}).",
-        "release", "the nbship release (by digest) to deliver", release_ref,
+        f"Delivers the KFP pipeline of {record['notebook']['path']}: the release a new "
+        f"commit- tag or CI's webhook names (by hand: {release_ref}, commit "
+        f"{record['commit']}; rendered by nbship).",
+        "release", "", None,
         [{"type": "docker", "enabled": True, "account": cfg.docker_account,
-          "registry": host, "repository": repo_path,
-          "expectedArtifactIds": [f"{name}-steps-image"]},
+          "registry": host, "repository": repo_path, "tag": "^commit-[0-9a-f]{40}$",
+          "expectedArtifactIds": [f"{name}-release"]},
          {"type": "webhook", "enabled": True, "source": f"nbship-publish-{name}",
-          "payloadConstraints": _named(name)}],
+          "payloadConstraints": _named(name), "expectedArtifactIds": [f"{name}-release"]}],
         stages,
-        expectedArtifacts=[{"id": f"{name}-steps-image", "displayName": "steps image",
-                            "useDefaultArtifact": True,
-                            "defaultArtifact": {"type": "docker/image", "name": repository,
-                                                "reference": steps},
-                            "matchArtifact": {"type": "docker/image", "name": repository}}])
+        expectedArtifacts=[{"id": f"{name}-release", "displayName": "release",
+                            "useDefaultArtifact": True, "usePriorArtifact": False,
+                            "defaultArtifact": {"type": "docker/image", "name": releases,
+                                                "reference": release_ref},
+                            "matchArtifact": {"type": "docker/image",
+                                              "name": re.escape(releases)}}])
+    doc["parameterConfig"] = []  # the release comes from the trigger, not a parameter
+    return doc
 
 
 def ml_pipeline_rollback(record: dict[str, Any], cfg: DeployConfig) -> dict[str, Any]:
@@ -355,8 +383,15 @@ def continuous_training(record: dict[str, Any], release_ref: str, cfg: DeployCon
 
 
 def _service_url(tag: str, name: str, cfg: DeployConfig) -> str:
-    """KServe's tag routing (serverless): ``latest-`` the canary, ``prev-`` the stable."""
-    return f"http://{tag}-{name}-predictor.{cfg.namespace}.svc.cluster.local"
+    """KServe's tag routing (serverless): ``latest-`` the canary, ``prev-`` the stable;
+    no tag: the predictor's own address. KServe tags a ``prev`` route only when
+    canaryTrafficPercent is set *and* a revision was rolled out before (kserve's
+    pkg/controller/v1beta1/inferenceservice/reconcilers/knative/ksvc_reconciler.go: the
+    split to ``LatestRolledoutRevision`` tagged ``prev``; otherwise 100 % to the latest
+    revision), so the first delivery waits on the predictor's own address
+    (:func:`model_first_delivery`)."""
+    return f"http://{tag + '-' if tag else ''}{name}-predictor.{cfg.namespace}" \
+        ".svc.cluster.local"
 
 
 def _isvc(record: dict[str, Any], model_ref: str, server: str, model: str,
@@ -486,6 +521,31 @@ def _kayenta(cfg: DeployConfig) -> dict[str, Any]:
                 "scoreThresholds": {"pass": 75, "marginal": 50}}}
 
 
+def model_first_delivery(record: dict[str, Any], model_ref: str, cfg: DeployConfig
+                         ) -> dict[str, Any]:
+    """The first model of an InferenceService: no stable server to judge a canary against
+    (KServe has no ``prev-`` route yet), so no canary: the model takes all traffic once it
+    is ready, and the readiness Job waits on the predictor's own address."""
+    name = str(record["name"])
+    server = str(record["images"]["nbship-server"]["reference"])
+    ready = _job(f"{name}-ready", server, _command("canary ready", [
+        _service_url("", name, cfg)], {"--model": name, "--timeout": "600"}), cfg)
+    container = ready["spec"]["template"]["spec"]["containers"][0]
+    container["env"] = [json.loads(json.dumps(KEY_ENV))]
+    del container["volumeMounts"]
+    del ready["spec"]["template"]["spec"]["volumes"]
+    return _pipeline(
+        cfg, f"{name}-model-first-delivery",
+        f"Serves the first model release of {name} (no previous one: no canary; rendered "
+        "by nbship). Later models go through the model delivery's canary.",
+        "model", "the model release (by digest) to serve first", model_ref, [],
+        [{"refId": "1", "requisiteStageRefIds": [], "type": "deployManifest",
+          "name": "Serve the first model", "account": cfg.account,
+          "cloudProvider": "kubernetes", "source": "text", "moniker": {"app": cfg.application},
+          "manifests": [_isvc(record, model_ref, server, "${parameters.model}", cfg, None)]},
+         _run_job("2", ["1"], "Wait until the model is ready", ready, cfg)])
+
+
 def model_rollback(record: dict[str, Any], model_ref: str, cfg: DeployConfig
                    ) -> dict[str, Any]:
     name = str(record["name"])
@@ -531,6 +591,8 @@ def render(reference: str, out: Path, *, pyproject: Path = Path("pyproject.toml"
         _, model_digest, _ = show_model(model)
         mref = oci.Reference.parse(model)
         model_ref = f"{mref.registry}/{mref.repository}@{model_digest}"
+        docs[f"{record['name']}-model-first-delivery{suffix}.json"] = \
+            model_first_delivery(record, model_ref, cfg)
         docs[f"{record['name']}-model-delivery{suffix}.json"] = model_delivery(record,
                                                                                model_ref, cfg)
         docs[f"{record['name']}-model-rollback{suffix}.json"] = model_rollback(record,

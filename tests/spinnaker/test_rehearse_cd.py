@@ -4,6 +4,7 @@ here the stand-in), with the outputs Spinnaker would read."""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +25,7 @@ STEPS = "127.0.0.1:5000/nbship-steps@sha256:" + "a" * 64
 
 @pytest.fixture(scope="module")
 def project(local_registry: str, tmp_path_factory: pytest.TempPathFactory
-            ) -> tuple[Path, str]:
+            ) -> tuple[Path, str, str]:
     """A checkout of the showcase, its release (the pipeline YAML the steps image would
     run) and the Spinnaker pipelines rendered from it."""
     from nbship.spinnaker.render import render
@@ -44,11 +45,20 @@ def project(local_registry: str, tmp_path_factory: pytest.TempPathFactory
         '[tool.nbship.training."notebooks/marker_classifier.ipynb"]\n'
         'cron = "0 0 3 * * *"\nparameters = { epochs = 2 }\n'))
     render(release, root / "spinnaker", pyproject=root / "pyproject.toml")
-    return root, release
+    # another release of the notebook (another commit), pushed later: what a trigger may
+    # name instead of the rendered one (issue 20, point 5); then `latest` back on the first
+    from nbship.release.publish import show
+
+    other = tmp_path_factory.mktemp("other")
+    later = push_release(local_registry, other, {**record, "commit": "fedcba98" * 5},
+                         compiled.yaml.read_bytes())
+    second = f"{later.rsplit(':', 1)[0]}@{show(later)[1]}"
+    push_release(local_registry, tmp, record, compiled.yaml.read_bytes())
+    return root, release, second
 
 
 @pytest.fixture
-def in_project(project: tuple[Path, str]) -> Iterator[Path]:
+def in_project(project: tuple[Path, str, str]) -> Iterator[Path]:
     before = Path.cwd()
     os.chdir(project[0])
     try:
@@ -62,7 +72,7 @@ def stages(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def test_the_cd_pipeline_uploads_runs_and_schedules_here(in_project: Path,
-                                                         project: tuple[Path, str]) -> None:
+                                                         project: tuple[Path, str, str]) -> None:
     from nbship.pipelines.scheduler import Store
 
     lines: list[str] = []
@@ -87,7 +97,7 @@ def test_the_cd_pipeline_uploads_runs_and_schedules_here(in_project: Path,
 
 
 def test_the_rollback_reschedules_and_a_kfp_api_can_stand_in(
-        in_project: Path, project: tuple[Path, str]) -> None:
+        in_project: Path, project: tuple[Path, str, str]) -> None:
     api = StandIn(token="rehearsal-token")
     os.environ["KFP_TOKEN"] = "rehearsal-token"
     try:
@@ -103,3 +113,43 @@ def test_the_rollback_reschedules_and_a_kfp_api_can_stand_in(
     assert made["trigger"]["cron_schedule"]["cron"] == "0 0 3 * * *"
     assert made["runtime_config"]["parameters"] == {"epochs": 2}
     assert made["status"] == "ENABLED"
+
+
+def test_the_trigger_selects_the_release_the_stages_deliver(
+        in_project: Path, project: tuple[Path, str, str]) -> None:
+    """Issue 20 (5): no stage re-runs the release fixed at render time. CI's webhook posts
+    the release by digest as an artifact; Echo fires only on a body that meets the
+    trigger's payloadConstraints and expected artifacts; Orca binds the artifact, and
+    every Job delivers that release (#triggerResolvedArtifact)."""
+    from nbship.pipelines.scheduler import Store
+    from nbship.spinnaker.rehearse import RehearsalError
+
+    second = project[2]
+    cd = Path("spinnaker/marker-classifier-ml-pipeline-cd.json")
+    doc = json.loads(cd.read_text())
+    assert doc["parameterConfig"] == [] and "parameters.release" not in cd.read_text()
+    artifact = {"type": "docker/image", "name": second.split("@")[0], "reference": second}
+    refused: list[tuple[dict[str, Any], str]] = [
+            ({"name": "marker-classifier-2", "artifacts": [artifact]}, "does not match"),
+            ({"artifacts": [artifact]}, "the payload has no 'name'"),
+            ({"name": "marker-classifier", "artifacts": [
+                {**artifact, "name": "elsewhere.example/releases/marker-classifier"}]},
+             "none of the payload's artifacts matches")]
+    for payload, why in refused:
+        with pytest.raises(RehearsalError, match="Echo would start no execution") as err:
+            rehearse(cd, Options(judge="continue", jobs="venv", trigger_payload=payload),
+                     echo=lambda line: None)
+        assert why in str(err.value)
+    lines: list[str] = []
+    record, _ = rehearse(cd, Options(judge="continue", jobs="venv", trigger_payload={
+        "name": "marker-classifier", "artifacts": [artifact]}), echo=lines.append)
+    assert record["status"] == "SUCCEEDED", record["message"]
+    by = stages(record)
+    assert by["Upload the pipeline version"]["outputs"]["pipeline_version_id"].startswith(
+        "marker-classifier-fedcba98-")
+    assert record["trigger"]["type"] == "webhook"
+    assert record["provenance"]["release"]["digest"] == second.split("@")[1]
+    assert record["provenance"]["release"]["commit"] == "fedcba98" * 5
+    rows = [t for t, _, _ in Store(in_project / ".nbship/scheduler/schedules.sqlite")
+            .schedules()]
+    assert [t.release for t in rows] == [second]

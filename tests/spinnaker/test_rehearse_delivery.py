@@ -212,3 +212,36 @@ def test_kayenta_judges_from_prometheus_a_good_and_a_broken_candidate(
     assert judged["outputs"]["overallScore"] == 0
     assert broken["cluster"]["final"]["marker-classifier"]["stable"] == refs["stable"]
     assert good["traffic"]["failed"] == broken["traffic"]["failed"] == 0
+
+
+def test_the_first_delivery_has_no_canary_and_nothing_targets_prev(
+        delivery: dict[str, Any], tmp_path: Path) -> None:
+    """Issue 20 (6): with no model in production, KServe routes no `prev-` tag
+    (ksvc_reconciler.go splits to a rolled-out revision only when there is one): the
+    canary pipeline's readiness Job fails there, as its pod would, and the first-delivery
+    pipeline serves the model with no canary, its readiness Job on the predictor's own
+    address."""
+    refs = delivery["refs"]
+    first = json.loads((delivery["spinnaker"] / "marker-classifier-model-first-delivery.json")
+                       .read_text())
+    assert "prev-" not in json.dumps(first)
+    assert "canaryTrafficPercent" not in json.dumps(first)
+    record, _ = rehearse(delivery["spinnaker"] / "marker-classifier-model-first-delivery.json",
+                         Options(jobs="venv", root=tmp_path), echo=lambda line: None)
+    assert record["status"] == "SUCCEEDED", record["message"]
+    ready = by_name(record)["Wait until the model is ready"]
+    assert ready["outputs"]["canary_ready"] == "true"
+    assert record["cluster"]["final"] == {"marker-classifier": {
+        "stable": refs["good"], "canary": None, "canary_percent": None}}
+    assert record["traffic"]["sent"] > 0 and record["traffic"]["failed"] == 0
+    canary, _ = rehearse(delivery["spinnaker"] / "marker-classifier-model-delivery.json",
+                         Options(jobs="venv", judge="continue", time_scale=0.01,
+                                 root=tmp_path), echo=lambda line: None)
+    stages = by_name(canary)
+    assert canary["status"] == "TERMINAL"
+    waited = stages["Wait until the canary is ready"]
+    assert waited["status"] == "TERMINAL"
+    assert "http://prev-marker-classifier-predictor" in waited["message"]
+    assert "no previous revision" in waited["message"]
+    assert stages["Judge the canary"]["status"] == "NOT_STARTED"
+    assert stages["Promote (100 %)"]["status"] == "NOT_STARTED"

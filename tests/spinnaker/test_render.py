@@ -45,10 +45,12 @@ def test_the_ml_pipeline_cd_from_the_release(release: str, tmp_path: Path) -> No
     cd = json.loads(written[0].read_text())
     _, digest, _ = show(release)
     ref = oci.Reference.parse(release)
-    assert cd["parameterConfig"][0]["default"] == f"{ref.registry}/{ref.repository}@{digest}"
+    # issue 20 (5): the release is the trigger's artifact; by hand, the rendered one
+    assert cd["parameterConfig"] == []
+    assert cd["expectedArtifacts"][0]["defaultArtifact"]["reference"] == \
+        f"{ref.registry}/{ref.repository}@{digest}"
     images = {c["image"] for j in jobs(cd) for c in j["spec"]["template"]["spec"]["containers"]}
     assert images == {STEPS}  # the release's image, by digest
-    assert cd["expectedArtifacts"][0]["defaultArtifact"]["reference"] == STEPS
     commands = [j["spec"]["template"]["spec"]["containers"][0]["command"] for j in jobs(cd)]
     assert [c[3:5] for c in commands] == [["kfp", "upload"], ["kfp", "run"],
                                          ["kfp", "schedule"]]
@@ -57,7 +59,11 @@ def test_the_ml_pipeline_cd_from_the_release(release: str, tmp_path: Path) -> No
     assert [s["type"] for s in cd["stages"]] == ["runJobManifest", "runJobManifest",
                                                 "manualJudgment", "runJobManifest"]
     assert {t["type"] for t in cd["triggers"]} == {"docker", "webhook"}
-    assert cd["triggers"][0]["repository"] == "nbship-steps"
+    assert cd["triggers"][0]["repository"] == ref.repository  # the releases' repository
+    assert all(t["expectedArtifactIds"] == ["marker-classifier-release"]
+               for t in cd["triggers"])
+    assert all(c[5] == "${#triggerResolvedArtifact('" + f"{ref.registry}/{ref.repository}"
+               "')['reference']}" for c in commands)
     again = render(release, tmp_path / "again", pyproject=ROOT / "pyproject.toml")
     assert [p.read_bytes() for p in again] == [p.read_bytes() for p in written]
 
@@ -273,11 +279,12 @@ def test_cli_renders_with_the_model_beside_the_release(local_registry: str,
                            str(out)], cwd=ROOT, capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.count("(validated)") == 5 and "model-delivery" in done.stdout
+    # six: the first delivery too (issue 20, point 6)
+    assert done.stdout.count("(validated)") == 6 and "model-delivery" in done.stdout
     check = subprocess.run([sys.executable, "-m", "nbship", "deploy", "validate",
                             *sorted(str(p) for p in out.glob("*.json")), "--save"], cwd=ROOT,
                            capture_output=True, text=True, timeout=120)
-    assert check.returncode == 0 and "5 file(s): 0 error(s)" in check.stdout, check.stdout
+    assert check.returncode == 0 and "6 file(s): 0 error(s)" in check.stdout, check.stdout
 
 
 def test_labels_jobs_webhooks_and_monikers_as_spinnaker_takes_them(
@@ -315,3 +322,24 @@ def test_labels_jobs_webhooks_and_monikers_as_spinnaker_takes_them(
         else:
             assert re.search(constraints["name"], "marker-classifier")
             assert not re.search(constraints["name"], "marker-classifier-2")
+
+
+def test_the_first_delivery_renders_without_a_canary(local_registry: str,
+                                                     tmp_path: Path) -> None:
+    """Issue 20 (6): before any model was rolled out KServe has no `prev-` route
+    (ksvc_reconciler.go): the first delivery deploys without canaryTrafficPercent and
+    waits on the predictor's own address, with no --stable."""
+    release, target, model_ref = release_with_model(local_registry, tmp_path)
+    written = render(release, tmp_path / "out", pyproject=ROOT / "pyproject.toml",
+                     model=target)
+    path = tmp_path / "out" / "marker-classifier-model-first-delivery.json"
+    assert path in written and [str(p) for p in validate_file(path, save=True)] == []
+    first = json.loads(path.read_text())
+    assert first["parameterConfig"][0]["default"] == model_ref
+    assert [s["type"] for s in first["stages"]] == ["deployManifest", "runJobManifest"]
+    assert "canaryTrafficPercent" not in json.dumps(first) and "prev-" not in json.dumps(first)
+    (ready,) = jobs(first)
+    command = ready["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert command[3:6] == ["canary", "ready",
+                            "http://marker-classifier-predictor.default.svc.cluster.local"]
+    assert "--stable" not in command
