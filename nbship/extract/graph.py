@@ -603,17 +603,23 @@ def _unloggable_print(a: _Analysis, cell: Cell, stmt: ast.stmt) -> bool:
     line and the variables it reads; True when it was one. Printed text (string literals
     and f-strings only) stays a warning, as other statements do."""
     call = stmt.value if isinstance(stmt, ast.Expr) else None
-    if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name)
-            and call.func.id == "print"):
+    if call is not None and _displayed_value(a, cell, stmt, call):
+        values: list[ast.expr] = [call]  # the cell's last line, which Jupyter displays
+    elif not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name)
+              and call.func.id == "print"):
         return False
-    values = [arg for arg in call.args
-              if not isinstance(arg, ast.JoinedStr)
-              and not (isinstance(arg, ast.Constant) and isinstance(arg.value, str))]
+    else:
+        values = [arg for arg in call.args
+                  if not isinstance(arg, ast.JoinedStr)
+                  and not (isinstance(arg, ast.Constant) and isinstance(arg.value, str))]
     if not values:
         return False
     read = sorted({n.id for arg in values for n in ast.walk(arg)
                    if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)})
-    text = ast.unparse(call)
+    try:
+        text = ast.unparse(call)
+    except RecursionError:
+        text = "print(...)"
     text = text if len(text) <= 60 else text[:57] + "..."
     plain = [v.id for v in values if isinstance(v, ast.Name)]
     hint = (f"print one metric per line: {'; '.join(f'print({n})' for n in plain)}"
@@ -624,6 +630,24 @@ def _unloggable_print(a: _Analysis, cell: Cell, stmt: ast.stmt) -> bool:
     a.problem(ERROR, "metrics", f"`{text}` in the metrics cell prints a value nbship cannot log "
               f"as a metric{reads}: metrics are `print(name)` lines", cell, stmt.lineno, hint)
     return True
+
+
+# builtins whose value a metrics cell's last line would display: `round(acc, 2)`
+_VALUE_CALLS = frozenset({"round", "float", "int", "abs", "min", "max", "sum", "len"})
+
+
+def _displayed_value(a: _Analysis, cell: Cell, stmt: ast.stmt, expr: ast.expr) -> bool:
+    """``stmt`` ends the metrics cell and Jupyter displays its computed value (`acc * 100`,
+    `round(acc, 2)`, `scores['f1']`): a number shown but not a name to log. Method calls
+    and other functions (`plt.show()`, `display(df)`) are not taken for values."""
+    tree = a.codes[cell.index].tree
+    if tree is None or not tree.body or stmt is not tree.body[-1]:
+        return False
+    if isinstance(expr, (ast.Name, ast.JoinedStr, ast.Constant, ast.Lambda)):
+        return False
+    if isinstance(expr, ast.Call):
+        return isinstance(expr.func, ast.Name) and expr.func.id in _VALUE_CALLS
+    return any(isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load) for n in ast.walk(expr))
 
 
 # data flow ----------------------------------------------------------------------

@@ -159,6 +159,22 @@ def test_a_metrics_line_that_cannot_be_logged_is_an_error_naming_it(
     assert g.metrics == {"loss": "a"}
 
 
+@pytest.mark.parametrize("last", ["round(acc, 2)", "acc * 100", "scores['f1']"])
+def test_a_computed_value_the_metrics_cell_displays_is_an_error_naming_it(
+        last: str, tmp_path: Path) -> None:
+    g = graph(tmp_path, [(["step:a"], "acc = 0.912\nscores = {'f1': 0.5}"),
+                         (["pipeline-metrics"], f"print(acc)\n{last}")])
+    found = [p for p in g.errors if p.kind == "metrics"]
+    assert [(p.where.cell, p.where.line) for p in found] == [(1, 2)]
+    assert last in found[0].message
+
+
+def test_method_calls_and_lines_before_the_last_stay_warnings(tmp_path: Path) -> None:
+    g = graph(tmp_path, [(["step:a"], "acc = 0.9\nhist = [1]"),
+                         (["pipeline-metrics"], "acc * 100\nprint(acc)\nhist.copy()")])
+    assert g.errors == [] and g.metrics == {"acc": "a"}
+
+
 def test_printed_text_in_a_metrics_cell_stays_a_warning(tmp_path: Path) -> None:
     g = graph(tmp_path, [(["step:a"], "acc = 0.9"),
                          (["pipeline-metrics"], "print('summary')\nprint(f'acc {acc:.2f}')\n"
