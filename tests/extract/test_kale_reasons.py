@@ -339,6 +339,20 @@ def test_the_pipeline_keeps_the_trailing_value_the_notebook_displays(tmp_path: P
     assert "'lock', displayed at the end of cell 2 (id c2), is not kept" in log
 
 
+def test_nbship_test_compares_the_trailing_value_with_the_notebooks(tmp_path: Path) -> None:
+    """The kept value is compared like any value crossing a step: here the seed does not
+    cross the step boundary, and equivalence names the displayed variable."""
+    import subprocess
+    import sys
+
+    write_notebook(tmp_path / "h.ipynb", [(["step:seed"], "import random\nrandom.seed(0)"),
+                                          (["step:draw"], "v = random.random()\nv")])
+    done = subprocess.run([sys.executable, "-m", "nbship", "test", "h.ipynb"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "variable 'v' from step 'draw' to no step" in done.stdout
+
+
 # the report: tag (cases 103-106) -----------------------------------------------------
 def test_report_tags_set_the_steps_report(tmp_path: Path) -> None:
     g = graph(tmp_path, [(["step:a"], "x = 1"), ([], "print(x)"),
