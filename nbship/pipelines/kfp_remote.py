@@ -120,6 +120,13 @@ def _kube_server(context: str) -> str:
     """The API server of kubeconfig context ``context`` (KfpError if there is none)."""
     from kubernetes import config as kube_config
 
+    try:  # kfp.Client tries the in-cluster configuration first and then takes no kubeconfig
+        kube_config.load_incluster_config()
+    except kube_config.ConfigException:
+        pass
+    else:
+        raise KfpError(f"--kube-context {context}: in a pod, kfp.Client takes the in-cluster "
+                       "service, not a kubeconfig", hint="--host with the API's address")
     try:
         contexts, _ = kube_config.list_kube_config_contexts()
         found = next((c for c in contexts if c.get("name") == context), None)
@@ -251,12 +258,19 @@ class Remote:
         timeouts = self.timeouts
         context = _kfp_context()
         wanted = self.namespace
+        kube = self.auth.kube_context
+        server = _kube_server(kube) if kube else ""
+        # kfp.Client's address through the API server's service proxy (one slash before
+        # "apis": kfp joins "proxy/" and "/apis/...")
+        proxy = f"{server.rstrip('/')}{KUBE_PROXY}".rstrip("/") if kube else ""
 
         class Client(kfp_client.Client):  # type: ignore[misc]
             def get_kfp_healthz(self, sleep_duration: int = 5) -> Any:
                 """Once, bounded (kfp's own tries five times, 5 s apart, unbounded): the
                 probe before has seen the API answer."""
                 _bound(self._healthz_api.api_client.rest_client, timeouts)
+                if proxy:  # kfp.Client's own call in its constructor, too
+                    _keep_host(self._existing_config, proxy)
                 return self._healthz_api.healthz_service_get_healthz()
 
             def _load_context_setting_or_default(self) -> None:
@@ -280,10 +294,8 @@ class Remote:
         token = self.auth.token or os.environ.get(TOKEN_ENV) or None
         cookies = self.auth.cookies or os.environ.get(COOKIE_ENV) or \
             context.get("client_authentication_cookie") or None
-        kube = self.auth.kube_context
-        server = _kube_server(kube) if kube else ""
         if kube:
-            self.host = f"{server.rstrip('/')}{KUBE_PROXY}"
+            self.host = proxy
         else:
             bearer = token or (sa.read_text().strip() if sa is not None and sa.is_file()
                                else None)
@@ -305,14 +317,7 @@ class Remote:
                 os.environ[ENDPOINT_ENV] = saved
         _bound(self.kfp._healthz_api.api_client.rest_client, self.timeouts)
         if kube:
-            # kfp joins "proxy/" and "/apis/...": one slash, as the API server expects
-            used = str(self.kfp._existing_config.host).rstrip("/")
-            if not used.startswith(server.rstrip("/")):  # kfp.Client: in-cluster wins
-                raise KfpError(f"--kube-context {kube}: kfp.Client went to {used} (in a pod "
-                               "it takes the in-cluster service, not a kubeconfig)",
-                               hint="--host with the API's address")
-            self.host = used
-            _keep_host(self.kfp._existing_config, used)
+            _keep_host(self.kfp._existing_config, proxy)
             self.multi_user = bool(self._call(self.kfp.get_kfp_healthz).multi_user)
         # what kfp.Client settled on: the one asked for, its context file's, or (multi-user,
         # in a pod) the pod's namespace

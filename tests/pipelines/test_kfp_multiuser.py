@@ -166,6 +166,10 @@ def test_kube_context_reaches_kfp_through_the_api_server_proxy(
         "contexts": [{"name": "lab", "context": {"cluster": "c", "user": "u"}},
                      {"name": "other", "context": {"cluster": "nowhere", "user": "u"}}]}))
     env = {"KUBECONFIG": str(kubeconfig)}
+    # kfp.Client's own healthz in its constructor (no namespace yet) goes through the proxy
+    bare = nbship("status", "marker-classifier", "--kube-context", "lab", env=env,
+                  home=tmp_path)
+    assert bare.returncode == 1 and "is multi-user" in bare.stderr, bare.stderr
     done = nbship("status", "marker-classifier", "--kube-context", "lab", "--namespace",
                   "team-a", env=env, home=tmp_path)
     assert done.returncode == 0, done.stderr
