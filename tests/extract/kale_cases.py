@@ -41,9 +41,10 @@ NO_COUNTERPART = {
     "link_fns_to_return_vars": "a Kale AST helper; nbship has no such query",
 }
 
-FORWARDING = ("Kale forwards a function's free variables as extra step outputs and inputs; "
-              "in nbship they travel inside the function (it is passed with the values it "
-              "closes over), so no extra edge is needed")
+FORWARDING = ("Kale's steps pass on again the values a function reads (and the functions it "
+              "calls) that they only took as inputs; in nbship a step passes on only what it "
+              "binds: the calling step takes the same inputs, each from the step that binds "
+              "it, and computes the notebook's value")
 # case id -> why nbship differs on purpose; tests/extract/test_kale_reasons.py checks each
 DELIBERATE: dict[int, str] = {
     7: FORWARDING, 9: FORWARDING, 13: FORWARDING, 14: FORWARDING, 15: FORWARDING,

@@ -115,9 +115,9 @@ def test_forwarding_the_pipeline_computes_the_notebooks_values(tmp_path: Path) -
 
 @pytest.mark.parametrize("case_id", [7, 9, 13, 14, 15, 16, 17])
 def test_forwarding_on_kales_own_cases(case_id: int, tmp_path: Path) -> None:
-    """Kale's exact cases: the differences are only Kale's forwarded names: nbship's steps
-    pass on and take a subset of what Kale's do, and every name Kale passes on or takes
-    besides is a name one of the case's functions reads (its free variables)."""
+    """Kale's exact cases: each step takes what Kale's takes, from the step that binds it;
+    what Kale's steps pass on besides are names one of the case's functions reads (its
+    free variables) that the step does not bind, only took as an input."""
     import ast
 
     case = kale_case(case_id)
@@ -133,10 +133,12 @@ def test_forwarding_on_kales_own_cases(case_id: int, tmp_path: Path) -> None:
     assert free
     for step in g.steps:
         kale = case["expected"][step.name]
+        assert set(step.inputs) == set(kale["ins"]), step.name
+        assert all(name in g.step(src).produces for name, src in step.inputs.items())
+        forwarded = set(kale["outs"]) - set(step.outputs)
         assert set(step.outputs) <= set(kale["outs"]), step.name
-        assert set(step.inputs) <= set(kale["ins"]), step.name
-        assert set(kale["outs"]) - set(step.outputs) <= free, step.name
-        assert set(kale["ins"]) - set(step.inputs) <= free, step.name
+        assert forwarded <= free and forwarded <= set(step.inputs), step.name
+        assert not forwarded & set(step.produces), step.name
 
 
 # marshal candidates (cases 19, 20, 23) ------------------------------------------------
