@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from nbship.extract.graph import StepGraph, build_graph
 from nbship.notebook import read_notebook
@@ -410,3 +412,38 @@ def test_global_in_the_serve_cells_names_builds_variable(tmp_path: Path) -> None
     predict, _reference = module.build(scale=2)
     assert predict([1, 2]) == [2, 4] and predict([3]) == [6]
     assert module.calls == 2
+
+
+# shape 4, any arrangement: `global` never makes the generated module fail to compile ---
+_NAMES = ["a", "b"]
+_SNIPPETS = [
+    "{n} = 1", "{n} += 1", "print({n})", "global {n}\n{n} = 3",
+    "def f_{n}():\n    global {n}\n    {n} = 2", "def g_{n}():\n    global {n}\n    {n} += 1",
+    "f_{n}()", "g_{n}()", "x_{n} = [g_{n}() for _ in range(2)]",
+    "def h_{n}():\n    g_{n}()",  "h_{n}()",
+]
+
+
+@st.composite
+def _global_notebooks(draw: st.DrawFn) -> Cells:
+    cells: Cells = []
+    for i in range(draw(st.integers(1, 5))):
+        tag = draw(st.sampled_from([[f"step:s{i}"], [], ["functions"]]))
+        lines = [draw(st.sampled_from(_SNIPPETS)).format(n=draw(st.sampled_from(_NAMES)))
+                 for _ in range(draw(st.integers(1, 3)))]
+        cells.append((tag if i else ["step:s0"], "\n".join(["a = b = 0"] * (not i) + lines)))
+    return cells
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                  HealthCheck.function_scoped_fixture])
+@given(cells=_global_notebooks())
+def test_global_in_any_arrangement_compiles_or_is_named(cells: Cells, tmp_path: Path) -> None:
+    from nbship.extract.codegen import Provenance, generate
+
+    g = graph(tmp_path, cells)
+    if g.errors:
+        return
+    prov = Provenance(notebook="n.ipynb", sha256="0" * 64, commit=None, dirty=False)
+    source = generate(g, base_image="x", provenance=prov)
+    compile(source, "pipeline.py", "exec")  # e.g. no name used before its `global`
