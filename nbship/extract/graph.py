@@ -309,6 +309,7 @@ def build_graph(nb: Notebook) -> StepGraph:
     _order_edges(a, graph)
     _mutation_warnings(a, graph)
     _closure_warnings(a, graph)
+    _held_code_warnings(a, graph)
     _global_checks(a, graph)
     _file_handoffs(a, graph)
     _execution_order(a, nb)
@@ -1122,6 +1123,76 @@ def _closure_warnings(a: _Analysis, graph: StepGraph) -> None:
                           f"changes {var!r}, which {func}() sees in the notebook but not in the "
                           f"pipeline (there it keeps the value it had in step {src!r})",
                           cell, line, hint=f"pass {var} to {func}() as an argument")
+
+
+def _holder(step: Step, var: str, defs: dict[str, Definition]) -> str | None:
+    """The function or class of ``defs`` that the value ``step`` assigns to ``var`` is made
+    from (``book = Book()``, ``counter = make_counter()``, ``handlers = [record]``)."""
+    for code in step.code:
+        for node in ast.walk(code.tree) if code.tree else ():
+            if isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None and any(
+                    isinstance(t, ast.Name) and t.id == var for target in (
+                        node.targets if isinstance(node, ast.Assign) else [node.target])
+                    for t in ast.walk(target)):
+                called = {id(c.func) for c in ast.walk(node.value) if isinstance(c, ast.Call)}
+                for n in ast.walk(node.value):
+                    if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load) and \
+                            n.id in defs and (id(n) not in called or _makes_code(defs[n.id])):
+                        return n.id  # the code itself, an instance, or a factory's closure
+    return None
+
+
+def _makes_code(node: Definition) -> bool:
+    """Calling it returns code: a class (its instances), or a function that returns a
+    function or lambda it defines (a factory of closures)."""
+    if isinstance(node, ast.ClassDef):
+        return True
+    if isinstance(node, ast.Lambda):
+        return isinstance(node.body, ast.Lambda)
+    inner = {sub.name for sub in ast.walk(node) if sub is not node
+             and isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    return any(isinstance(sub, ast.Return) and sub.value is not None and (
+        isinstance(sub.value, ast.Lambda)
+        or (isinstance(sub.value, ast.Name) and sub.value.id in inner))
+        for sub in ast.walk(node))
+
+
+def _held_code_warnings(a: _Analysis, graph: StepGraph) -> None:
+    """A value that holds code defined in the notebook (an instance of its class, a closure
+    that a factory returned, a list of its functions) reads, in the pipeline, the copies of
+    the variables that its defining step had: codegen can point a function or class a step
+    takes at the step's variables, not the code inside such a value. Named (a warning, at
+    the step's first use of the value) where that may differ from the notebook: the code
+    changes one of those variables, or a step after it binds or changes one."""
+    steps = graph.steps
+    functions = defined_callables([graph.codes[c.index] for c in graph.functions_cells])
+    defined = [(s, {**functions, **defined_callables(s.code)}) for s in steps]
+    data = {n for s in steps for n in s.produces}
+    for i, step in enumerate(steps):
+        for var in sorted(step.inputs):
+            if any(var in d for s, d in defined[:i]):
+                continue  # a function or class itself: codegen rebinds it
+            found = next(((j, code) for j in range(i - 1, -1, -1)
+                          if (code := _holder(steps[j], var, defined[j][1])) is not None),
+                         None)
+            if found is None:
+                continue
+            j, code = found
+            free, changed = callable_reads(defined[j][1][code])
+            reads = sorted(set(free) & data)
+            touched = sorted({n for n in reads if n in changed or any(
+                n in s.produces for s in steps[j + 1:i + 1])})
+            if not touched:
+                continue
+            cell, line = step.reads.get(var, (step.cells[0], 1))
+            names = ", ".join(repr(n) for n in touched)
+            a.problem(WARNING, "closure",
+                      f"{var!r} holds {code} from step {steps[j].name!r}, which reads {names}: "
+                      f"in the notebook it sees the current {names}; in the pipeline it keeps "
+                      f"step {steps[j].name!r}'s copy, and what it changes there does not reach "
+                      f"step {step.name!r}'s variables", cell, line,
+                      hint=f"pass {touched[0]} to {code} as an argument, or use {code} itself "
+                      "in this step (a function or class a step takes reads its variables)")
 
 
 def _global_statements(cells: list[Cell], codes: dict[int, CellCode]

@@ -112,3 +112,58 @@ def test_a_function_reading_a_name_the_caller_binds_later_gets_the_upstream_valu
                          (["step:c"], "y = foo()\nx = 10")])
     c = g.step("c")
     assert c.inputs == {"foo": "b", "x": "a"} and c.rebinds == {"foo": ["x"]}
+
+
+# where codegen cannot follow: a value holding the notebook's code --------------------
+HELD: Cells = [  # an instance of a class whose methods change a variable of the notebook
+    (["step:setup"], "seen = []"),
+    (["step:define"], "class Book:\n    def add(self, v):\n        seen.append(v)\n\n"
+                      "book = Book()"),
+    (["step:use"], "book.add(1)\nbook.add(2)\nn_seen = len(seen)"),
+    (["pipeline-metrics"], "print(n_seen)"),
+]
+
+
+def test_a_value_holding_code_that_changes_a_variable_is_named(tmp_path: Path) -> None:
+    g = graph(tmp_path, HELD)
+    found = [p for p in g.warnings if p.kind == "closure"]
+    assert [(p.where.cell, p.where.line) for p in found] == [(2, 1)]
+    assert "'book' holds Book from step 'define'" in found[0].message
+    assert "'seen'" in found[0].message
+    # ... and it does differ: the notebook prints 2, the pipeline 0
+    printed, logged = notebook_and_pipeline(tmp_path, HELD)
+    assert printed == {"n_seen": 2.0} and logged == {"n_seen": 0.0}
+
+
+def test_nbship_test_fails_equivalence_naming_it(tmp_path: Path) -> None:
+    """`nbship test` (the pytest plug-in): the equivalence item fails on the metric, and
+    its likely cause is check's warning naming the variable."""
+    from tests.ci.test_plugin import pytest_run
+
+    (tmp_path / "pyproject.toml").write_text("[tool.nbship.parameter_sets.ci]\n")
+    (tmp_path / "nbs").mkdir()
+    write_notebook(tmp_path / "nbs" / "held.ipynb", HELD)
+    _, results = pytest_run(tmp_path, "--nbship", "nbs")
+    outcome, text = results["held::equivalence[ci]"]
+    assert outcome == "failure"
+    assert "metric 'n_seen' (logged by step 'use'): notebook 2, pipeline 0" in text
+    assert "likely cause" in text and "'book' holds Book from step 'define'" in text
+
+
+@pytest.mark.parametrize("made, named", [
+    ("make()", True),  # a factory: returns the closure it defines
+    ("[make]", True),  # the function itself, in a list
+    ("process(seen)", False),  # what a function computes: data, no code
+])
+def test_only_values_that_hold_code_are_named(made: str, named: bool, tmp_path: Path) -> None:
+    g = graph(tmp_path, [
+        (["step:setup"], "seen = [1]"),
+        (["step:define"], "def make():\n    def add(v):\n        seen.append(v)\n    return add\n\n"
+                          "def process(items):\n    return [i * 2 for i in items] + seen\n\n"
+                          f"held = {made}"),
+        (["step:use"], "seen.append(5)\nprint(held)")])
+    found = [p for p in g.warnings if p.kind == "closure"]
+    assert bool(found) == named, found
+    if named:
+        assert (found[0].where.cell, found[0].where.line) == (2, 2)
+        assert "'held' holds make from step 'define'" in found[0].message
