@@ -66,7 +66,7 @@ def test_the_dashboard_shows_golden_signals_and_drift(files: dict[str, str]) -> 
 def test_validation_fails_on_broken_promql_and_shapes(files: dict[str, str]) -> None:
     broken = dict(files)
     broken["prometheusrule.yaml"] = files["prometheusrule.yaml"].replace(
-        "max by (model)", "max by (model", 1)
+        "max by (namespace, model)", "max by (namespace, model", 1)
     board = json.loads(files["dashboard.json"])
     board["panels"][0]["targets"][0]["expr"] = "sum(rate(nbship_requests_total[5m]"
     broken["dashboard.json"] = json.dumps(board)

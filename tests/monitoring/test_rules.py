@@ -129,3 +129,26 @@ def test_alertmanager_config_checks_with_amtool_with_and_without_the_secret(
     broken.write_text(text.replace("Bearer", "Basic"))  # amtool refuses Basic here
     assert subprocess.run(["amtool", "check-config", str(broken)],
                           capture_output=True).returncode != 0
+
+
+def _in_namespace(test: dict[str, Any]) -> dict[str, Any]:
+    """The same case with the series as a cluster's PodMonitor scrapes them: in a namespace
+    (prometheus-operator pkg/prometheus/promcfg.go relabels __meta_kubernetes_namespace)."""
+    test = yaml.safe_load(yaml.safe_dump(test))
+    for s in test["input_series"]:
+        s["series"] = s["series"].replace(M, f'namespace="ml",{M}')
+    for a in test["alert_rule_test"][0]["exp_alerts"]:
+        a["exp_labels"]["namespace"] = "ml"
+    return test
+
+
+@pytest.mark.parametrize("name", [n for n in CASES if n.endswith("-fires")])
+def test_every_alert_keeps_the_namespace(name: str, tmp_path: Path) -> None:
+    # issue 20 (11): the operator's OnNamespace matcher routes only alerts with a namespace
+    (tmp_path / "rules.yml").write_text(rules_yaml())
+    (tmp_path / "test.yml").write_text(yaml.safe_dump(
+        {"rule_files": ["rules.yml"], "evaluation_interval": "1m",
+         "tests": [_in_namespace(CASES[name])]}))
+    done = subprocess.run(["promtool", "test", "rules", "test.yml"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
