@@ -29,6 +29,8 @@ Tag cells in JupyterLab (View > Cell toolbar or the property inspector):
   serve                 defines predict(inputs) for `nbship serve`
   limit:RES:VAL image:REF cache:disabled label:K:V annotation:K:V
   secret:NAME:KEY:ENV   settings of the step's KFP task
+  report:disabled       no report of the step's cell outputs (Kale's tag; on by
+                        default, report:enabled)
 
 Examples:
   nbship check notebooks/marker_classifier.ipynb
