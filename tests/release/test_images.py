@@ -141,6 +141,42 @@ def test_the_model_server_image_serves(published: Published) -> None:
     assert config["Cmd"] == ["/mnt/models", "--host", "0.0.0.0", "--port", "8080"]
 
 
+def test_the_model_server_image_loads_a_real_model_release(published: Published) -> None:
+    """Issue 20 (2): the server image's Python is Debian's (3.11.2, no
+    ``tarfile.extractall(filter=)``); what ``nbship serve MODEL`` and ``nbship canary judge
+    --reference MODEL`` run in it, load_model, pulls a real model release (the CI run's,
+    pushed to the registry), checks it with the nbship-key secret and unpacks its values."""
+    from nbship.signing import key_hex
+
+    built = nbship(published.project, "build", NB, "--only", "server", "-o",
+                   str(published.out))
+    image = next(line.split()[0] for line in built.stdout.splitlines()
+                 if line.startswith("localhost/nbship-server:"))
+    pushed = nbship(published.project, "model", "push", "--registry", published.address)
+    model = next(line.split()[1] for line in pushed.stdout.splitlines()
+                 if line.startswith("model:"))
+    made = subprocess.run(["buildah", "from", "--quiet", image], capture_output=True,
+                          text=True, check=True)
+    container = made.stdout.strip().splitlines()[-1]
+    probe = ("import inspect, sys, tarfile\n"
+             "from nbship.release.model import load_model\n"
+             "print('python', sys.version.split()[0], 'extractall filter=',\n"
+             "      'filter' in inspect.signature(tarfile.TarFile.extractall).parameters)\n"
+             f"served = load_model({model!r})\n"
+             "print('loaded', served.name, 'in the server image')\n")
+    try:
+        done = subprocess.run(
+            ["buildah", "run", "--isolation", "chroot", "--network", "host",
+             f"--env=NBSHIP_ARTIFACT_KEY={key_hex()}", "--env=HOME=/tmp",
+             container, "--", "python", "-c", probe],
+            capture_output=True, text=True, timeout=600)
+    finally:
+        subprocess.run(["buildah", "rm", container], capture_output=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    print(done.stdout)
+    assert "loaded marker-classifier in the server image" in done.stdout
+
+
 def test_a_rehearsal_runs_a_run_job_in_the_released_image(published: Published,
                                                           tmp_path: Path) -> None:
     """`nbship deploy rehearse` (default --jobs image) runs a Run Job's nbship command in
