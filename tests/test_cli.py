@@ -143,10 +143,14 @@ def test_what_is_not_a_notebook_file_is_refused_at_once(make: object, message: s
 
 
 def test_a_cell_python_runs_but_deeply_nested_is_analysed(tmp_path: Path) -> None:
+    """Deep, but within names.MAX_NESTING (what every later stage compiles; deeper is a
+    problem at check: tests/extract/test_check_compile.py)."""
+    from nbship.extract.names import MAX_NESTING
     from tests.conftest import write_notebook
 
+    terms = MAX_NESTING - 10
     nb = write_notebook(tmp_path / "plus.ipynb", [
-        (["step:a"], "x = " + " + ".join(["1"] * 1000)), (["step:b"], "print(x)")])
+        (["step:a"], "x = " + " + ".join(["1"] * terms)), (["step:b"], "print(x)")])
     out = nbship("check", str(nb))
     assert out.returncode == 0, out.stderr
     assert "a -> b: x" in out.stdout
