@@ -18,6 +18,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -303,3 +304,30 @@ def test_the_simulation_sees_the_difference_the_issue_reports(tmp_path: Path) ->
     assert pipeline_values(g, tmp_path / "run") == notebook_values(cells) == {"observed": 7001}
     g.step("use").rebinds.clear()
     assert pipeline_values(g, tmp_path / "run2") == {"observed": 5000}
+
+
+def _variation(form: str, depth: int, wrap: str, call: str) -> Cells:
+    suffix = "" if depth == 1 else str(depth)
+    base = WRAPPERS[wrap](textwrap.dedent(FORMS[form]))
+    outer = WRAPPERS[wrap](textwrap.dedent(DEPTHS[depth])) if depth > 1 else ""
+    use = "x = 7\n" + CALLS[call].format(change="change" + suffix, look="look" + suffix)
+    return [(["step:setup"], f"x = 5\nseen = {'[10]' if form == 'augmented' else '[]'}"),
+            (["step:define"], base), (["step:wrap"], outer or "pass"), (["step:use"], use),
+            (["step:later"], "after = len(seen) * 100 + sum(seen)"),
+            (["pipeline-metrics"], "print(observed)\nprint(after)")]
+
+
+@pytest.mark.parametrize("form, depth, wrap, call", [
+    ("decorator", 3, "try", "in a function"),
+    ("method", 2, "with", "in a comprehension"),
+])
+def test_real_runs_agree_with_the_in_process_runner(form: str, depth: int, wrap: str, call: str,
+                                                    tmp_path: Path) -> None:
+    """A few variations on kfp.local against papermill: the same values as the in-process
+    runner gives for them (and as the notebook's)."""
+    from tests.extract.test_closure_shapes import notebook_and_pipeline
+
+    cells = _variation(form, depth, wrap, call)
+    printed, logged = notebook_and_pipeline(tmp_path, cells)
+    g = build_graph(read_notebook(tmp_path / "n.ipynb"))
+    assert logged == printed == pipeline_values(g, tmp_path / "sim") == notebook_values(cells)
