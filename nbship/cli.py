@@ -473,6 +473,12 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
                     help="parameters of the retraining runs (repeatable)")
     tr.add_argument("--port", type=_port, default=9095, help="default: 9095")
+    tr.add_argument("--host", default="127.0.0.1",
+                    help="the address to listen on (default: 127.0.0.1); another (0.0.0.0 in "
+                    "the pod nbship renders) needs --secret-file")
+    tr.add_argument("--secret-file", type=Path, default=None, metavar="PATH",
+                    help="take requests only with 'Authorization: Bearer <the file's "
+                    "content>' (Alertmanager's http_config.authorization)")
     tr.add_argument("--cooldown", type=float, default=600.0, metavar="SECONDS",
                     help="at most one run per this many seconds (default: 600)")
     tr.add_argument("--root", type=Path, default=Path(".nbship/runs"), metavar="DIR")
@@ -1259,6 +1265,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_trigger(args: argparse.Namespace) -> int:
+    from nbship.errors import UnusableInputError
     from nbship.extract.cache import analyse
     from nbship.pipelines.params import parse_assignments
     from nbship.pipelines.trigger import Trigger, server
@@ -1268,8 +1275,20 @@ def cmd_trigger(args: argparse.Namespace) -> int:
     registry = None if args.no_push else (args.registry or _embedded_registry())
     trigger = Trigger(args.notebook, args.root, values, cooldown=args.cooldown,
                       registry=registry, echo=lambda line: print(line, flush=True))
-    httpd = server(trigger, port=args.port)
-    print(f"trigger: listening on http://127.0.0.1:{args.port}/alerts for "
+    secret = None
+    if args.secret_file is not None:
+        try:
+            secret = args.secret_file.read_text().strip()
+        except OSError as exc:
+            raise UnusableInputError(f"--secret-file {args.secret_file}: {exc}") from None
+        if not secret:
+            raise UnusableInputError(f"--secret-file {args.secret_file} is empty")
+    elif args.host not in ("127.0.0.1", "::1", "localhost"):
+        raise UnusableInputError(f"--host {args.host} needs --secret-file: the trigger takes "
+                                 "alerts from another machine only with a secret")
+    httpd = server(trigger, host=args.host, port=args.port, secret=secret)
+    print(f"trigger: listening on http://{args.host}:{args.port}/alerts "
+          f"({'Bearer secret required' if secret else 'no secret'}) for "
           f"{', '.join(sorted(trigger.alert_names))}; cooldown {args.cooldown:g} s; models "
           f"pushed to {registry or 'nowhere (--no-push)'}", flush=True)
     try:

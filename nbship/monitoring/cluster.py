@@ -8,20 +8,36 @@ What ``nbship monitor up`` runs on one machine, as a release carries it for Kube
   (KServe labels them ``serving.kserve.io/inferenceservice: NAME``) on port 8080,
   with the job label the rules expect (``nbship-serve``);
 * ``alertmanagerconfig.yaml`` — an ``AlertmanagerConfig`` routing nbship's drift
-  alerts to the retraining trigger's webhook;
+  alerts to the retraining trigger's webhook, with the Bearer secret of the Secret
+  ``<name>-trigger`` (key ``token``);
+* ``trigger-deployment.yaml``, ``trigger-service.yaml`` (with a trigger image) —
+  ``nbship trigger`` in a pod (``--host 0.0.0.0`` there only, ``--secret-file`` from the
+  same Secret) behind the Service ``<name>-trigger`` the webhook names;
 * ``dashboard.json`` — a Grafana dashboard built with grafanalib: traffic, error
   ratio, latency percentiles, in-flight requests, input and prediction drift.
 
 ``validate`` checks them offline: every PromQL expression (rules and panels) with
 ``promtool check rules`` — Prometheus's own parser —, and the resources' shape
 (kinds, selectors, ports, routes) against what the Prometheus Operator requires.
+
+The PodMonitor's ``portNumber`` needs prometheus-operator >= v0.79.0 (added by #7150,
+commit 20cc1a0, pkg/apis/monitoring/v1/podmonitor_types.go; first tagged in v0.79.0):
+an older operator's CRD prunes the unknown field and the endpoint then has no port.
+
+Routing follows the operator's defaults (checked against its source, pkg/alertmanager/
+amcfg.go): the AlertmanagerConfig's route becomes a sub-route of the Alertmanager's root
+with ``continue: true``, receivers named ``<namespace>/<AlertmanagerConfig>/<receiver>``,
+and (matcher strategy ``OnNamespace``, the default) the matcher
+``namespace="<its namespace>"`` — so every alert keeps ``namespace`` (rules.py).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import tempfile
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +49,22 @@ from nbship.monitoring.rules import DEFAULT, JOB, Thresholds, rules
 OPERATOR_GROUP = "monitoring.coreos.com"
 ISVC_LABEL = "serving.kserve.io/inferenceservice"
 PORT = 8080
-DEFAULT_WEBHOOK = "http://nbship-trigger:9095/alerts"
+TRIGGER_PORT = 9095
+OPERATOR_MIN_VERSION = "v0.79.0"  # PodMonitor portNumber (see the module's doc)
+SECRET_KEY = "token"
+SECRET_DIR = "/var/run/secrets/nbship-trigger"
+NOTEBOOK_DIR = "/etc/nbship/notebook"
+
+
+def trigger_name(name: str) -> str:
+    """The trigger's Deployment, Service and Secret (one trigger per model)."""
+    return f"{name}-trigger"
+
+
+def webhook_url(name: str) -> str:
+    """Where the AlertmanagerConfig sends the model's drift alerts: its trigger's Service
+    (a name in the AlertmanagerConfig's own namespace)."""
+    return f"http://{trigger_name(name)}:{TRIGGER_PORT}/alerts"
 
 
 def _metadata(name: str, suffix: str) -> dict[str, Any]:
@@ -48,8 +79,10 @@ def prometheus_rule(name: str, thresholds: Thresholds = DEFAULT) -> dict[str, An
 
 
 def pod_monitor(name: str) -> dict[str, Any]:
+    meta = _metadata(name, "serving")
+    meta["annotations"] = {"nbship.dev/requires": f"prometheus-operator >= {OPERATOR_MIN_VERSION}"}
     return {"apiVersion": f"{OPERATOR_GROUP}/v1", "kind": "PodMonitor",
-            "metadata": _metadata(name, "serving"),
+            "metadata": meta,
             "spec": {
                 "selector": {"matchLabels": {ISVC_LABEL: name}},
                 "podMetricsEndpoints": [{
@@ -63,7 +96,7 @@ def pod_monitor(name: str) -> dict[str, Any]:
             }}
 
 
-def alertmanager_config(name: str, webhook: str = DEFAULT_WEBHOOK) -> dict[str, Any]:
+def alertmanager_config(name: str, webhook: str | None = None) -> dict[str, Any]:
     receiver = "nbship-retrain"
     return {"apiVersion": f"{OPERATOR_GROUP}/v1alpha1", "kind": "AlertmanagerConfig",
             "metadata": _metadata(name, "retrain"),
@@ -74,9 +107,63 @@ def alertmanager_config(name: str, webhook: str = DEFAULT_WEBHOOK) -> dict[str, 
                               {"name": "alertname", "matchType": "=~",
                                "value": "|".join(sorted(DRIFT_ALERTS))},
                               {"name": "model", "matchType": "=", "value": name}]},
-                "receivers": [{"name": receiver, "webhookConfigs": [
-                    {"url": webhook, "sendResolved": False}]}],
+                "receivers": [{"name": receiver, "webhookConfigs": [{
+                    "url": webhook or webhook_url(name), "sendResolved": False,
+                    # the operator reads the Secret in the AlertmanagerConfig's namespace
+                    # into http_config.authorization (amcfg.go, convertHTTPConfig)
+                    "httpConfig": {"authorization": {"type": "Bearer", "credentials": {
+                        "name": trigger_name(name), "key": SECRET_KEY}}}}]}],
             }}
+
+
+def _trigger_labels(name: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": name,
+            "app.kubernetes.io/component": "retraining-trigger"}
+
+
+def trigger_deployment(name: str, image: str, notebook: str,
+                       registry: str | None = None) -> dict[str, Any]:
+    """``nbship trigger`` in a pod: the notebook from the ConfigMap ``<name>-notebook``,
+    the secret from the Secret ``<name>-trigger``; on every address of the pod (the
+    Service reaches it there), which it does only with the secret."""
+    args = ["trigger", f"{NOTEBOOK_DIR}/{notebook}", "--host", "0.0.0.0",
+            "--port", str(TRIGGER_PORT), "--secret-file", f"{SECRET_DIR}/{SECRET_KEY}",
+            "--root", "/var/lib/nbship/runs"]
+    args += ["--registry", registry] if registry else ["--no-push"]
+    meta = _metadata(name, "trigger")
+    meta["labels"] = {**meta["labels"], **_trigger_labels(name)}
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta, "spec": {
+        "replicas": 1,  # one run at a time, one cooldown: a single trigger
+        "strategy": {"type": "Recreate"},
+        "selector": {"matchLabels": _trigger_labels(name)},
+        "template": {"metadata": {"labels": _trigger_labels(name)}, "spec": {
+            "containers": [{
+                "name": "trigger", "image": image,
+                "command": ["python", "-m", "nbship"], "args": args,
+                "ports": [{"name": "webhook", "containerPort": TRIGGER_PORT}],
+                "readinessProbe": {"tcpSocket": {"port": TRIGGER_PORT}},
+                "resources": {"requests": {"cpu": "500m", "memory": "1Gi"},
+                              "limits": {"memory": "4Gi"}},
+                "securityContext": {"allowPrivilegeEscalation": False},
+                "volumeMounts": [
+                    {"name": "secret", "mountPath": SECRET_DIR, "readOnly": True},
+                    {"name": "notebook", "mountPath": NOTEBOOK_DIR, "readOnly": True},
+                    {"name": "runs", "mountPath": "/var/lib/nbship"}],
+            }],
+            "volumes": [
+                {"name": "secret", "secret": {"secretName": trigger_name(name)}},
+                {"name": "notebook", "configMap": {"name": f"{name}-notebook"}},
+                {"name": "runs", "emptyDir": {}}],
+        }},
+    }}
+
+
+def trigger_service(name: str) -> dict[str, Any]:
+    meta = _metadata(name, "trigger")
+    meta["labels"] = {**meta["labels"], **_trigger_labels(name)}
+    return {"apiVersion": "v1", "kind": "Service", "metadata": meta, "spec": {
+        "selector": _trigger_labels(name),
+        "ports": [{"name": "webhook", "port": TRIGGER_PORT, "targetPort": TRIGGER_PORT}]}}
 
 
 # (title, unit, [(PromQL, legend)]); $model is the dashboard's model variable
@@ -95,7 +182,7 @@ PANELS: list[tuple[str, str, list[tuple[str, str]]]] = [
     ("In-flight requests (saturation)", "short", [
         ('sum(nbship_requests_in_flight{model="$model"})', "in flight")]),
     ("Input drift (PSI per feature group)", "short", [
-        ('nbship_input_drift_psi{model="$model"}', "{{group}}")]),
+        ('nbship_input_drift_psi{model="$model"}', "{{feature_group}}")]),
     ("Prediction drift (PSI)", "short", [
         ('nbship_prediction_drift_psi{model="$model"}', "predictions")]),
     ("Predictions by class", "reqps", [
@@ -131,19 +218,27 @@ def dashboard(name: str, thresholds: Thresholds = DEFAULT) -> dict[str, Any]:
     return dict(json.loads(json.dumps(board.to_json_data(), cls=DashboardEncoder)))
 
 
-def manifests(name: str, thresholds: Thresholds = DEFAULT,
-              webhook: str = DEFAULT_WEBHOOK) -> dict[str, str]:
-    """File name -> text, as a release carries them."""
+def manifests(name: str, thresholds: Thresholds = DEFAULT, webhook: str | None = None,
+              trigger_image: str | None = None, notebook: str | None = None,
+              registry: str | None = None) -> dict[str, str]:
+    """File name -> text, as a release carries them; with ``trigger_image`` (an image with
+    nbship and the notebook's packages: the release's steps image) and ``notebook`` (its
+    file name), the trigger's Deployment and Service too."""
     def dump(doc: dict[str, Any]) -> str:
         return str(yaml.safe_dump(doc, sort_keys=False))
 
-    return {
+    files = {
         "prometheusrule.yaml": dump(prometheus_rule(name, thresholds)),
         "podmonitor.yaml": dump(pod_monitor(name)),
         "alertmanagerconfig.yaml": dump(alertmanager_config(name, webhook)),
         "dashboard.json": json.dumps(dashboard(name, thresholds), indent=2, sort_keys=True)
         + "\n",
     }
+    if trigger_image is not None:
+        files["trigger-deployment.yaml"] = dump(trigger_deployment(
+            name, trigger_image, notebook or f"{name}.ipynb", registry))
+        files["trigger-service.yaml"] = dump(trigger_service(name))
+    return files
 
 
 def _promql_problems(groups: list[dict[str, Any]], promtool: str) -> list[str]:
@@ -157,8 +252,40 @@ def _promql_problems(groups: list[dict[str, Any]], promtool: str) -> list[str]:
         if line.strip() and "Checking" not in line]
 
 
-def validate(files: dict[str, str], promtool: str = "promtool") -> list[str]:
-    """Problems of the cluster monitoring files (empty: they hold); see the module's doc."""
+def _trigger_problems(docs: dict[str, Any], route: dict[str, Any]) -> list[str]:
+    """The trigger's Service is the webhook's host and port; its pod listens beyond the
+    loopback only with a secret."""
+    deployment, service = docs.get("trigger-deployment.yaml"), docs.get("trigger-service.yaml")
+    if deployment is None and service is None:
+        return []
+    if not isinstance(deployment, dict) or not isinstance(service, dict):
+        return ["trigger-deployment.yaml and trigger-service.yaml go together"]
+    problems = []
+    hooks = [h.get("url", "") for r in route.get("receivers", []) if isinstance(r, dict)
+             for h in r.get("webhookConfigs", []) if isinstance(h, dict)]
+    ports = [p.get("port") for p in service.get("spec", {}).get("ports", [])]
+    svc = service.get("metadata", {}).get("name")
+    if not any(urllib.parse.urlsplit(h).hostname == svc and urllib.parse.urlsplit(h).port
+               in ports for h in hooks):
+        problems.append(f"alertmanagerconfig.yaml: no webhook names the trigger's Service "
+                        f"{svc} (ports {ports})")
+    for c in deployment.get("spec", {}).get("template", {}).get("spec", {}).get(
+            "containers", []):
+        args = c.get("args", [])
+        if "--host" in args and "--secret-file" not in args:
+            problems.append("trigger-deployment.yaml: --host without --secret-file")
+    return problems
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(n) for n in re.findall(r"\d+", text)[:3])
+
+
+def validate(files: dict[str, str], promtool: str = "promtool",
+             operator_version: str | None = None) -> list[str]:
+    """Problems of the cluster monitoring files (empty: they hold); see the module's doc.
+    With ``operator_version`` (the cluster's prometheus-operator, e.g. ``v0.78.2``), the
+    fields it does not know are problems too."""
     problems: list[str] = []
     docs = {f: yaml.safe_load(t) for f, t in files.items() if f.endswith(".yaml")}
     expected = {"prometheusrule.yaml": ("v1", "PrometheusRule"),
@@ -188,6 +315,12 @@ def validate(files: dict[str, str], promtool: str = "promtool") -> list[str]:
                                                                          int)):
             problems.append(f"podmonitor.yaml: spec.podMetricsEndpoints[{i}] needs a port "
                             "or portNumber")
+        elif "portNumber" in ep and operator_version is not None and \
+                _version(operator_version) < _version(OPERATOR_MIN_VERSION):
+            problems.append(f"podmonitor.yaml: spec.podMetricsEndpoints[{i}].portNumber needs "
+                            f"prometheus-operator >= {OPERATOR_MIN_VERSION} (the cluster's "
+                            f"{operator_version} drops the field: every declared port is "
+                            "scraped)")
     route = (docs.get("alertmanagerconfig.yaml") or {}).get("spec", {})
     receivers = {r.get("name") for r in route.get("receivers", []) if isinstance(r, dict)}
     if route.get("route", {}).get("receiver") not in receivers:
@@ -195,6 +328,10 @@ def validate(files: dict[str, str], promtool: str = "promtool") -> list[str]:
     for m in route.get("route", {}).get("matchers", []):
         if m.get("matchType") not in ("=", "!=", "=~", "!~") or not m.get("name"):
             problems.append(f"alertmanagerconfig.yaml: matcher {m} is not name/matchType/value")
+        if m.get("name") == "namespace":
+            problems.append("alertmanagerconfig.yaml: a namespace matcher is the operator's "
+                            "(OnNamespace adds its own namespace)")
+    problems += _trigger_problems(docs, route)
     board = json.loads(files.get("dashboard.json", "null"))
     if not isinstance(board, dict) or not board.get("panels"):
         problems.append("dashboard.json: no panels")

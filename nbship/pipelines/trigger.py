@@ -9,11 +9,17 @@ labels, when it was received) and on which data (``data.sha256``). A run that
 succeeds — the notebook's own gate steps passed — is pushed as the next model
 release. One run at a time, and at most one per cooldown:
 Alertmanager repeats alerts, a drifted model needs one retraining, not twenty.
+
+With a secret (``--secret-file``), every request needs ``Authorization: Bearer <secret>``
+(Alertmanager's ``http_config.authorization``): the trigger as a cluster renders it
+(``monitoring/cluster.py``: a Deployment listening on every address of its pod, behind a
+Service) takes alerts only so. Without one it listens only on 127.0.0.1.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hmac
 import http.server
 import json
 import threading
@@ -117,12 +123,32 @@ class Trigger:
             thread.join(timeout)
 
 
-def server(trigger: Trigger, host: str = "127.0.0.1",
-           port: int = DEFAULT_PORT) -> http.server.ThreadingHTTPServer:
-    """An HTTP server for Alertmanager's webhook (``POST /alerts``) and ``GET /runs``."""
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def server(trigger: Trigger, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
+           secret: str | None = None) -> http.server.ThreadingHTTPServer:
+    """An HTTP server for Alertmanager's webhook (``POST /alerts``) and ``GET /runs``; with
+    ``secret``, each request needs ``Authorization: Bearer <secret>`` (401 otherwise). An
+    address other than the loopback's needs a secret (ValueError)."""
+    if not secret and host not in LOOPBACK:
+        raise ValueError(f"the trigger listens on {host} only with a secret (--secret-file)")
 
     class Handler(JSONHandler):
+        def _allowed(self) -> bool:
+            if not secret:
+                return True
+            given = self.headers.get("Authorization", "").encode()
+            if hmac.compare_digest(given, f"Bearer {secret}".encode()):
+                return True
+            self.reply(401, {"error": "the trigger needs 'Authorization: Bearer <secret>' "
+                             "(Alertmanager's http_config.authorization)"})
+            self.close_connection = True
+            return False
+
         def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            if not self._allowed():
+                return
             if self.path.rstrip("/") != "/alerts":
                 self.reply(404, {"error": "POST alerts to /alerts"})
                 return
@@ -149,6 +175,8 @@ def server(trigger: Trigger, host: str = "127.0.0.1",
             self.reply(*trigger.handle(payload))
 
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            if not self._allowed():
+                return
             if self.path.rstrip("/") == "/runs":
                 self.reply(200, {"runs": trigger.runs})
             else:

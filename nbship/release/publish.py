@@ -142,13 +142,17 @@ def inference_service(name: str, server: str, record: dict[str, Any],
     return str(yaml.safe_dump(doc, sort_keys=False))
 
 
-def _monitoring_files(name: str, stage: Path) -> list[tuple[Path, str]]:
+def _monitoring_files(name: str, stage: Path, trigger_image: str | None = None,
+                      notebook: str | None = None,
+                      registry: str | None = None) -> list[tuple[Path, str]]:
     """The cluster's monitoring (PrometheusRule, PodMonitor, AlertmanagerConfig, Grafana
-    dashboard), checked with promtool when it is installed; (file, kind) each."""
+    dashboard; with ``trigger_image``, the retraining trigger's Deployment and Service),
+    checked with promtool when it is installed; (file, kind) each."""
     from nbship.monitoring import cluster
     from nbship.release.tools import which
 
-    files = cluster.manifests(name)
+    files = cluster.manifests(name, trigger_image=trigger_image, notebook=notebook,
+                              registry=registry)
     promtool = which("promtool")
     problems = cluster.validate(files, promtool) if promtool else []
     if problems:
@@ -157,7 +161,8 @@ def _monitoring_files(name: str, stage: Path) -> list[tuple[Path, str]]:
                            hint="this is a bug in nbship: please report it")
     kinds = {"prometheusrule.yaml": "PrometheusRule", "podmonitor.yaml": "PodMonitor",
              "alertmanagerconfig.yaml": "AlertmanagerConfig",
-             "dashboard.json": "GrafanaDashboard"}
+             "dashboard.json": "GrafanaDashboard", "trigger-deployment.yaml": "Deployment",
+             "trigger-service.yaml": "Service"}
     out = []
     for file, text in files.items():
         (stage / file).write_text(text)
@@ -268,7 +273,9 @@ def publish(graph: StepGraph, images: list[BuiltImage], *, registry: str, builde
             record["manifests"].append({"file": manifest.name, "kind": "InferenceService",
                                         "sha256": sha256_file(manifest)})
             files.append((manifest, MANIFEST_MEDIA_TYPE))
-            for path, kind in _monitoring_files(compiled.name, stage):
+            for path, kind in _monitoring_files(compiled.name, stage,
+                                                str(pushed[STEPS_IMAGE]),
+                                                graph.notebook.path.name, registry):
                 record["manifests"].append({"file": path.name, "kind": kind,
                                             "sha256": sha256_file(path)})
                 files.append((path, DASHBOARD_MEDIA_TYPE if kind == "GrafanaDashboard"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import yaml
@@ -47,7 +48,8 @@ def test_drift_alerts_route_to_the_retraining_webhook(files: dict[str, str]) -> 
     matcher = next(m for m in spec["route"]["matchers"] if m["name"] == "alertname")
     assert set(matcher["value"].split("|")) == {"NbshipInputDrift", "NbshipPredictionDrift"}
     hook = spec["receivers"][0]["webhookConfigs"][0]["url"]
-    assert hook == cluster.DEFAULT_WEBHOOK and hook.endswith("/alerts")
+    assert hook == cluster.webhook_url("marker-classifier") == \
+        "http://marker-classifier-trigger:9095/alerts"
 
 
 def test_the_dashboard_shows_golden_signals_and_drift(files: dict[str, str]) -> None:
@@ -81,3 +83,32 @@ def test_validation_fails_on_broken_promql_and_shapes(files: dict[str, str]) -> 
     assert "dashboard.json" in problems
     assert "needs a port or portNumber" in problems
     assert "names no receiver" in problems
+
+
+def test_a_release_carries_the_retraining_trigger(tmp_path: Path) -> None:
+    # issue 20 (11): the webhook's Service exists; its pod listens beyond 127.0.0.1 only
+    # with the Secret's token
+    from nbship.release.publish import _monitoring_files
+
+    out = dict((p.name, kind) for p, kind in _monitoring_files(
+        "marker-classifier", tmp_path, "registry/steps@sha256:" + "0" * 64,
+        "marker_classifier.ipynb", "registry"))
+    assert out["trigger-deployment.yaml"] == "Deployment"
+    assert out["trigger-service.yaml"] == "Service"
+    files = {p.name: p.read_text() for p in tmp_path.iterdir()}
+    assert cluster.validate(files) == []
+    service = yaml.safe_load(files["trigger-service.yaml"])
+    assert service["metadata"]["name"] == "marker-classifier-trigger"
+    args = yaml.safe_load(files["trigger-deployment.yaml"])["spec"]["template"]["spec"][
+        "containers"][0]["args"]
+    assert args[:2] == ["trigger", "/etc/nbship/notebook/marker_classifier.ipynb"]
+    assert "--registry" in args and "--secret-file" in args
+    broken = dict(files)
+    broken["trigger-service.yaml"] = files["trigger-service.yaml"].replace(
+        "name: marker-classifier-trigger", "name: elsewhere", 1)
+    broken["trigger-deployment.yaml"] = "".join(
+        line for line in files["trigger-deployment.yaml"].splitlines(keepends=True)
+        if line.strip() != "- --secret-file")
+    problems = "\n".join(cluster.validate(broken))
+    assert "no webhook names the trigger's Service elsewhere" in problems
+    assert "--host without --secret-file" in problems
