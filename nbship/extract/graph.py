@@ -158,6 +158,9 @@ class Step:
     # names read from upstream that the step passes to a call (random.shuffle(deck)),
     # before binding them: it passes them on (issue 18, shape 3)
     passed: dict[str, tuple[Cell, int]] = field(default_factory=dict)
+    # those of them passed only to methods of objects (model.fit(X, y)) -> the objects: passed
+    # on only when one is a module (np.random.shuffle(x)); the object is what changes
+    passed_via: dict[str, set[str]] = field(default_factory=dict)
     # functions/classes taken from upstream steps -> the names they read that the step has:
     # codegen points them at the step's variables, as the notebook's one namespace does
     rebinds: dict[str, list[str]] = field(default_factory=dict)
@@ -670,8 +673,14 @@ def _scan_step(step: Step) -> None:
                 step.produces[e.name] = (cell, e.line)
             elif e.kind == "call" and e.name not in bound:
                 step.possible_mutations.setdefault(e.name, (cell, e.line))
-            elif e.kind == "arg" and e.name not in bound:
-                step.passed.setdefault(e.name, (cell, e.line))
+            elif e.kind.startswith("arg") and e.name not in bound:
+                if e.name not in step.passed:
+                    step.passed[e.name] = (cell, e.line)
+                    step.passed_via[e.name] = set()
+                if e.kind == "arg":
+                    step.passed_via.pop(e.name, None)
+                elif e.name in step.passed_via:
+                    step.passed_via[e.name].add(e.kind[len("arg."):])
             elif e.kind == "deferred":
                 deferred.setdefault(e.name, (cell, e.line))
     for name, where in deferred.items():
@@ -833,31 +842,13 @@ def _dataflow(a: _Analysis, graph: StepGraph, skip_cells: list[Cell]) -> None:
                               hint="define it in an earlier step, or add it to the "
                               "parameters cell")
         if follow:
-            _follow_calls(step, changes, functions_defs)
+            _follow_calls(step, changes, functions_defs, {*import_cell_of, *carried})
         step.imports_cells.sort(key=lambda c: c.index)
         step.functions_cells.sort(key=lambda c: c.index)
     order = {s.name: i for i, s in enumerate(steps)}
     graph.edges = [Edge(src, dst, tuple(sorted(vs)))
                    for (src, dst), vs in sorted(edges.items(),
                                                 key=lambda kv: (order[kv[0][1]], order[kv[0][0]]))]
-
-
-def _follow_calls(step: Step, changes: dict[str, tuple[Cell, int]],
-                  functions_defs: dict[str, Cell]) -> None:
-    """What a step's calls may change in place, it passes on (Kale forwards what a step
-    reads): a value read from upstream that the step passes to a call (``random.shuffle(
-    deck)``) or that a function it uses changes (``seen.append(v)`` in ``record``). And the
-    functions it takes from upstream steps read the step's own variables (``rebinds``):
-    those it loads, binds before it first uses the function, or has as parameters or from
-    functions cells."""
-    for name, where in [*changes.items(), *step.passed.items()]:
-        if name in step.inputs:
-            step.produces.setdefault(name, where)
-    copied = {n for n, c in functions_defs.items() if c in step.functions_cells}
-    for func, names in list(step.rebinds.items()):
-        before = _bound_before_use(step, func)
-        step.rebinds[func] = [n for n in names if n in step.inputs or n in step.params
-                              or n in before or n in copied]
 
 
 def _trailing_results(graph: StepGraph) -> None:
@@ -877,6 +868,29 @@ def report_cells(step: Step) -> list[Cell]:
     """The cells whose outputs make the step's HTML report (Kale's per-step report): the
     step's own cells in notebook order, none when a ``report:disabled`` tag turns it off."""
     return [] if step.report is False else list(step.cells)
+
+
+def _follow_calls(step: Step, changes: dict[str, tuple[Cell, int]],
+                  functions_defs: dict[str, Cell], modules: set[str]) -> None:
+    """What a step's calls may change in place, it passes on (Kale forwards what a step
+    reads): a value read from upstream that the step passes to a call (``random.shuffle(
+    deck)``) or that a function it uses changes (``seen.append(v)`` in ``record``). And the
+    functions it takes from upstream steps read the step's own variables (``rebinds``):
+    those it loads, binds before it first uses the function, or has as parameters or from
+    functions cells. A value passed only to methods of objects that are not modules
+    (``model.fit(X, y)``) is not passed on: the object is what such a method changes
+    (check warns about that), and steps that train on the same data stay parallel; except
+    for methods that change their arguments (``rng.shuffle(deck)``, ``*_``)."""
+    passed = {n: w for n, w in step.passed.items()
+              if n not in step.passed_via or step.passed_via[n] & modules}
+    for name, where in [*changes.items(), *passed.items()]:
+        if name in step.inputs:
+            step.produces.setdefault(name, where)
+    copied = {n for n, c in functions_defs.items() if c in step.functions_cells}
+    for func, names in list(step.rebinds.items()):
+        before = _bound_before_use(step, func)
+        step.rebinds[func] = [n for n in names if n in step.inputs or n in step.params
+                              or n in before or n in copied]
 
 
 def _check_serve(a: _Analysis, graph: StepGraph) -> None:

@@ -35,7 +35,7 @@ INSTALL_COMMANDS = ("pip", "conda", "mamba", "uv")
 
 @dataclass(frozen=True)
 class Event:
-    kind: str  # read | def | del | mut | call | arg (passed to a call) | deferred
+    kind: str  # read | def | del | mut | call | arg, arg.OBJ (passed to a call) | deferred
     name: str
     line: int
 
@@ -497,11 +497,17 @@ class _Walker:
                 self.emit("call", root.id, root)
         if isinstance(node, ast.Call) and not (isinstance(node.func, ast.Name)
                                                and node.func.id in PURE_BUILTINS):
-            # a value passed to a call may come back changed (random.shuffle(deck))
+            # a value passed to a call may come back changed (random.shuffle(deck)); to a
+            # method of an object (model.fit(X, y)), kind "arg.OBJ": the graph takes it
+            # when OBJ is a module (np.random.shuffle), or the method changes arguments
+            kind = "arg"
+            if isinstance(node.func, ast.Attribute) and not in_place_method(node.func):
+                receiver = root_name(node.func.value)  # None: a call's result, M().fit(X)
+                kind = f"arg.{receiver.id if receiver is not None else '()'}"
             for arg in [*node.args, *(k.value for k in node.keywords)]:
                 root = root_name(arg)
                 if root is not None:
-                    self.emit("arg", root.id, root)
+                    self.emit(kind, root.id, root)
         for child in ast.iter_child_nodes(node):
             self.expr(child)
 
@@ -621,6 +627,16 @@ PURE_BUILTINS = frozenset(
     "hasattr getattr callable divmod pow chr ord bin hex oct ascii dir bytes bytearray "
     "reversed map filter iter".split()
 )
+
+
+# Methods that change their arguments in place (rng.shuffle(deck), torch's ``*_`` ops).
+IN_PLACE_METHODS = frozenset({"shuffle", "copyto", "fill_diagonal", "put", "putmask", "place"})
+
+
+def in_place_method(func: ast.expr) -> bool:
+    return isinstance(func, ast.Attribute) and (
+        func.attr in IN_PLACE_METHODS
+        or (func.attr.endswith("_") and not func.attr.startswith("_")))
 
 
 def changed_names(node: ast.AST, read_only: frozenset[str]) -> dict[str, int]:

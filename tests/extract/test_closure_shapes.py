@@ -167,3 +167,16 @@ def test_only_values_that_hold_code_are_named(made: str, named: bool, tmp_path: 
     if named:
         assert (found[0].where.cell, found[0].where.line) == (2, 2)
         assert "'held' holds make from step 'define'" in found[0].message
+
+
+def test_data_passed_to_an_objects_method_is_not_passed_on(tmp_path: Path) -> None:
+    """model.fit(X, y) changes the model, not X: steps that train on the same data stay
+    parallel; np.random.shuffle(x) (a module's function) and rng.shuffle(x) change x."""
+    g = graph(tmp_path, [
+        (["imports"], "import numpy as np"),
+        (["step:data"], "X = [[1], [2]]\ny = [0, 1]\nd = [1, 2, 3]\ne = [4, 5, 6]"),
+        (["step:fit_a"], "class M:\n    def fit(self, X, y):\n        return self\n\n"
+                         "M().fit(X, y)\nnp.random.shuffle(d)\nrng = np.random.default_rng(0)\n"
+                         "rng.shuffle(e)"),
+        (["step:fit_b"], "print(len(X), len(y), d, e)")])
+    assert g.step("fit_b").inputs == {"X": "data", "y": "data", "d": "fit_a", "e": "fit_a"}
