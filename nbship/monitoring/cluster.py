@@ -222,8 +222,10 @@ def manifests(name: str, thresholds: Thresholds = DEFAULT, webhook: str | None =
               trigger_image: str | None = None, notebook: str | None = None,
               registry: str | None = None) -> dict[str, str]:
     """File name -> text, as a release carries them; with ``trigger_image`` (an image with
-    nbship and the notebook's packages: the release's steps image) and ``notebook`` (its
-    file name), the trigger's Deployment and Service too."""
+    nbship, its own dependencies and the notebook's packages; a release names its server
+    image, which has kserve for the serving check but, as built today, not nbformat nor
+    kfp-kubernetes, which ``nbship trigger`` imports) and ``notebook`` (its file name), the
+    trigger's Deployment and Service too."""
     def dump(doc: dict[str, Any]) -> str:
         return str(yaml.safe_dump(doc, sort_keys=False))
 

@@ -274,7 +274,7 @@ def publish(graph: StepGraph, images: list[BuiltImage], *, registry: str, builde
                                         "sha256": sha256_file(manifest)})
             files.append((manifest, MANIFEST_MEDIA_TYPE))
             for path, kind in _monitoring_files(compiled.name, stage,
-                                                str(pushed[STEPS_IMAGE]),
+                                                str(pushed[SERVER_IMAGE]),
                                                 graph.notebook.path.name, registry):
                 record["manifests"].append({"file": path.name, "kind": kind,
                                             "sha256": sha256_file(path)})
