@@ -22,7 +22,8 @@ What ``nbship monitor up`` runs on one machine, as a release carries it for Kube
 
 The PodMonitor's ``portNumber`` needs prometheus-operator >= v0.79.0 (added by #7150,
 commit 20cc1a0, pkg/apis/monitoring/v1/podmonitor_types.go; first tagged in v0.79.0):
-an older operator's CRD prunes the unknown field and the endpoint then has no port.
+an older operator's CRD prunes the unknown field, the endpoint then selects no port and
+every declared container port of the pod is scraped.
 
 Routing follows the operator's defaults (checked against its source, pkg/alertmanager/
 amcfg.go): the AlertmanagerConfig's route becomes a sub-route of the Alertmanager's root
