@@ -99,16 +99,19 @@ def test_sigterm_stops_the_run_its_step_and_its_temporary_folders(tmp_path: Path
     nb = write_notebook(tmp_path / "n.ipynb", [
         (["step:slow"], f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))"
          "\ntime.sleep(120)\nx = 1"), (["step:after"], "print(x)")])
-    before = set(Path("/tmp").glob("nbship-step-*"))
+    # a temporary folder of the run's own: other tests' runs (xdist) make step folders too
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
     proc = subprocess.Popen([sys.executable, "-m", "nbship", "run", str(nb), "--root",
                              str(tmp_path / "runs"), "-o", str(tmp_path / "build")],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, env={**os.environ, "TMPDIR": str(tmp)})
     deadline = time.monotonic() + 60
     while not pid_file.exists() or not pid_file.read_text():
         assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
         time.sleep(0.1)
     step_pid = int(pid_file.read_text())
+    assert list(tmp.glob("nbship-step-*"))  # the step's folder, while it runs
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 143, err
@@ -116,7 +119,7 @@ def test_sigterm_stops_the_run_its_step_and_its_temporary_folders(tmp_path: Path
     time.sleep(0.2)
     with pytest.raises(ProcessLookupError):
         os.kill(step_pid, 0)
-    assert set(Path("/tmp").glob("nbship-step-*")) <= before
+    assert not list(tmp.glob("nbship-step-*"))
 
 
 def test_a_failure_report_that_cannot_be_written_leaves_the_steps_own_error(
