@@ -133,6 +133,8 @@ def instrument(graph: StepGraph, capture_dir: Path, settings: Numerics | None = 
         cell.metadata["nbship"] = {"numerics": True}
         inserts.append((0, cell))
     for position, cell in sorted(inserts, key=lambda item: item[0], reverse=True):
+        if nb.nbformat_minor < 5:  # cell ids are nbformat 4.5's: older notebooks refuse them
+            cell.pop("id", None)
         nb.cells.insert(position, cell)
     return nb
 
