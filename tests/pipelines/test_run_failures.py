@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -94,14 +96,16 @@ def test_editing_a_local_module_reruns_the_steps_that_import_it(tmp_path: Path) 
         first.tasks["a"].outputs["nbship_out_value"]["metadata"]["sha256"]
 
 
-def test_sigterm_stops_the_run_its_step_and_its_temporary_folders(tmp_path: Path) -> None:
+def test_sigterm_stops_the_run_its_step_and_its_temporary_folders(
+        tmp_path: Path, request: pytest.FixtureRequest) -> None:
     pid_file = tmp_path / "step.pid"
     nb = write_notebook(tmp_path / "n.ipynb", [
         (["step:slow"], f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))"
          "\ntime.sleep(120)\nx = 1"), (["step:after"], "print(x)")])
-    # a temporary folder of the run's own: other tests' runs (xdist) make step folders too
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
+    # a temporary folder of the run's own: other tests' runs (xdist) make step folders too;
+    # short, since the fork server's AF_UNIX socket lives there (108 bytes at most)
+    tmp = Path(tempfile.mkdtemp(prefix="nbs-", dir="/tmp"))
+    request.addfinalizer(lambda: shutil.rmtree(tmp, ignore_errors=True))
     proc = subprocess.Popen([sys.executable, "-m", "nbship", "run", str(nb), "--root",
                              str(tmp_path / "runs"), "-o", str(tmp_path / "build")],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
