@@ -170,12 +170,14 @@ def test_cli_rehearse_and_history(tmp_path: Path) -> None:
 
 
 def test_stage_enabled_as_orca_evaluates_it(tmp_path: Path) -> None:
-    """Issue 20 (1): ``#judgment`` is the chosen judgmentInput, and a judgment without
-    judgmentInputs has none, so the condition cannot be evaluated and Orca skips the
-    stage (OptionalStageSupport.java); ``#stage`` sees stages not started yet."""
+    """Issue 20 (1): ``#judgment`` is the chosen judgmentInput; a judgment answered with
+    continue but no input chosen from its judgmentInputs (what --judge gives) has none, so
+    the condition cannot be evaluated and Orca skips the stage (OptionalStageSupport.java);
+    ``#stage`` sees stages not started yet. (With no judgmentInputs at all, validation
+    refuses the file first: tests/spinnaker/test_validate.py.)"""
     doc = pipeline([
         {"refId": "1", "requisiteStageRefIds": [], "type": "manualJudgment",
-         "name": "Go?", "judgmentInputs": [], "instructions": "go?"},
+         "name": "Go?", "judgmentInputs": [{"value": "ship"}], "instructions": "go?"},
         {"refId": "2", "requisiteStageRefIds": ["1"], "type": "wait", "name": "On continue",
          "waitTime": 1, "stageEnabled": {"type": "expression",
                                          "expression": "${#judgment('Go?') == 'continue'}"}},
