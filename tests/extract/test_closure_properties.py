@@ -325,7 +325,7 @@ def test_real_runs_agree_with_the_in_process_runner(form: str, depth: int, wrap:
                                                     tmp_path: Path) -> None:
     """A few variations on kfp.local against papermill: the same values as the in-process
     runner gives for them (and as the notebook's)."""
-    from tests.extract.test_closure_shapes import notebook_and_pipeline
+    from tests.extract.both_ways import notebook_and_pipeline
 
     cells = _variation(form, depth, wrap, call)
     printed, logged = notebook_and_pipeline(tmp_path, cells)
