@@ -326,20 +326,13 @@ def parse_tags(cell: Cell) -> list[TagNote]:
             cell.prev.extend(p for p in tag.split(":")[1:] if p)
         elif tag.startswith("image:"):
             cell.image = tag.split(":", 1)[1]
-        elif tag.startswith("cache:"):
-            value = tag.split(":", 1)[1]
+        elif tag.startswith(("cache:", "report:")):
+            switch, value = tag.split(":", 1)
             if value in ("enabled", "disabled"):
-                cell.cache = value == "enabled"
+                setattr(cell, switch, value == "enabled")  # cell.cache, cell.report
             else:
-                notes.append(
-                    TagNote(cell.index, f"tag {tag!r}: use cache:enabled or cache:disabled"))
-        elif tag.startswith("report:"):
-            value = tag.split(":", 1)[1]
-            if value in ("enabled", "disabled"):
-                cell.report = value == "enabled"
-            else:
-                notes.append(
-                    TagNote(cell.index, f"tag {tag!r}: use report:enabled or report:disabled"))
+                notes.append(TagNote(
+                    cell.index, f"tag {tag!r}: use {switch}:enabled or {switch}:disabled"))
         elif tag.startswith("secret:"):
             parts = tag.split(":")
             if len(parts) == 4 and all(parts[1:]):

@@ -83,15 +83,23 @@ def rebind_closures(value: Any, cells: dict[str, Any],
         rebound = rebind_closures(inner, cells, seen, code.co_filename) \
             if isinstance(inner, types.FunctionType) else inner
         new_cells.append(cell if rebound is inner else types.CellType(rebound))
-    made = types.FunctionType(code, value.__globals__, value.__name__, value.__defaults__,
-                              tuple(new_cells))
-    made.__kwdefaults__ = value.__kwdefaults__
-    made.__dict__.update(value.__dict__)
-    made.__qualname__ = value.__qualname__
-    made.__doc__ = value.__doc__
-    made.__annotations__ = dict(value.__annotations__)
-    made.__module__ = value.__module__
+    made = copy_function(value, value.__globals__, tuple(new_cells))
     seen[id(value)] = made
+    return made
+
+
+def copy_function(func: Any, namespace: dict[str, Any], closure: tuple[Any, ...] | None) -> Any:
+    """``func`` with other globals and closure cells, its name, defaults and attributes kept."""
+    import types
+
+    made = types.FunctionType(func.__code__, namespace, func.__name__, func.__defaults__,
+                              closure)
+    made.__kwdefaults__ = func.__kwdefaults__
+    made.__dict__.update(func.__dict__)
+    made.__qualname__ = func.__qualname__
+    made.__doc__ = func.__doc__
+    made.__annotations__ = dict(func.__annotations__)
+    made.__module__ = func.__module__
     return made
 
 
@@ -221,15 +229,8 @@ class StepRun:
             # closures over each other) came in the same pickle, with the same globals
             if id(func) in done:
                 return done[id(func)]
-            shared = types.FunctionType(func.__code__, namespace, func.__name__,
-                                        func.__defaults__, func.__closure__)
+            shared: types.FunctionType = copy_function(func, namespace, func.__closure__)
             done[id(func)] = shared
-            shared.__kwdefaults__ = func.__kwdefaults__
-            shared.__dict__.update(func.__dict__)
-            shared.__qualname__ = func.__qualname__
-            shared.__doc__ = func.__doc__
-            shared.__annotations__ = dict(func.__annotations__)
-            shared.__module__ = func.__module__
             for cell in func.__closure__ or ():
                 try:
                     inner = cell.cell_contents
