@@ -222,7 +222,7 @@ class NotebookFile(pytest.File):
                     self.graph, self.parameters(), self.artifacts / "notebooks",
                     label=self.settings.parameter_set, stem=self.stem,
                     cell_timeout=getattr(self.config.option, "nbval_cell_timeout", None),
-                    settings=self.numerics())
+                    settings=self.numerics)
             except Exception as exc:  # e.g. a dead kernel: every item that needs the run says so
                 self.execution_error = exc
             else:
@@ -253,9 +253,11 @@ class NotebookFile(pytest.File):
                 cmd += ["-p", f"{name}={_cli_value(value)}"]
             self.pipeline_cmd = (cmd, logs / f"{self.stem}.{label}.pipeline.log")
 
+    @functools.cached_property
     def numerics(self) -> Any:
         """The numeric settings the notebook and its pipeline both run under: the same
-        threads, the deterministic kernels of the libraries the notebook imports."""
+        threads, the deterministic kernels of the libraries the notebook imports (read
+        once: the kernel, the pipeline run and the report use them)."""
         from nbship.extract.names import imported_modules
         from nbship.runtime.numerics import Numerics
 
@@ -271,7 +273,7 @@ class NotebookFile(pytest.File):
         """The pipeline runs (a subprocess) while the notebook runs: they are independent."""
         if self.pipeline is None and self.pipeline_cmd is not None:
             cmd, log = self.pipeline_cmd
-            self.pipeline = _Background(cmd, log, self.numerics().to_env())
+            self.pipeline = _Background(cmd, log, self.numerics.to_env())
 
     def teardown(self) -> None:
         if self.pipeline is not None:
@@ -425,7 +427,7 @@ class EquivalenceItem(_NotebookItem):
         settings = parent.settings
         from nbship.ci.equivalence import conditions
 
-        numerics = parent.numerics()
+        numerics = parent.numerics
         report = check_equivalence(parent.graph, run, provenance,
                                    rtol=settings.rtol, atol=settings.atol,
                                    label=settings.parameter_set, settings=numerics)
